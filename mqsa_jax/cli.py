@@ -1,0 +1,132 @@
+"""The ``mqsa-jax`` command line: thin argparse subcommands over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mqsa_jax.errors import UserError
+
+PROG = "mqsa-jax"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports usage mistakes in one line, exit code 2, like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        help="user data directory (default: $MQSA_DATA_DIR or ~/.local/share/mqsa-jax)",
+    )
+
+
+def _data_list(args) -> None:
+    from mqsa_jax.data import registry
+
+    for name in registry.list_datasets(registry.data_dir(args.data_dir)):
+        print(name)
+
+
+def _data_info(args) -> None:
+    from mqsa_jax.data import registry
+
+    dataset = registry.load_dataset(args.name, registry.data_dir(args.data_dir))
+    print(json.dumps(dataset.statistics()))
+
+
+def _data_import(args) -> None:
+    from mqsa_jax.data import importers, registry, tfds_dataset
+    from mqsa_jax.data.dataset import save_store
+
+    root = registry.data_dir(args.data_dir)
+    registry.check_new_name(args.name)
+    store = registry.imported_store(args.name, root)
+    if store.exists() and not args.replace:
+        raise UserError(f"dataset {args.name!r} already exists in {root}; pass --replace to overwrite")
+    columns = importers.Columns(user=args.user_col, item=args.item_col, time=args.time_col)
+    log = importers.read_log(Path(args.path), args.format, columns, args.delimiter)
+    dataset, summary = importers.build_dataset(args.name, log, args.min_count)
+    save_store(dataset, store)  # atomic: the store is the commit point
+    tfds_dataset.prepare(store, args.name, root / "tfds")
+    print(json.dumps(summary))
+
+
+def _data_export(args) -> None:
+    from mqsa_jax.data import importers, registry
+
+    dataset = registry.load_dataset(args.name, registry.data_dir(args.data_dir))
+    importers.export_sasrec(dataset, Path(args.path))
+
+
+def _data_convert_release(args) -> None:
+    from mqsa_jax.data import registry, release
+
+    for dataset in release.convert_release(Path(args.release_dir), Path(args.out or registry.BUILTIN_DIR)):
+        print(json.dumps(dataset.statistics()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="MQSA-TED sequential recommendation in JAX.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    data = commands.add_parser("data", help="list, inspect, import and export datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+
+    p = data_commands.add_parser("list", help="names of the built-in and imported datasets")
+    _add_data_dir(p)
+    p.set_defaults(run=_data_list)
+
+    p = data_commands.add_parser("info", help="statistics of a dataset, as one JSON object")
+    p.add_argument("name")
+    _add_data_dir(p)
+    p.set_defaults(run=_data_info)
+
+    p = data_commands.add_parser("import", help="turn an interaction log into a dataset")
+    p.add_argument("path")
+    p.add_argument("--format", required=True, choices=["csv", "sasrec", "recbole"])
+    p.add_argument("--name", required=True, help="dataset name (lower-case letters, digits, _)")
+    p.add_argument("--min-count", type=int, default=5, help="k of the k-core filter (default 5)")
+    p.add_argument("--user-col", default="user_id", help="csv/recbole user column")
+    p.add_argument("--item-col", default="item_id", help="csv/recbole item column")
+    p.add_argument("--time-col", default="timestamp", help="csv/recbole time column")
+    p.add_argument("--delimiter", help="csv field delimiter (default: tab for .tsv, else comma)")
+    p.add_argument("--replace", action="store_true", help="overwrite an existing dataset")
+    _add_data_dir(p)
+    p.set_defaults(run=_data_import)
+
+    p = data_commands.add_parser("export", help="write a dataset as SASRec-style 'user item' text")
+    p.add_argument("name")
+    p.add_argument("path")
+    _add_data_dir(p)
+    p.set_defaults(run=_data_export)
+
+    p = data_commands.add_parser(
+        "convert-release", help="rebuild the committed datasets from the authors' release files"
+    )
+    p.add_argument("release_dir")
+    p.add_argument("--out", help="output folder (default: the package's built-in folder)")
+    p.set_defaults(run=_data_convert_release)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UserError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

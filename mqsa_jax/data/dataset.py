@@ -1,0 +1,170 @@
+"""The in-memory dataset and its pickle-free on-disk store.
+
+A dataset is, per user, the time-ordered training items plus one validation and one test item
+(leave-one-out), and the maps from the dense ids back to the ids of the source.  On disk it is
+one ``.npz`` of plain arrays, read with ``allow_pickle=False``:
+
+- ``train_items`` (int32) and ``train_offsets`` (int64, ``num_users + 1``): the concatenated
+  training sequences, user ``u`` owning ``train_items[train_offsets[u]:train_offsets[u + 1]]``;
+- ``valid``, ``test`` (int32, ``num_users``);
+- ``user_ids``, ``item_ids`` (unicode): original ids, indexed by dense id;
+- ``num_items`` (int64 scalar).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from mqsa_jax.errors import UserError
+
+_STORE_KEYS = ("train_items", "train_offsets", "valid", "test", "user_ids", "item_ids", "num_items")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """Leave-one-out sequences with dense ids: items ``0..num_items-1``, users ``0..num_users-1``."""
+
+    name: str
+    train_items: np.ndarray
+    train_offsets: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    num_items: int
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+
+    @property
+    def num_users(self) -> int:
+        return len(self.valid)
+
+    @property
+    def num_interactions(self) -> int:
+        return len(self.train_items) + len(self.valid) + len(self.test)
+
+    @property
+    def train_lengths(self) -> np.ndarray:
+        return np.diff(self.train_offsets)
+
+    def train_sequence(self, user: int) -> np.ndarray:
+        return self.train_items[self.train_offsets[user] : self.train_offsets[user + 1]]
+
+    def statistics(self) -> dict:
+        return {
+            "name": self.name,
+            "num_users": self.num_users,
+            "num_items": self.num_items,
+            "num_interactions": self.num_interactions,
+            "avg_seq_len": round(self.num_interactions / max(self.num_users, 1), 4),
+        }
+
+    def validate(self, source: str) -> None:
+        """Checks the invariants every consumer relies on; ``source`` names the file in errors."""
+        offsets = self.train_offsets
+        problems = []
+        if offsets.ndim != 1 or len(offsets) != self.num_users + 1 or offsets[0] != 0:
+            problems.append("train_offsets must have num_users + 1 entries starting at 0")
+        elif offsets[-1] != len(self.train_items) or np.any(np.diff(offsets) < 1):
+            problems.append("train_offsets must be increasing and end at len(train_items)")
+        for key in ("train_items", "valid", "test"):
+            values = getattr(self, key)
+            if len(values) and (values.min() < 0 or values.max() >= self.num_items):
+                problems.append(f"{key} has item ids outside 0..{self.num_items - 1}")
+        if len(self.test) != self.num_users or len(self.user_ids) != self.num_users:
+            problems.append("valid, test and user_ids must have one entry per user")
+        if len(self.item_ids) != self.num_items:
+            problems.append("item_ids must have num_items entries")
+        if problems:
+            raise UserError(f"{source}: not a valid mqsa-jax dataset: {problems[0]}")
+
+
+def save_store(dataset: Dataset, path: Path) -> None:
+    """Writes ``dataset`` to ``path`` atomically: a reader sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(
+                f,
+                train_items=dataset.train_items.astype(np.int32),
+                train_offsets=dataset.train_offsets.astype(np.int64),
+                valid=dataset.valid.astype(np.int32),
+                test=dataset.test.astype(np.int32),
+                user_ids=np.asarray(dataset.user_ids, dtype=str),
+                item_ids=np.asarray(dataset.item_ids, dtype=str),
+                num_items=np.int64(dataset.num_items),
+            )
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a dataset is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_store(path: Path, name: str) -> Dataset:
+    """Reads a store written by :func:`save_store`; never unpickles."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in _STORE_KEYS if k not in npz.files]
+            if missing:
+                raise UserError(f"{path}: not a valid mqsa-jax dataset: missing arrays {missing}")
+            arrays = {k: npz[k] for k in _STORE_KEYS}
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such dataset file") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path}: not a readable mqsa-jax dataset ({e})") from None
+    dataset = Dataset(
+        name=name,
+        train_items=arrays["train_items"].astype(np.int32),
+        train_offsets=arrays["train_offsets"].astype(np.int64),
+        valid=arrays["valid"].astype(np.int32),
+        test=arrays["test"].astype(np.int32),
+        num_items=int(arrays["num_items"]),
+        user_ids=arrays["user_ids"],
+        item_ids=arrays["item_ids"],
+    )
+    dataset.validate(str(path))
+    return dataset
+
+
+def from_full_sequences(
+    name: str, items: np.ndarray, offsets: np.ndarray, num_items: int, user_ids, item_ids
+) -> Dataset:
+    """Leave-one-out split of full time-ordered sequences (each at least 3 long)."""
+    ends = offsets[1:]
+    lengths = np.diff(offsets)
+    keep = np.ones(len(items), dtype=bool)
+    keep[ends - 1] = False
+    keep[ends - 2] = False
+    train_offsets = np.zeros_like(offsets)
+    np.cumsum(lengths - 2, out=train_offsets[1:])
+    return Dataset(
+        name=name,
+        train_items=items[keep].astype(np.int32),
+        train_offsets=train_offsets.astype(np.int64),
+        valid=items[ends - 2].astype(np.int32),
+        test=items[ends - 1].astype(np.int32),
+        num_items=int(num_items),
+        user_ids=np.asarray(user_ids, dtype=str),
+        item_ids=np.asarray(item_ids, dtype=str),
+    )
+
+
+def full_sequences(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`from_full_sequences`: (items, offsets) of train + valid + test."""
+    lengths = dataset.train_lengths + 2
+    offsets = np.zeros(dataset.num_users + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    items = np.empty(offsets[-1], dtype=np.int32)
+    is_train = np.ones(len(items), dtype=bool)
+    is_train[offsets[1:] - 1] = False
+    is_train[offsets[1:] - 2] = False
+    items[is_train] = dataset.train_items
+    items[offsets[1:] - 2] = dataset.valid
+    items[offsets[1:] - 1] = dataset.test
+    return items, offsets

@@ -1,0 +1,269 @@
+"""Turning a user's interaction log into a dataset: readers, k-core filter, leave-one-out split.
+
+Pure NumPy; every step after parsing is vectorised.  Readers return an :class:`EventLog` (one
+entry per event, ids kept as the strings of the file); :func:`build_dataset` does the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from mqsa_jax.data.dataset import Dataset, from_full_sequences
+from mqsa_jax.errors import UserError
+
+FORMATS = ("csv", "sasrec", "recbole")
+MIN_EVENTS_PER_USER = 3  # leave-one-out needs at least one training item besides valid and test
+
+
+@dataclasses.dataclass(frozen=True)
+class EventLog:
+    """Events in file order. ``lines`` are 1-based source line numbers (ties keep file order)."""
+
+    source: str
+    users: np.ndarray
+    items: np.ndarray
+    times: np.ndarray
+    lines: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Columns:
+    user: str = "user_id"
+    item: str = "item_id"
+    time: str = "timestamp"
+
+
+def _open_text(path: Path):
+    try:
+        return open(path, newline="", encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _parse_times(path: Path, values: list[str], lines: list[int]) -> np.ndarray:
+    try:
+        times = np.array(values, dtype=np.float64)
+        bad = ~np.isfinite(times)
+    except ValueError:
+        bad = None
+    if bad is None or bad.any():
+        for value, line in zip(values, lines):
+            try:
+                ok = np.isfinite(float(value))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise UserError(f"{path}:{line}: timestamp {value!r} is not a finite number")
+    return times
+
+
+def _check_ids(path: Path, users: list[str], items: list[str], lines: list[int]) -> None:
+    for kind, ids in (("user", users), ("item", items)):
+        empty = np.flatnonzero(np.char.str_len(np.asarray(ids, dtype=str)) == 0)
+        if len(empty):
+            raise UserError(f"{path}:{lines[empty[0]]}: empty {kind} id")
+
+
+def _read_table(path: Path, delimiter: str, header_columns, columns: Columns, need_time: bool):
+    """Reads a delimited file with a header; ``header_columns`` maps header fields to names."""
+    with _open_text(path) as f:
+        rows = csv.reader(f, delimiter=delimiter)
+        header = next((r for r in rows if r), None)
+        if header is None:
+            raise UserError(f"{path}: empty file, expected a header line naming the columns")
+        names = header_columns(path, header)
+        wanted = [columns.user, columns.item] + ([columns.time] if need_time else [])
+        for column in wanted:
+            if column not in names:
+                raise UserError(
+                    f"{path}:{rows.line_num}: no column {column!r} in the header "
+                    f"(found: {', '.join(names)})"
+                )
+        u, i = names.index(columns.user), names.index(columns.item)
+        t = names.index(columns.time) if columns.time in names else None
+        width = len(names)
+        users, items, times, lines = [], [], [], []
+        for row in rows:
+            if not row:
+                continue
+            if len(row) != width:
+                raise UserError(
+                    f"{path}:{rows.line_num}: expected {width} fields, found {len(row)}"
+                )
+            users.append(row[u].strip())
+            items.append(row[i].strip())
+            if t is not None:
+                times.append(row[t].strip())
+            lines.append(rows.line_num)
+    if not lines:
+        raise UserError(f"{path}: no events after the header line")
+    _check_ids(path, users, items, lines)
+    line_numbers = np.asarray(lines, dtype=np.int64)
+    # Without a time column the file order is the time order.
+    event_times = (
+        _parse_times(path, times, lines) if t is not None else line_numbers.astype(np.float64)
+    )
+    return EventLog(
+        str(path), np.asarray(users, dtype=str), np.asarray(items, dtype=str), event_times,
+        line_numbers,
+    )
+
+
+def read_csv(path: Path, columns: Columns = Columns(), delimiter: str | None = None) -> EventLog:
+    """CSV/TSV with a header; the delimiter defaults to a tab for .tsv/.tab files, else a comma."""
+    if delimiter is None:
+        delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    return _read_table(path, delimiter, lambda _p, header: [h.strip() for h in header],
+                       columns, need_time=True)
+
+
+def _recbole_header(path: Path, header: list[str]) -> list[str]:
+    names = []
+    for field in header:
+        name, sep, kind = field.strip().partition(":")
+        if not sep or not name or not kind:
+            raise UserError(
+                f"{path}:1: header field {field!r} is not of the form name:type (RecBole .inter)"
+            )
+        names.append(name)
+    return names
+
+
+def read_recbole(path: Path, columns: Columns = Columns()) -> EventLog:
+    """RecBole atomic ``.inter`` file: tab-separated, ``name:type`` header fields.
+
+    The time column is optional there; without it the file order is taken as the time order.
+    """
+    return _read_table(path, "\t", _recbole_header, columns, need_time=False)
+
+
+def read_sasrec(path: Path) -> EventLog:
+    """SASRec-style text: one ``user item`` pair a line, already in time order."""
+    users, items, lines = [], [], []
+    with _open_text(path) as f:
+        for line_number, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2:
+                raise UserError(
+                    f"{path}:{line_number}: expected 2 fields 'user item', found {len(fields)}"
+                )
+            users.append(fields[0])
+            items.append(fields[1])
+            lines.append(line_number)
+    if not lines:
+        raise UserError(f"{path}: empty file, expected lines of 'user item'")
+    line_numbers = np.asarray(lines, dtype=np.int64)
+    return EventLog(
+        str(path), np.asarray(users, dtype=str), np.asarray(items, dtype=str),
+        line_numbers.astype(np.float64), line_numbers,
+    )
+
+
+def read_log(path: Path, fmt: str, columns: Columns = Columns(), delimiter: str | None = None):
+    if fmt == "csv":
+        return read_csv(path, columns, delimiter)
+    if fmt == "sasrec":
+        return read_sasrec(path)
+    if fmt == "recbole":
+        return read_recbole(path, columns)
+    raise UserError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+
+
+def k_core(users: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+    """Mask of the events kept by the iterative k-core filter, and the number of passes.
+
+    ``users`` and ``items`` are dense codes.  Each pass drops the events of users and items with
+    fewer than ``k`` events among those still kept, until a pass drops nothing.
+    """
+    keep = np.ones(len(users), dtype=bool)
+    passes = 0
+    while True:
+        passes += 1
+        user_counts = np.bincount(users[keep], minlength=users.max(initial=-1) + 1)
+        item_counts = np.bincount(items[keep], minlength=items.max(initial=-1) + 1)
+        next_keep = keep & (user_counts[users] >= k) & (item_counts[items] >= k)
+        if np.array_equal(next_keep, keep):
+            return keep, passes
+        keep = next_keep
+
+
+def dense_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique ids, dense code of each entry). All-integer ids sort by value, else as text."""
+    uniques, codes = np.unique(ids, return_inverse=True)
+    try:
+        values = uniques.astype(np.int64)
+    except ValueError:
+        return uniques, codes
+    order = np.argsort(values, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return uniques[order], rank[codes]
+
+
+def build_dataset(name: str, log: EventLog, min_count: int = 5) -> tuple[Dataset, dict]:
+    """k-core filter, per-user time order (ties in file order), leave-one-out split, dense ids.
+
+    Returns the dataset and a summary of what was removed at each step.
+    """
+    if min_count < 1:
+        raise UserError(f"--min-count {min_count}: expected a positive integer")
+    user_uniques, user_codes = np.unique(log.users, return_inverse=True)
+    item_uniques, item_codes = np.unique(log.items, return_inverse=True)
+    keep, passes = k_core(user_codes, item_codes, min_count)
+    if not keep.any():
+        raise UserError(
+            f"{log.source}: the {min_count}-core filter removed every event "
+            f"({len(keep)} events); lower --min-count"
+        )
+    users, items = log.users[keep], log.items[keep]
+    times, lines = log.times[keep], log.lines[keep]
+
+    # Users left with too few events for leave-one-out are dropped (only possible for k < 3).
+    _, kept_users, user_counts = np.unique(users, return_inverse=True, return_counts=True)
+    long_enough = user_counts[kept_users] >= MIN_EVENTS_PER_USER
+    short_users = int((user_counts < MIN_EVENTS_PER_USER).sum())
+    if not long_enough.any():
+        raise UserError(
+            f"{log.source}: no user has {MIN_EVENTS_PER_USER} or more events after filtering"
+        )
+    users, items = users[long_enough], items[long_enough]
+    times, lines = times[long_enough], lines[long_enough]
+
+    user_ids, user_index = dense_ids(users)
+    item_ids, item_index = dense_ids(items)
+    order = np.lexsort((lines, times, user_index))
+    offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(user_index, minlength=len(user_ids)), out=offsets[1:])
+    dataset = from_full_sequences(
+        name, item_index[order], offsets, len(item_ids), user_ids, item_ids
+    )
+    summary = {
+        "events_read": len(log.users),
+        "k_core": {
+            "min_count": min_count,
+            "passes": passes,
+            "events_removed": int((~keep).sum()),
+            "users_removed": len(user_uniques) - len(np.unique(user_codes[keep])),
+            "items_removed": len(item_uniques) - len(np.unique(item_codes[keep])),
+        },
+        "users_dropped_too_short": short_users,
+        "events_dropped_too_short": int((~long_enough).sum()),
+        **dataset.statistics(),
+    }
+    return dataset, summary
+
+
+def export_sasrec(dataset: Dataset, path: Path) -> None:
+    """Writes ``user item`` lines in time order, with the dataset's original ids."""
+    from mqsa_jax.data.dataset import full_sequences
+
+    items, offsets = full_sequences(dataset)
+    users = np.repeat(np.arange(dataset.num_users), np.diff(offsets))
+    lines = np.char.add(np.char.add(dataset.user_ids[users], " "), dataset.item_ids[items])
+    path.write_text("\n".join(lines.tolist()) + "\n")
