@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATASET ?= beauty
 EPOCHS ?=
-RUN_DIR ?= runs/$(DATASET)
+RUN_DIR ?=
+CONFIG ?= experiments/configs/mqsa_ted.py:$(DATASET)
 
 .PHONY: venv train test bench datasets clean
 
@@ -19,7 +20,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 train: venv
-	$(BIN)/mqsa-jax train --dataset $(DATASET) --run-dir $(RUN_DIR) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(BIN)/mqsa-jax train --config $(CONFIG) --dataset $(DATASET) \
+		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(RUN_DIR),--run-dir $(RUN_DIR))
 
 test: venv
 	$(BIN)/python -m pytest

@@ -71,6 +71,28 @@ def _data_convert_release(args) -> None:
         print(json.dumps(dataset.statistics()))
 
 
+def _train(args) -> None:
+    import time
+
+    from mqsa_jax import config as config_lib
+    from mqsa_jax.train import train
+
+    file_values = {}
+    if args.config:
+        path, _, arg = args.config.partition(":")
+        file_values = config_lib.load_config_file(Path(path), arg or None)
+    overrides = config_lib.parse_overrides(args.set)
+    if args.dataset:
+        overrides["dataset"] = args.dataset
+    if args.epochs is not None:
+        overrides["epochs"] = str(args.epochs)
+    config = config_lib.build_config(file_values, overrides, source=args.config or "config")
+    run_dir = Path(args.run_dir or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"run directory: {run_dir}", file=sys.stderr)
+    results = train(config, run_dir, args.data_dir, progress=False if args.no_progress else None)
+    print(json.dumps(results))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="MQSA-TED sequential recommendation in JAX.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -112,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("release_dir")
     p.add_argument("--out", help="output folder (default: the package's built-in folder)")
     p.set_defaults(run=_data_convert_release)
+    p = commands.add_parser("train", help="train and evaluate a model; writes a run directory")
+    p.add_argument("--dataset", help="dataset name (built-in or imported)")
+    p.add_argument("--config", help="config file defining get_config(); FILE:ARG passes ARG")
+    p.add_argument("--epochs", type=int, help="number of epochs (default: the config's)")
+    p.add_argument("--run-dir", help="output directory (default: runs/<dataset>-<time>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set lambda_kd=0 --set windows=1,4")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_data_dir(p)
+    p.set_defaults(run=_train)
     return parser
 
 

@@ -1,0 +1,204 @@
+"""Training and evaluation speed per dataset, with a measured breakdown of the train step.
+
+    python experiments/bench.py [--datasets beauty toys] [--out experiments/results/bench]
+
+For each dataset, with the reference hyperparameters: one warm-up epoch (compiles the step's
+shapes), then one timed epoch of training and one full evaluation (valid + test, all users, all
+items).  Reported: seconds, training targets per second, and the N-wide matmuls' achieved
+GFLOP/s against the machine's measured f32 matmul peak.  The breakdown times each part of one
+representative step in isolation (jit-compiled, median of repeats): the N-wide loss (matmuls plus
+softmax passes), the matmuls alone, the encoder's forward and backward, and the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mqsa_jax.config import Config
+from mqsa_jax.losses import fused_losses
+from mqsa_jax.train import Trainer, epoch_batches, prepare_data
+
+RELEASE_BEAUTY_SECONDS = {"train": 225.0, "eval": 115.0}  # issue 3 / official-beauty-curve.csv
+
+
+def _median_seconds(fn, *args, repeats=7) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak_gflops(size: int = 2048) -> float:
+    a = jnp.ones((size, size), jnp.float32)
+    seconds = _median_seconds(jax.jit(lambda x, y: x @ y), a, a)
+    return 2 * size**3 / seconds / 1e9
+
+
+def nwide_flops(rows: int, hidden: int, num_items: int) -> float:
+    """Forward logits plus the two backward products: 3 matmuls of rows x hidden x N."""
+    return 3 * 2 * rows * hidden * num_items
+
+
+def step_breakdown(trainer: Trainer, state, users, long_rows, capacity) -> dict:
+    config, data = trainer.config, trainer.data
+    d, n = config.hidden, data.num_items
+    rows = 2 * capacity if config.lambda_kd > 0 else capacity
+    step = lambda s: trainer.train_step(s, trainer.arrays, users, capacity, long_rows,
+                                        trainer.short_width)
+    # The step donates its state: time it on copies.
+    copies = [jax.tree.map(jnp.copy, state) for _ in range(8)]
+    jax.block_until_ready(step(copies.pop())[1])
+    times = []
+    for copy in copies:
+        start = time.perf_counter()
+        jax.block_until_ready(step(copy)[1])
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+
+    table = state.params["params"]["item_embedding"]
+    key = jax.random.key(0)
+    states = jax.random.normal(key, (capacity, d)) * 0.1
+    heads = jax.random.randint(key, (capacity,), 0, n)
+    teacher_rows = trainer.arrays.teacher.rows(heads)
+    distill = config.lambda_kd > 0
+    students = (table[heads] * np.sqrt(d) / config.tau) if distill else None
+
+    def nwide(states, students, table):
+        rec, kd = fused_losses(states, heads, jnp.ones(capacity), table, students,
+                               teacher_rows if distill else None)
+        return rec + kd
+
+    nwide_s = _median_seconds(jax.jit(jax.grad(nwide, argnums=(0, 1, 2) if distill else (0, 2))),
+                              states, students, table)
+    x = jax.random.normal(key, (rows, d))
+    g = jax.random.normal(key, (rows, n))
+    matmul_s = _median_seconds(jax.jit(lambda x, g, e: (x @ e.T, g @ e, g.T @ x)), x, g, table)
+
+    split = len(users) - long_rows
+    inputs = trainer.arrays.inputs[users]
+    groups = [inputs[:split, -trainer.short_width:]] + ([inputs[split:]] if long_rows else [])
+
+    def encoder(params):
+        return sum(jnp.sum(trainer.model.apply(params, x, deterministic=False,
+                                               rngs={"dropout": key}) ** 2) for x in groups)
+
+    encoder_s = _median_seconds(jax.jit(jax.grad(encoder)), state.params)
+    flops = nwide_flops(rows, d, n)
+    return {
+        "capacity": capacity, "long_rows": long_rows, "short_width": trainer.short_width,
+        "step_ms": round(step_s * 1e3, 1),
+        "nwide_loss_ms": round(nwide_s * 1e3, 1),
+        "nwide_matmuls_ms": round(matmul_s * 1e3, 1),
+        "nwide_softmax_passes_ms": round((nwide_s - matmul_s) * 1e3, 1),
+        "encoder_fwd_bwd_ms": round(encoder_s * 1e3, 1),
+        "rest_ms": round((step_s - nwide_s - encoder_s) * 1e3, 1),
+        "nwide_matmul_gflops": round(flops / matmul_s / 1e9, 1),
+    }
+
+
+def bench_dataset(name: str, peak: float) -> dict:
+    config = Config(dataset=name)
+    start = time.perf_counter()
+    trainer = Trainer(config, prepare_data(config))
+    setup_s = time.perf_counter() - start
+    state = trainer.init_state()
+    rng = np.random.default_rng(config.seed)
+    start = time.perf_counter()
+    state, _ = trainer.train_epoch(state, rng.permutation(trainer.data.num_users))
+    trainer.evaluate(state.params)
+    warmup_s = time.perf_counter() - start
+
+    order = rng.permutation(trainer.data.num_users)
+    start = time.perf_counter()
+    state, _ = trainer.train_epoch(state, order)
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    trainer.evaluate(state.params)
+    eval_s = time.perf_counter() - start
+
+    batches = list(epoch_batches(order, config.batch_size, trainer.targets_per_user,
+                                 trainer.short_width))
+    targets = sum(count for *_, count in batches)
+    rows_factor = 2 if config.lambda_kd > 0 else 1
+    flops = sum(nwide_flops(rows_factor * capacity, config.hidden, trainer.data.num_items)
+                for _, _, capacity, _ in batches)
+    median_batch = sorted(batches, key=lambda b: b[2])[len(batches) // 2]
+    breakdown = step_breakdown(trainer, state, *median_batch[:3])
+    result = {
+        "setup_seconds": round(setup_s, 2),
+        "warmup_epoch_with_compilation_seconds": round(warmup_s, 1),
+        "train_seconds_per_epoch": round(train_s, 2),
+        "eval_seconds_valid_and_test": round(eval_s, 2),
+        "train_targets_per_second": round(targets / train_s),
+        "nwide_tflop_per_epoch": round(flops / 1e12, 3),
+        "step_breakdown": breakdown,
+        "nwide_matmul_fraction_of_peak": round(breakdown["nwide_matmul_gflops"] / peak, 3),
+    }
+    if name == "beauty":
+        release = RELEASE_BEAUTY_SECONDS["train"] + RELEASE_BEAUTY_SECONDS["eval"]
+        result["speedup_vs_release_epoch_plus_eval"] = round(release / (train_s + eval_s), 1)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--datasets", nargs="+", default=["beauty", "sports", "toys", "yelp"])
+    parser.add_argument("--out", default="experiments/results/bench")
+    args = parser.parse_args()
+    peak = matmul_peak_gflops()
+    report = {
+        "command": "python experiments/bench.py --datasets " + " ".join(args.datasets),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"jax {jax.__version__} on {jax.devices()[0].platform}",
+        "date": time.strftime("%Y-%m-%d"),
+        "matmul_peak_gflops_f32_2048": round(peak, 1),
+        "datasets": {},
+    }
+    for name in args.datasets:
+        report["datasets"][name] = bench_dataset(name, peak)
+        print(name, json.dumps(report["datasets"][name]), flush=True)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")  # partial results
+    Path(f"{args.out}.md").write_text(markdown_table(report))
+
+
+def markdown_table(report: dict) -> str:
+    lines = [
+        f"# Speed ({report['date']}; {report['machine']})", "",
+        f"Command: `{report['command']}`. Machine f32 matmul peak (2048^3): "
+        f"{report['matmul_peak_gflops_f32_2048']} GFLOP/s.", "",
+        "| dataset | train s/epoch | eval s (valid+test) | targets/s | N-wide GFLOP/s (share of peak) "
+        "| step ms: N-wide matmuls / softmax passes / encoder / rest |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in report["datasets"].items():
+        b = r["step_breakdown"]
+        lines.append(
+            f"| {name} | {r['train_seconds_per_epoch']} | {r['eval_seconds_valid_and_test']} | "
+            f"{r['train_targets_per_second']:,} | {b['nwide_matmul_gflops']} "
+            f"({r['nwide_matmul_fraction_of_peak']:.0%}) | {b['step_ms']}: "
+            f"{b['nwide_matmuls_ms']} / {b['nwide_softmax_passes_ms']} / "
+            f"{b['encoder_fwd_bwd_ms']} / {b['rest_ms']} |")
+    beauty = report["datasets"].get("beauty", {})
+    if "speedup_vs_release_epoch_plus_eval" in beauty:
+        lines += ["", f"Beauty, one epoch plus full evaluation, against the release's 225 s + 115 s "
+                      f"on this machine kind: {beauty['speedup_vs_release_epoch_plus_eval']}x."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""MQSA: multi-query self-attention (reference, section Model), in flax.linen.
+
+One branch is a stack of L-query blocks for one query window; the branches are one module mapped
+with ``nn.vmap`` over the windows, so their parameters are stacked along a leading axis and any
+number of windows costs one fused computation.  SASRec is the one-branch case ``windows=(1,)``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from mqsa_jax.config import Config
+
+# The release masks attention scores with this value, not -inf.
+_MASK_VALUE = -(2.0**32) + 1
+# The release's LayerNorm uses 1e-24; any epsilon that keeps all-zero (padding) rows finite is
+# equivalent for real rows, whose variance is many orders of magnitude larger.
+_LN_EPSILON = 1e-8
+
+_dense_init = nn.initializers.xavier_uniform()  # tf.layers.dense's default, as in the release
+_embedding_init = nn.initializers.normal(stddev=0.01)
+
+
+def _layer_norm(name: str | None = None) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=_LN_EPSILON, use_fast_variance=False, name=name)
+
+
+def window_average(h: jax.Array, mask: jax.Array, window: jax.Array) -> jax.Array:
+    """Mean of the real items among the last ``window`` positions (0 where there are none).
+
+    ``window`` may be traced (it differs between vmapped branches): a ``[T, T]`` band matrix
+    selects, for each position t, the positions t - window < s <= t.
+    """
+    positions = jnp.arange(h.shape[1])
+    offset = positions[:, None] - positions[None, :]
+    band = ((offset >= 0) & (offset < window)).astype(h.dtype)
+    total = jnp.einsum("ts,bsd->btd", band, h)
+    count = jnp.einsum("ts,bs->bt", band, mask)
+    return total / (count + 1e-24)[..., None]
+
+
+class QueryBlock(nn.Module):
+    """Self-attention whose query is the normalised window average of the input."""
+
+    hidden: int
+    num_heads: int
+    dropout: float
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, h: jax.Array, mask: jax.Array, window: jax.Array) -> jax.Array:
+        batch, length, _ = h.shape
+        head_dim = self.hidden // self.num_heads
+        q = _layer_norm()(window_average(h, mask, window))
+
+        def project(x, name):
+            y = nn.Dense(self.hidden, kernel_init=_dense_init, name=name)(x)
+            return y.reshape(batch, length, self.num_heads, head_dim)
+
+        queries, keys, values = project(q, "query"), project(h, "key"), project(h, "value")
+        scores = jnp.einsum("bqhd,bkhd->bhqk", queries, keys) / jnp.sqrt(head_dim)
+        causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+        visible = causal[None, None] & (mask[:, None, None, :] > 0)
+        weights = jax.nn.softmax(jnp.where(visible, scores, _MASK_VALUE), axis=-1)
+        weights = nn.Dropout(self.dropout)(weights, deterministic=self.deterministic)
+        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, values).reshape(batch, length, -1)
+
+        o = _layer_norm()(attended + q)  # the residual goes to the normalised query
+        inner = nn.relu(nn.Dense(self.hidden, kernel_init=_dense_init, name="ffn_in")(o))
+        inner = nn.Dropout(self.dropout)(inner, deterministic=self.deterministic)
+        outer = nn.Dense(self.hidden, kernel_init=_dense_init, name="ffn_out")(inner)
+        o = o + nn.Dropout(self.dropout)(outer, deterministic=self.deterministic)
+        return o * mask[..., None]
+
+
+class Branch(nn.Module):
+    """A stack of query blocks for one window, then a final LayerNorm."""
+
+    hidden: int
+    num_heads: int
+    num_blocks: int
+    dropout: float
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, h: jax.Array, mask: jax.Array, window: jax.Array) -> jax.Array:
+        for index in range(self.num_blocks):
+            h = QueryBlock(self.hidden, self.num_heads, self.dropout, self.deterministic,
+                           name=f"block_{index}")(h, mask, window)
+        return _layer_norm(name="final_norm")(h)
+
+
+class MQSA(nn.Module):
+    """Encodes left-padded item sequences (padding id ``num_items``) into fused states [B, T, d].
+
+    ``params['item_embedding']`` is the item table ``E`` (N x d); the padding id looks up a
+    fixed zero row that is not a parameter.
+    """
+
+    num_items: int
+    max_len: int
+    hidden: int
+    num_heads: int
+    num_blocks: int
+    dropout: float
+    windows: tuple[int, ...]
+    window_weights: tuple[float, ...]
+
+    @classmethod
+    def from_config(cls, config: Config, num_items: int) -> "MQSA":
+        return cls(num_items=num_items, max_len=config.max_len, hidden=config.hidden,
+                   num_heads=config.num_heads, num_blocks=config.num_blocks,
+                   dropout=config.dropout, windows=tuple(config.windows),
+                   window_weights=tuple(config.window_weights))
+
+    @nn.compact
+    def __call__(self, sequences: jax.Array, *, deterministic: bool) -> jax.Array:
+        items = self.param("item_embedding", _embedding_init, (self.num_items, self.hidden))
+        positions = self.param("position_embedding", _embedding_init, (self.max_len, self.hidden))
+        table = jnp.concatenate([items, jnp.zeros((1, self.hidden), items.dtype)])
+        mask = (sequences != self.num_items).astype(items.dtype)
+        x = table[sequences] * jnp.sqrt(float(self.hidden)) + positions[-sequences.shape[1]:]
+        x = nn.Dropout(self.dropout)(x, deterministic=deterministic) * mask[..., None]
+
+        branches = nn.vmap(
+            Branch,
+            in_axes=(None, None, 0),
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            axis_size=len(self.windows),
+        )(self.hidden, self.num_heads, self.num_blocks, self.dropout, deterministic,
+          name="branches")
+        states = branches(x, mask, jnp.asarray(self.windows))  # [branches, B, T, d]
+        return jnp.einsum("n,nbtd->btd", jnp.asarray(self.window_weights, states.dtype), states)
+
+
+def item_table(params) -> jax.Array:
+    return params["params"]["item_embedding"]

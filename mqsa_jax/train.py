@@ -1,0 +1,292 @@
+"""Training: state, the jitted train step, and the one training loop with per-epoch evaluation."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from mqsa_jax.config import Config
+from mqsa_jax.data import registry
+from mqsa_jax.data.arrays import SequenceData, build_sequence_data
+from mqsa_jax.evaluation import RankingEvaluator
+from mqsa_jax.losses import TeacherWeights, fused_losses, l2_penalty
+from mqsa_jax.model import MQSA, item_table
+
+# Packed-row buffers are rounded up to a multiple of this, so an epoch compiles a handful of
+# shapes while wasting at most this many rows per step.
+CAPACITY_QUANTUM = 256
+# Likewise for the number of rows a batch runs at full width (see `choose_short_width`).
+LONG_ROWS_QUANTUM = 16
+SHORT_WIDTH_CHOICES = (4, 8, 12, 16, 24, 32)
+SELECTION_METRIC = "NDCG@20"
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    dropout_key: jax.Array
+
+
+@flax.struct.dataclass
+class TrainArrays:
+    """Device-resident training rows; the last row is all padding, for filling partial batches."""
+
+    inputs: jax.Array  # [U + 1, T]
+    targets: jax.Array  # [U + 1, T]
+    teacher: TeacherWeights
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+    return optax.adam(config.learning_rate, b1=0.9, b2=0.999, eps=1e-8)
+
+
+def init_state(model: MQSA, optimizer, config: Config) -> TrainState:
+    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+    dummy = jnp.full((1, config.max_len), model.num_items, jnp.int32)
+    params = model.init({"params": init_key}, dummy, deterministic=True)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(params), dropout_key=dropout_key)
+
+
+def device_arrays(data: SequenceData, config: Config) -> TrainArrays:
+    pad_row = np.full((1, data.max_len), data.padding_id, np.int32)
+    return jax.device_put(TrainArrays(
+        inputs=np.concatenate([data.train_inputs, pad_row]),
+        targets=np.concatenate([data.train_targets, pad_row]),
+        teacher=TeacherWeights.from_transitions(data.transitions, config.tau),
+    ))
+
+
+def _dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
+    if rate == 0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def make_loss_fn(model: MQSA, config: Config):
+    distill = config.lambda_kd > 0
+    scale = math.sqrt(config.hidden)
+
+    def loss_fn(params, row_groups, positions, weights, key, teacher):
+        """``row_groups``: (inputs, targets) pairs of equal-width rows; ``positions`` index the
+        real targets in all of them, flattened and concatenated."""
+        student_key, *group_keys = jax.random.split(key, 1 + len(row_groups))
+        states = jnp.concatenate([
+            model.apply(params, inputs, deterministic=False, rngs={"dropout": k}).reshape(
+                -1, config.hidden)
+            for (inputs, _), k in zip(row_groups, group_keys)
+        ])[positions]
+        inputs = jnp.concatenate([x.reshape(-1) for x, _ in row_groups])
+        targets = jnp.concatenate([y.reshape(-1) for _, y in row_groups])
+        table = item_table(params)
+        students = teacher_rows = None
+        if distill:
+            heads = inputs[positions]
+            students = _dropout(student_key, table[heads] * scale, config.dropout) / config.tau
+            teacher_rows = teacher.rows(heads)
+        rec, kd = fused_losses(states, targets[positions], weights, table, students,
+                               teacher_rows)
+        loss = rec + config.lambda_kd * kd + config.l2_reg * l2_penalty(params)
+        return loss, {"loss": loss, "loss_rec": rec, "loss_kd": kd}
+
+    return loss_fn
+
+
+def make_train_step(model: MQSA, optimizer, config: Config):
+    loss_fn = make_loss_fn(model, config)
+    padding_id = model.num_items
+
+    @functools.partial(jax.jit, static_argnames=("capacity", "long_rows", "short_width"),
+                       donate_argnums=0)
+    def train_step(state: TrainState, arrays: TrainArrays, users: jax.Array, capacity: int,
+                   long_rows: int, short_width: int):
+        """One Adam step on a batch of users sorted by length, the last ``long_rows`` longest.
+
+        Most rows are mostly padding, and a real position's state depends only on the real items
+        up to it, so the short rows run on their last ``short_width`` columns only.
+        """
+        inputs, targets = arrays.inputs[users], arrays.targets[users]
+        split = len(users) - long_rows
+        row_groups = [(inputs[:split, -short_width:], targets[:split, -short_width:])]
+        if long_rows:
+            row_groups.append((inputs[split:], targets[split:]))
+        real = jnp.concatenate([x.reshape(-1) for x, _ in row_groups]) != padding_id
+        positions = jnp.nonzero(real, size=capacity, fill_value=0)[0]
+        weights = (jnp.arange(capacity) < real.sum()).astype(jnp.float32)
+        key = jax.random.fold_in(state.dropout_key, state.step)
+        grads, losses = jax.grad(loss_fn, has_aux=True)(
+            state.params, row_groups, positions, weights, key, arrays.teacher)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), losses
+
+    return train_step
+
+
+def make_encode_last(model: MQSA):
+    """The state at the last position of each row: what the next item is predicted from."""
+    return lambda params, inputs: model.apply(params, inputs, deterministic=True)[:, -1]
+
+
+def _round_up(value: int, quantum: int) -> int:
+    return -(-value // quantum) * quantum
+
+
+def choose_short_width(targets_per_user: np.ndarray, max_len: int, batch_size: int) -> int:
+    """The width that minimises the expected rows x columns a batch runs (see `train_step`)."""
+    def cost(width):
+        long_rows = batch_size * np.mean(targets_per_user > width)
+        return batch_size * width + _round_up(int(np.ceil(long_rows)), LONG_ROWS_QUANTUM) * max_len
+
+    return min((w for w in SHORT_WIDTH_CHOICES if w < max_len), key=cost, default=max_len)
+
+
+def epoch_batches(order: np.ndarray, batch_size: int, targets_per_user: np.ndarray,
+                  short_width: int):
+    """Yields (users, long_rows, capacity, real targets) for each batch of ``order``.
+
+    Users are padded to ``batch_size`` with the all-padding row and sorted by length within the
+    batch (which users share a batch is unchanged), so the longest ``long_rows`` come last.
+    """
+    padding_user = len(targets_per_user)
+    lengths = np.append(targets_per_user, 0)
+    for start in range(0, len(order), batch_size):
+        users = order[start:start + batch_size]
+        users = np.pad(users, (0, batch_size - len(users)), constant_values=padding_user)
+        users = users[np.argsort(lengths[users], kind="stable")]
+        count = int(lengths[users].sum())
+        long_count = int((lengths[users] > short_width).sum())  # real inputs = targets
+        long_rows = min(batch_size, _round_up(long_count, LONG_ROWS_QUANTUM))
+        capacity = max(CAPACITY_QUANTUM, _round_up(count, CAPACITY_QUANTUM))
+        yield users.astype(np.int32), long_rows, capacity, count
+
+
+def _write_json_atomic(path: Path, value) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Owns the data, model, step functions and evaluators of one run."""
+
+    def __init__(self, config: Config, data: SequenceData):
+        self.config, self.data = config, data
+        self.model = MQSA.from_config(config, data.num_items)
+        self.optimizer = make_optimizer(config)
+        self.train_step = make_train_step(self.model, self.optimizer, config)
+        self.arrays = device_arrays(data, config)
+        self.targets_per_user = (data.train_targets != data.padding_id).sum(axis=1)
+        self.short_width = choose_short_width(self.targets_per_user, config.max_len,
+                                              config.batch_size)
+        encode_last = make_encode_last(self.model)
+        self.evaluators = [RankingEvaluator(split, data, encode_last, config.eval_batch_size)
+                           for split in ("valid", "test")]
+
+    def init_state(self) -> TrainState:
+        return init_state(self.model, self.optimizer, self.config)
+
+    def train_epoch(self, state: TrainState, order: np.ndarray, progress: tqdm | None = None):
+        """One pass over the users in ``order``; returns the state and the mean batch losses."""
+        totals, steps, seen, start = None, 0, 0, time.perf_counter()
+        for users, long_rows, capacity, count in epoch_batches(
+                order, self.config.batch_size, self.targets_per_user, self.short_width):
+            state, losses = self.train_step(state, self.arrays, users, capacity, long_rows,
+                                            self.short_width)
+            totals = losses if totals is None else jax.tree.map(jnp.add, totals, losses)
+            steps, seen = steps + 1, seen + count
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(targets_per_s=f"{seen / (time.perf_counter() - start):,.0f}",
+                                     refresh=False)
+        return state, {k: float(v) / steps for k, v in totals.items()}
+
+    def evaluate(self, params) -> dict[str, dict[str, float]]:
+        return {e.split: e.evaluate(params) for e in self.evaluators}
+
+
+def prepare_data(config: Config, data_dir: Path | None = None) -> SequenceData:
+    dataset = registry.load_dataset(config.dataset, data_dir)
+    return build_sequence_data(dataset, config.max_len, config.time_span)
+
+
+def enable_compilation_cache() -> None:
+    """Keeps compiled steps on disk: a second run of the same shapes starts at once."""
+    if jax.config.jax_compilation_cache_dir is None:
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mqsa-jax" / "jax"
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def train(config: Config, run_dir: Path, data_dir: Path | None = None,
+          progress: bool | None = None) -> dict:
+    """Trains, evaluates after every ``eval_every`` epochs, and writes the run's outputs."""
+    enable_compilation_cache()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / "metrics.jsonl"
+    if metrics_path.exists():
+        from mqsa_jax.errors import UserError
+
+        raise UserError(f"{run_dir}: already holds a run; choose another --run-dir")
+    _write_json_atomic(run_dir / "config.json", config.to_json())
+
+    trainer = Trainer(config, prepare_data(config, data_dir))
+    state = trainer.init_state()
+    shuffler = np.random.default_rng(config.seed)
+    steps_per_epoch = -(-trainer.data.num_users // config.batch_size)
+    best, stale = None, 0
+    for epoch in range(1, config.epochs + 1):
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+                   leave=False, disable=None if progress is None else not progress)
+        start = time.perf_counter()
+        state, losses = trainer.train_epoch(state, shuffler.permutation(trainer.data.num_users), bar)
+        train_seconds = time.perf_counter() - start
+        bar.close()
+        record = {"epoch": epoch, **{k: round(v, 6) for k, v in losses.items()},
+                  "train_seconds": round(train_seconds, 3)}
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            start = time.perf_counter()
+            record.update(trainer.evaluate(state.params))
+            record["eval_seconds"] = round(time.perf_counter() - start, 3)
+            if best is None or record["valid"][SELECTION_METRIC] > best["valid"][SELECTION_METRIC]:
+                best, stale = record, 0
+            else:
+                stale += 1
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(_summary_line(record, config.epochs), file=sys.stderr, flush=True)
+        if config.patience and stale >= config.patience:
+            print(f"stopping early: no better valid {SELECTION_METRIC} in {stale} evaluations",
+                  file=sys.stderr)
+            break
+    results = {"dataset": config.dataset, "best_epoch": best["epoch"] if best else None,
+               "valid": best["valid"] if best else {}, "test": best["test"] if best else {}}
+    _write_json_atomic(run_dir / "results.json", results)
+    return results
+
+
+def _summary_line(record: dict, epochs: int) -> str:
+    line = (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f} "
+            f"(rec {record['loss_rec']:.4f}, kd {record['loss_kd']:.4f})  "
+            f"{record['train_seconds']:.1f} s")
+    if "valid" in record:
+        line += (f"  valid {SELECTION_METRIC} {record['valid'][SELECTION_METRIC]:.4f}"
+                 f"  test {SELECTION_METRIC} {record['test'][SELECTION_METRIC]:.4f}"
+                 f"  eval {record['eval_seconds']:.1f} s")
+    return line

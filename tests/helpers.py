@@ -1,0 +1,31 @@
+"""Small datasets for fast model and training tests."""
+
+import numpy as np
+
+from mqsa_jax.data.arrays import build_sequence_data
+from mqsa_jax.data.dataset import Dataset, from_full_sequences
+
+
+def random_dataset(num_users=40, num_items=30, max_length=14, seed=0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, max_length + 1, num_users)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    # Items follow a noisy cycle, so that transitions carry signal.
+    starts = rng.integers(0, num_items, num_users)
+    steps = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+    noise = rng.integers(0, 3, offsets[-1]) * (rng.random(offsets[-1]) < 0.2)
+    items = (np.repeat(starts, lengths) + steps + noise) % num_items
+    return from_full_sequences("random", items, offsets, num_items,
+                               np.arange(num_users).astype(str), np.arange(num_items).astype(str))
+
+
+def first_users(dataset: Dataset, count: int) -> Dataset:
+    """The first ``count`` users of a dataset, with its whole catalogue."""
+    end = dataset.train_offsets[count]
+    return Dataset(dataset.name, dataset.train_items[:end], dataset.train_offsets[:count + 1],
+                   dataset.valid[:count], dataset.test[:count], dataset.num_items,
+                   dataset.user_ids[:count], dataset.item_ids)
+
+
+def small_data(max_len=10, **kwargs):
+    return build_sequence_data(random_dataset(**kwargs), max_len=max_len)

@@ -1,0 +1,65 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mqsa_jax.config import Config
+from mqsa_jax.evaluation import RankingEvaluator, label_ranks, metric_sums
+from mqsa_jax.train import Trainer, make_encode_last
+from tests.helpers import small_data
+
+
+def _brute_force_rank(scores, label, history, top):
+    scores = scores.astype(np.float64).copy()
+    scores[[h for h in history if h < len(scores)]] = -np.inf
+    if scores[label] == -np.inf:
+        return top
+    order = np.argsort(-scores, kind="stable")  # ties: lower id first
+    rank = int(np.flatnonzero(order == label)[0])
+    return min(rank, top)
+
+
+def test_ranks_against_brute_force_with_ties_and_masks():
+    rng = np.random.default_rng(0)
+    n, rows = 30, 60
+    scores = rng.integers(0, 8, (rows, n)).astype(np.float32)  # many ties
+    labels = rng.integers(0, n, rows)
+    # Up to 15 masked items of 30: the top 20 often holds masked (-inf) items.
+    history = np.where(rng.random((rows, 15)) < 0.7, rng.integers(0, n, (rows, 15)), n)
+    history[0, 0] = labels[0]  # a label in its own history can never be found
+    got = np.asarray(label_ranks(jnp.asarray(scores), jnp.asarray(labels), jnp.asarray(history), 20))
+    expected = [_brute_force_rank(scores[r], labels[r], history[r], 20) for r in range(rows)]
+    assert got.tolist() == expected
+    assert got[0] == 20
+
+
+def test_metric_sums():
+    ranks = jnp.asarray([0, 4, 5, 9, 19, 20])
+    weights = jnp.asarray([1, 1, 1, 1, 1, 0], jnp.float32)
+    sums = np.asarray(metric_sums(ranks, weights))
+    ndcg = lambda r: 1 / np.log2(r + 2)
+    expected = [2, ndcg(0) + ndcg(4), 4, ndcg(0) + ndcg(4) + ndcg(5) + ndcg(9),
+                5, ndcg(0) + ndcg(4) + ndcg(5) + ndcg(9) + ndcg(19)]
+    np.testing.assert_allclose(sums, expected, rtol=1e-6)
+
+
+def test_evaluator_equals_brute_force_full_width_ranking():
+    data = small_data(max_len=40, num_users=70, max_length=30)
+    config = Config(max_len=40, hidden=16, eval_batch_size=16)
+    trainer = Trainer(config, data)
+    params = trainer.init_state().params
+    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(2), p.shape), params)
+    encode = make_encode_last(trainer.model)
+    for split in ("valid", "test"):
+        inputs = getattr(data, f"{split}_inputs")
+        states = np.asarray(encode(params, inputs))
+        scores = states @ np.asarray(params["params"]["item_embedding"]).T
+        ranks = np.array([
+            _brute_force_rank(scores[u], getattr(data, f"{split}_labels")[u],
+                              getattr(data, f"{split}_history")[u], 20)
+            for u in range(data.num_users)])
+        evaluator = RankingEvaluator(split, data, encode, batch_size=16)
+        got = evaluator.evaluate(params)
+        for k in (5, 10, 20):
+            assert abs(got[f"HR@{k}"] - np.mean(ranks < k)) < 1e-6
+            expected_ndcg = np.mean(np.where(ranks < k, 1 / np.log2(ranks + 2), 0))
+            assert abs(got[f"NDCG@{k}"] - expected_ndcg) < 1e-6

@@ -1,0 +1,129 @@
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from mqsa_jax.config import Config
+from mqsa_jax.data import registry
+from mqsa_jax.data.arrays import build_sequence_data
+from mqsa_jax.losses import TeacherWeights, l2_penalty
+from mqsa_jax.train import Trainer, epoch_batches
+from tests.conftest import run_cli
+from tests.helpers import first_users, random_dataset, small_data
+
+
+def _dense_reference_losses(trainer, params, users, config):
+    """The reference losses over full-width rows, dense teacher rows, no dropout."""
+    data = trainer.data
+    n, d = data.num_items, config.hidden
+    inputs, targets = data.train_inputs[users], data.train_targets[users]
+    states = np.asarray(trainer.model.apply(params, inputs, deterministic=True), np.float64)
+    E = np.asarray(params["params"]["item_embedding"], np.float64)
+    real = inputs != n
+    logits = np.concatenate([states @ E.T, np.zeros(states.shape[:2] + (1,))], axis=-1)
+    log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(log_softmax, targets[..., None], -1)[..., 0]
+    rec = ce[real].mean()
+    teacher = TeacherWeights.from_transitions(data.transitions, config.tau).dense()
+    z = E[inputs[real]] * np.sqrt(d) @ E.T / config.tau
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    kd = -(teacher[inputs[real]] * np.log(p + 1e-24)).sum(-1).mean()
+    l2 = float(l2_penalty(params))
+    return rec, kd, rec + config.lambda_kd * kd + config.l2_reg * l2
+
+
+@pytest.mark.parametrize("windows, weights", [((1, 3), (0.5, 0.5)), ((1,), (1.0,))])
+def test_packed_two_tier_step_equals_the_dense_reference(windows, weights):
+    data = small_data(max_len=10, num_users=40, max_length=16)
+    config = Config(max_len=10, hidden=16, dropout=0.0, batch_size=32, windows=windows,
+                    window_weights=weights)
+    trainer = Trainer(config, data)
+    state = trainer.init_state()
+    params = jax.tree.map(np.array, state.params)  # the step donates the state
+    users, long_rows, capacity, count = next(epoch_batches(
+        np.arange(data.num_users), 32, trainer.targets_per_user, trainer.short_width))
+    assert 0 < long_rows < 32 and capacity >= count  # both row groups are exercised
+    _, losses = trainer.train_step(state, trainer.arrays, users, capacity, long_rows,
+                                   trainer.short_width)
+    rec, kd, total = _dense_reference_losses(trainer, params, users[users < data.num_users],
+                                             config)
+    np.testing.assert_allclose(float(losses["loss_rec"]), rec, rtol=1e-5)
+    np.testing.assert_allclose(float(losses["loss_kd"]), kd, rtol=1e-5)
+    np.testing.assert_allclose(float(losses["loss"]), total, rtol=1e-5)
+
+
+def test_three_epochs_on_a_real_slice_beat_the_untrained_model(data_root):
+    dataset = first_users(registry.load_dataset("toys", data_root), 1200)
+    config = Config(dataset="toys", batch_size=600)  # few batches: few shapes to compile
+    trainer = Trainer(config, build_sequence_data(dataset, config.max_len))
+    state = trainer.init_state()
+    before = trainer.evaluate(state.params)["valid"]["NDCG@20"]
+    rng = np.random.default_rng(config.seed)
+    for _ in range(3):
+        state, losses = trainer.train_epoch(state, rng.permutation(dataset.num_users))
+    after = trainer.evaluate(state.params)["valid"]["NDCG@20"]
+    assert np.isfinite(losses["loss"])
+    assert after > before + 0.005, (before, after)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """A small imported dataset, trained end to end through the CLI."""
+    root = tmp_path_factory.mktemp("tiny")
+    dataset = random_dataset(num_users=60, num_items=40, max_length=20, seed=3)
+    from mqsa_jax.data.importers import export_sasrec
+
+    export_sasrec(dataset, root / "log.txt")
+    from mqsa_jax.cli import main
+
+    assert main(["data", "import", str(root / "log.txt"), "--format", "sasrec", "--name", "tiny",
+                 "--min-count", "1", "--data-dir", str(root / "data")]) == 0
+    return root
+
+
+def _train_cli(capsys, root, run_dir, *extra):
+    return run_cli(capsys, "train", "--dataset", "tiny", "--data-dir", str(root / "data"),
+                   "--run-dir", str(run_dir), "--no-progress", "--set", "max_len=16",
+                   "--set", "batch_size=32", *extra)
+
+
+def test_end_to_end_run_outputs_and_same_seed_same_metrics(tiny_dataset, capsys):
+    runs = []
+    for name in ("a", "b"):
+        code, out, err = _train_cli(capsys, tiny_dataset, tiny_dataset / name, "--epochs", "3")
+        assert code == 0, err
+        runs.append(tiny_dataset / name)
+    a, b = (json.loads((r / "results.json").read_text()) for r in runs)
+    assert a == b
+    assert set(a) >= {"best_epoch", "valid", "test"}
+    assert set(a["test"]) == {f"{m}@{k}" for m in ("HR", "NDCG") for k in (5, 10, 20)}
+    lines = [json.loads(x) for x in (runs[0] / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    assert {"loss", "loss_rec", "loss_kd", "train_seconds", "valid", "test"} <= set(lines[0])
+    best = max(lines, key=lambda x: x["valid"]["NDCG@20"])
+    assert a["best_epoch"] == best["epoch"] and a["test"] == best["test"]
+    config = json.loads((runs[0] / "config.json").read_text())
+    assert config["max_len"] == 16 and config["dataset"] == "tiny"
+
+
+def test_eval_every_and_refusing_a_used_run_dir(tiny_dataset, capsys):
+    run = tiny_dataset / "every"
+    code, _, err = _train_cli(capsys, tiny_dataset, run, "--epochs", "3", "--set", "eval_every=2")
+    assert code == 0, err
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert ["valid" in x for x in lines] == [False, True, True]  # epoch 2 and the last
+    code, _, err = _train_cli(capsys, tiny_dataset, run, "--epochs", "1")
+    assert code == 2 and "already holds a run" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--set", "nope=1"), "unknown config key 'nope'"),
+    (("--set", "tau=abc"), "--set tau=abc: expected float"),
+    (("--set", "windows=1,3", "--set", "window_weights=1"), "same, non-zero, length"),
+    (("--config", "missing.py"), "missing.py: config file not found"),
+])
+def test_bad_train_arguments(tiny_dataset, capsys, args, message):
+    code, _, err = _train_cli(capsys, tiny_dataset, tiny_dataset / "bad", *args)
+    assert code == 2 and message in err and err.count("\n") <= 2  # "run directory" + error
