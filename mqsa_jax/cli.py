@@ -48,7 +48,8 @@ def _data_import(args) -> None:
     registry.check_new_name(args.name)
     store = registry.imported_store(args.name, root)
     if store.exists() and not args.replace:
-        raise UserError(f"dataset {args.name!r} already exists in {root}; pass --replace to overwrite")
+        raise UserError(
+            f"dataset {args.name!r} already exists in {root}; pass --replace to overwrite")
     columns = importers.Columns(user=args.user_col, item=args.item_col, time=args.time_col)
     log = importers.read_log(Path(args.path), args.format, columns, args.delimiter)
     dataset, summary = importers.build_dataset(args.name, log, args.min_count)
@@ -67,7 +68,8 @@ def _data_export(args) -> None:
 def _data_convert_release(args) -> None:
     from mqsa_jax.data import registry, release
 
-    for dataset in release.convert_release(Path(args.release_dir), Path(args.out or registry.BUILTIN_DIR)):
+    out = Path(args.out or registry.BUILTIN_DIR)
+    for dataset in release.convert_release(Path(args.release_dir), out):
         print(json.dumps(dataset.statistics()))
 
 
@@ -75,22 +77,72 @@ def _train(args) -> None:
     import time
 
     from mqsa_jax import config as config_lib
-    from mqsa_jax.train import train
+    from mqsa_jax.train import run_config, train
 
-    file_values = {}
+    if args.resume:
+        run_dir = Path(args.resume)
+        file_values = run_config(run_dir).to_json()
+        source = str(run_dir / "config.json")
+    else:
+        file_values, source = {}, args.config or "config"
     if args.config:
         path, _, arg = args.config.partition(":")
-        file_values = config_lib.load_config_file(Path(path), arg or None)
+        file_values.update(config_lib.load_config_file(Path(path), arg or None))
     overrides = config_lib.parse_overrides(args.set)
     if args.dataset:
         overrides["dataset"] = args.dataset
     if args.epochs is not None:
         overrides["epochs"] = str(args.epochs)
-    config = config_lib.build_config(file_values, overrides, source=args.config or "config")
-    run_dir = Path(args.run_dir or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    print(f"run directory: {run_dir}", file=sys.stderr)
-    results = train(config, run_dir, args.data_dir, progress=False if args.no_progress else None)
+    config = config_lib.build_config(file_values, overrides, source=source)
+    if not args.resume:
+        run_dir = Path(args.run_dir or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    elif args.run_dir and Path(args.run_dir) != run_dir:
+        raise UserError("--resume names the run directory; do not also give --run-dir")
+    results = train(config, run_dir, args.data_dir, progress=False if args.no_progress else None,
+                    resume=bool(args.resume))
     print(json.dumps(results))
+
+
+def _evaluate(args) -> None:
+    from mqsa_jax.train import evaluate_run
+
+    splits = (args.split,) if args.split else ("valid", "test")
+    print(json.dumps(evaluate_run(Path(args.run_dir), args.checkpoint, splits, args.data_dir)))
+
+
+def _recommend(args) -> None:
+    from mqsa_jax.recommend import Recommender
+
+    if (args.history is None) == (args.user is None):
+        raise UserError("give exactly one of --history ID,ID,... and --user ID")
+    recommender = Recommender.load(Path(args.run_dir), args.checkpoint, args.data_dir)
+    exclude = not args.keep_history
+    if args.user is not None:
+        items, scores = recommender.topk_for_users([args.user], args.k, exclude)
+        output = {"user": args.user}
+    else:
+        ids = [i for i in args.history.split(",") if i.strip()]
+        if not ids:
+            raise UserError("--history: empty; give at least one item id")
+        known, skipped = recommender.item_indices(ids, args.skip_unknown)
+        if not known:
+            raise UserError("--history: no known item ids left; give at least one")
+        items, scores = recommender.topk([known], args.k, exclude)
+        output = {"history": [i.strip() for i in ids], "skipped": skipped}
+    print(json.dumps({**output, "items": items[0], "scores": scores[0]}))
+
+
+def _export(args) -> None:
+    from mqsa_jax.recommend import export_embeddings
+
+    export_embeddings(Path(args.run_dir), Path(args.out_dir), args.checkpoint, args.data_dir)
+    print(json.dumps({"item_embeddings": str(Path(args.out_dir) / "item_embeddings.npz"),
+                      "model_config": str(Path(args.out_dir) / "model_config.json")}))
+
+
+def _add_checkpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", choices=["best", "latest"], default="best",
+                        help="which checkpoint of the run (default: best)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,9 +193,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="output directory (default: runs/<dataset>-<time>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set lambda_kd=0 --set windows=1,4")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue this run from its latest complete checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_data_dir(p)
     p.set_defaults(run=_train)
+
+    p = commands.add_parser("evaluate", help="metrics of a run's checkpoint, as one JSON object")
+    p.add_argument("run_dir")
+    _add_checkpoint(p)
+    p.add_argument("--split", choices=["valid", "test"], help="one split (default: both)")
+    _add_data_dir(p)
+    p.set_defaults(run=_evaluate)
+
+    p = commands.add_parser("recommend", help="top-k items for a history or a dataset user")
+    p.add_argument("run_dir")
+    p.add_argument("--history", help="comma-separated item ids, oldest first")
+    p.add_argument("--user", help="a user id of the dataset")
+    p.add_argument("--k", type=int, default=10, help="number of items (default 10)")
+    p.add_argument("--keep-history", action="store_true",
+                   help="allow items of the history in the recommendations")
+    p.add_argument("--skip-unknown", action="store_true",
+                   help="ignore unknown item ids (listed in the output) instead of failing")
+    _add_checkpoint(p)
+    _add_data_dir(p)
+    p.set_defaults(run=_recommend)
+
+    p = commands.add_parser("export", help="item embeddings (npz) and model config (JSON)")
+    p.add_argument("run_dir")
+    p.add_argument("out_dir")
+    _add_checkpoint(p)
+    _add_data_dir(p)
+    p.set_defaults(run=_export)
     return parser
 
 

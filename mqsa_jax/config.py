@@ -109,7 +109,8 @@ def load_config_file(path: Path, arg: str | None = None) -> dict:
     try:
         values = module.get_config() if arg is None else module.get_config(arg)
     except Exception as e:
-        raise UserError(f"{path}: get_config({arg or ''}) failed ({type(e).__name__}: {e})") from None
+        raise UserError(
+            f"{path}: get_config({arg or ''}) failed ({type(e).__name__}: {e})") from None
     return dict(values)
 
 

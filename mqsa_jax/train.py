@@ -18,9 +18,11 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from mqsa_jax.config import Config
+from mqsa_jax.checkpoint import LATEST, RunCheckpoints
+from mqsa_jax.config import Config, config_from_json
 from mqsa_jax.data import registry
 from mqsa_jax.data.arrays import SequenceData, build_sequence_data
+from mqsa_jax.errors import UserError
 from mqsa_jax.evaluation import RankingEvaluator
 from mqsa_jax.losses import TeacherWeights, fused_losses, l2_penalty
 from mqsa_jax.model import MQSA, item_table
@@ -39,7 +41,7 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
-    dropout_key: jax.Array
+    dropout_key: jax.Array  # raw key data (uint32), so that checkpoints store it as an array
 
 
 @flax.struct.dataclass
@@ -60,7 +62,8 @@ def init_state(model: MQSA, optimizer, config: Config) -> TrainState:
     dummy = jnp.full((1, config.max_len), model.num_items, jnp.int32)
     params = model.init({"params": init_key}, dummy, deterministic=True)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params), dropout_key=dropout_key)
+                      opt_state=optimizer.init(params),
+                      dropout_key=jax.random.key_data(dropout_key))
 
 
 def device_arrays(data: SequenceData, config: Config) -> TrainArrays:
@@ -129,7 +132,7 @@ def make_train_step(model: MQSA, optimizer, config: Config):
         real = jnp.concatenate([x.reshape(-1) for x, _ in row_groups]) != padding_id
         positions = jnp.nonzero(real, size=capacity, fill_value=0)[0]
         weights = (jnp.arange(capacity) < real.sum()).astype(jnp.float32)
-        key = jax.random.fold_in(state.dropout_key, state.step)
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
         grads, losses = jax.grad(loss_fn, has_aux=True)(
             state.params, row_groups, positions, weights, key, arrays.teacher)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -234,59 +237,134 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+def run_config(run_dir: Path) -> Config:
+    """The resolved config of an existing run directory."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a training run directory (no config.json)")
+    try:
+        return config_from_json(path)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: unreadable run config ({e})") from None
+
+
+def check_resumable(stored: Config, requested: Config, run_dir: Path) -> None:
+    """Only the number of epochs may change when a run is resumed."""
+    old, new = stored.to_json(), requested.to_json()
+    changed = [f"{k} ({old[k]} -> {new[k]})" for k in old if k != "epochs" and old[k] != new[k]]
+    if changed:
+        raise UserError(f"cannot resume {run_dir} with a different config: {', '.join(changed)}; "
+                        "only epochs may change")
+
+
+def _write_lines_atomic(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
 def train(config: Config, run_dir: Path, data_dir: Path | None = None,
-          progress: bool | None = None) -> dict:
-    """Trains, evaluates after every ``eval_every`` epochs, and writes the run's outputs."""
+          progress: bool | None = None, resume: bool = False) -> dict:
+    """Trains, evaluates after every ``eval_every`` epochs, checkpoints every epoch, and writes
+    the run's outputs.  With ``resume``, continues from the run's latest complete checkpoint."""
     enable_compilation_cache()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = run_dir / "metrics.jsonl"
-    if metrics_path.exists():
-        from mqsa_jax.errors import UserError
-
-        raise UserError(f"{run_dir}: already holds a run; choose another --run-dir")
-    _write_json_atomic(run_dir / "config.json", config.to_json())
-
+    if resume:
+        check_resumable(run_config(run_dir), config, run_dir)
+    elif (run_dir / "config.json").exists():
+        raise UserError(f"{run_dir}: already holds a run; choose another --run-dir, "
+                        "or continue it with --resume")
     trainer = Trainer(config, prepare_data(config, data_dir))
-    state = trainer.init_state()
-    shuffler = np.random.default_rng(config.seed)
-    steps_per_epoch = -(-trainer.data.num_users // config.batch_size)
-    best, stale = None, 0
-    for epoch in range(1, config.epochs + 1):
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-                   leave=False, disable=None if progress is None else not progress)
-        start = time.perf_counter()
-        state, losses = trainer.train_epoch(state, shuffler.permutation(trainer.data.num_users), bar)
-        train_seconds = time.perf_counter() - start
-        bar.close()
-        record = {"epoch": epoch, **{k: round(v, 6) for k, v in losses.items()},
-                  "train_seconds": round(train_seconds, 3)}
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
-            start = time.perf_counter()
-            record.update(trainer.evaluate(state.params))
-            record["eval_seconds"] = round(time.perf_counter() - start, 3)
-            if best is None or record["valid"][SELECTION_METRIC] > best["valid"][SELECTION_METRIC]:
-                best, stale = record, 0
-            else:
-                stale += 1
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(_summary_line(record, config.epochs), file=sys.stderr, flush=True)
-        if config.patience and stale >= config.patience:
-            print(f"stopping early: no better valid {SELECTION_METRIC} in {stale} evaluations",
-                  file=sys.stderr)
-            break
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(run_dir / "config.json", config.to_json())
+    print(f"run directory: {run_dir}", file=sys.stderr)
+    with RunCheckpoints(run_dir) as checkpoints:
+        best = _train_epochs(config, run_dir, trainer, checkpoints, resume, progress)
     results = {"dataset": config.dataset, "best_epoch": best["epoch"] if best else None,
                "valid": best["valid"] if best else {}, "test": best["test"] if best else {}}
     _write_json_atomic(run_dir / "results.json", results)
     return results
 
 
-def _summary_line(record: dict, epochs: int) -> str:
+def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: RunCheckpoints,
+                  resume: bool, progress: bool | None) -> dict | None:
+    """The epoch loop; returns the best evaluated record."""
+    metrics_path = run_dir / "metrics.jsonl"
+    state = trainer.init_state()
+    shuffler = np.random.default_rng(config.seed)
+    history, best, stale, first_epoch = [], None, 0, 1
+    if resume and checkpoints.latest_epoch() is not None:
+        state, saved = checkpoints.restore(LATEST, state)
+        shuffler.bit_generator.state = saved["shuffler"]
+        history, best, stale = saved["history"], saved["best"], saved["stale"]
+        first_epoch = saved["epoch"] + 1
+        print(f"resuming {run_dir} after epoch {saved['epoch']}", file=sys.stderr)
+    _write_lines_atomic(metrics_path, history)  # drops epochs newer than the checkpoint
+
+    steps_per_epoch = -(-trainer.data.num_users // config.batch_size)
+    for epoch in range(first_epoch, config.epochs + 1):
+        if config.patience and stale >= config.patience:
+            break
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+                   leave=False, disable=None if progress is None else not progress)
+        start = time.perf_counter()
+        order = shuffler.permutation(trainer.data.num_users)
+        state, losses = trainer.train_epoch(state, order, bar)
+        train_seconds = time.perf_counter() - start
+        bar.close()
+        record = {"epoch": epoch, **{k: round(v, 6) for k, v in losses.items()},
+                  "train_seconds": round(train_seconds, 3)}
+        is_best = False
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            start = time.perf_counter()
+            record.update(trainer.evaluate(state.params))
+            record["eval_seconds"] = round(time.perf_counter() - start, 3)
+            score = record["valid"][SELECTION_METRIC]
+            is_best = best is None or score > best["valid"][SELECTION_METRIC]
+            best, stale = (record, 0) if is_best else (best, stale + 1)
+        history.append(record)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        start = time.perf_counter()
+        checkpoints.save(epoch, state, {
+            "epoch": epoch, "shuffler": shuffler.bit_generator.state, "history": history,
+            "best": best, "stale": stale, "config": config.to_json()}, is_best)
+        print(_summary_line(record, config.epochs, time.perf_counter() - start), file=sys.stderr,
+              flush=True)
+        if config.patience and stale >= config.patience:
+            print(f"stopping early: no better valid {SELECTION_METRIC} in {stale} evaluations",
+                  file=sys.stderr)
+    return best
+
+
+def _summary_line(record: dict, epochs: int, checkpoint_seconds: float) -> str:
     line = (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f} "
             f"(rec {record['loss_rec']:.4f}, kd {record['loss_kd']:.4f})  "
-            f"{record['train_seconds']:.1f} s")
+            f"{record['train_seconds']:.1f} s, checkpoint {checkpoint_seconds:.2f} s")
     if "valid" in record:
         line += (f"  valid {SELECTION_METRIC} {record['valid'][SELECTION_METRIC]:.4f}"
                  f"  test {SELECTION_METRIC} {record['test'][SELECTION_METRIC]:.4f}"
                  f"  eval {record['eval_seconds']:.1f} s")
     return line
+
+
+def restore_trained(run_dir: Path, which: str, config: Config, num_items: int):
+    """The train state and progress saved in a run's ``which`` (best or latest) checkpoint."""
+    model = MQSA.from_config(config, num_items)
+    template = init_state(model, make_optimizer(config), config)
+    with RunCheckpoints(run_dir, read_only=True) as checkpoints:
+        state, progress = checkpoints.restore(which, template)
+    return model, state, progress
+
+
+def evaluate_run(run_dir: Path, which: str = "best", splits=("valid", "test"),
+                 data_dir: Path | None = None) -> dict:
+    """Re-evaluates a checkpoint of a run on the run's dataset."""
+    config = run_config(run_dir)
+    data = prepare_data(config, data_dir)
+    model, state, progress = restore_trained(run_dir, which, config, data.num_items)
+    encode_last = make_encode_last(model)
+    result = {"checkpoint": which, "epoch": progress["epoch"]}
+    for split in splits:
+        result[split] = RankingEvaluator(split, data, encode_last,
+                                         config.eval_batch_size).evaluate(state.params)
+    return result

@@ -34,3 +34,23 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A folder with a small imported dataset ``tiny`` in its ``data`` directory."""
+    from mqsa_jax.cli import main
+    from mqsa_jax.data.importers import export_sasrec
+    from tests.helpers import random_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    export_sasrec(random_dataset(num_users=60, num_items=40, max_length=20, seed=3),
+                  root / "log.txt")
+    assert main(["data", "import", str(root / "log.txt"), "--format", "sasrec", "--name", "tiny",
+                 "--min-count", "1", "--data-dir", str(root / "data")]) == 0
+    return root
+
+
+def tiny_train_args(root: Path, run_dir: Path) -> list[str]:
+    return ["--dataset", "tiny", "--data-dir", str(root / "data"), "--run-dir", str(run_dir),
+            "--no-progress", "--set", "max_len=16", "--set", "batch_size=32"]

@@ -9,8 +9,8 @@ from mqsa_jax.data import registry
 from mqsa_jax.data.arrays import build_sequence_data
 from mqsa_jax.losses import TeacherWeights, l2_penalty
 from mqsa_jax.train import Trainer, epoch_batches
-from tests.conftest import run_cli
-from tests.helpers import first_users, random_dataset, small_data
+from tests.conftest import run_cli, tiny_train_args
+from tests.helpers import first_users, small_data
 
 
 def _dense_reference_losses(trainer, params, users, config):
@@ -68,25 +68,8 @@ def test_three_epochs_on_a_real_slice_beat_the_untrained_model(data_root):
     assert after > before + 0.005, (before, after)
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    """A small imported dataset, trained end to end through the CLI."""
-    root = tmp_path_factory.mktemp("tiny")
-    dataset = random_dataset(num_users=60, num_items=40, max_length=20, seed=3)
-    from mqsa_jax.data.importers import export_sasrec
-
-    export_sasrec(dataset, root / "log.txt")
-    from mqsa_jax.cli import main
-
-    assert main(["data", "import", str(root / "log.txt"), "--format", "sasrec", "--name", "tiny",
-                 "--min-count", "1", "--data-dir", str(root / "data")]) == 0
-    return root
-
-
 def _train_cli(capsys, root, run_dir, *extra):
-    return run_cli(capsys, "train", "--dataset", "tiny", "--data-dir", str(root / "data"),
-                   "--run-dir", str(run_dir), "--no-progress", "--set", "max_len=16",
-                   "--set", "batch_size=32", *extra)
+    return run_cli(capsys, "train", *tiny_train_args(root, run_dir), *extra)
 
 
 def test_end_to_end_run_outputs_and_same_seed_same_metrics(tiny_dataset, capsys):
@@ -115,7 +98,7 @@ def test_eval_every_and_refusing_a_used_run_dir(tiny_dataset, capsys):
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert ["valid" in x for x in lines] == [False, True, True]  # epoch 2 and the last
     code, _, err = _train_cli(capsys, tiny_dataset, run, "--epochs", "1")
-    assert code == 2 and "already holds a run" in err
+    assert code == 2 and "already holds a run" in err and "--resume" in err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -126,4 +109,5 @@ def test_eval_every_and_refusing_a_used_run_dir(tiny_dataset, capsys):
 ])
 def test_bad_train_arguments(tiny_dataset, capsys, args, message):
     code, _, err = _train_cli(capsys, tiny_dataset, tiny_dataset / "bad", *args)
-    assert code == 2 and message in err and err.count("\n") <= 2  # "run directory" + error
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tiny_dataset / "bad").exists()

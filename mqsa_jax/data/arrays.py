@@ -77,7 +77,8 @@ class SequenceData:
         return int((self.train_targets != self.num_items).sum())
 
 
-def right_aligned_tails(values: np.ndarray, offsets: np.ndarray, width: int, pad: int) -> np.ndarray:
+def right_aligned_tails(values: np.ndarray, offsets: np.ndarray, width: int,
+                        pad: int) -> np.ndarray:
     """The last ``width`` items of each ragged row, right-aligned in a ``[rows, width]`` matrix."""
     lengths = np.diff(offsets)
     kept = np.minimum(lengths, width)

@@ -28,7 +28,8 @@ _STORE_KEYS = ("train_items", "train_offsets", "valid", "test", "user_ids", "ite
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """Leave-one-out sequences with dense ids: items ``0..num_items-1``, users ``0..num_users-1``."""
+    """Leave-one-out sequences with dense ids: items ``0..num_items-1``, users
+    ``0..num_users-1``."""
 
     name: str
     train_items: np.ndarray

@@ -194,7 +194,9 @@ def k_core(users: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, in
 
 
 def dense_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted unique ids, dense code of each entry). All-integer ids sort by value, else as text."""
+    """(sorted unique ids, dense code of each entry).
+
+    All-integer ids sort by value, others as text."""
     uniques, codes = np.unique(ids, return_inverse=True)
     try:
         values = uniques.astype(np.int64)

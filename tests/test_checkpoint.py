@@ -1,0 +1,217 @@
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mqsa_jax.data.arrays import build_sequence_data
+from mqsa_jax.evaluation import label_ranks
+from mqsa_jax.model import MQSA
+from mqsa_jax.recommend import Recommender
+from mqsa_jax.train import make_encode_last
+from tests.conftest import REPO, run_cli, tiny_train_args
+
+EPOCHS = 5
+
+# Runs the CLI, but hangs inside the Orbax save of the latest checkpoint of epoch 3, after
+# signalling that it got there: the test kills it there.
+_HANG_IN_SAVE = """
+import sys, time
+from pathlib import Path
+import orbax.checkpoint as ocp
+original = ocp.StandardCheckpointHandler.async_save
+def hanging(self, directory, *args, **kwargs):
+    if "latest" in str(directory) and "/3.orbax-checkpoint-tmp" in str(directory):
+        Path(sys.argv[1]).write_text("saving")
+        time.sleep(600)
+    return original(self, directory, *args, **kwargs)
+ocp.StandardCheckpointHandler.async_save = hanging
+from mqsa_jax.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "mqsa_jax", *args]
+
+
+def _wait_for(predicate, process, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_dataset):
+    run = tiny_dataset / "uninterrupted"
+    subprocess.run(_cli("train", *tiny_train_args(tiny_dataset, run), "--epochs", str(EPOCHS)),
+                   check=True, cwd=REPO, capture_output=True)
+    return run
+
+
+def _resume(tiny_dataset, run):
+    done = subprocess.run(_cli("train", "--resume", str(run), "--data-dir",
+                               str(tiny_dataset / "data"), "--no-progress"),
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_sigkill_then_resume_gives_the_same_results(tiny_dataset, uninterrupted):
+    run = tiny_dataset / "killed"
+    process = subprocess.Popen(
+        _cli("train", *tiny_train_args(tiny_dataset, run), "--epochs", str(EPOCHS)),
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "results.json").exists()
+    done = _resume(tiny_dataset, run)
+    assert "resuming" in done.stderr
+    assert (run / "results.json").read_bytes() == (uninterrupted / "results.json").read_bytes()
+    epochs = [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()]
+    assert epochs == list(range(1, EPOCHS + 1))
+
+
+def test_kill_during_a_checkpoint_save_keeps_the_last_complete_one(tiny_dataset, uninterrupted):
+    run = tiny_dataset / "killed_in_save"
+    marker = tiny_dataset / "in_save"
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HANG_IN_SAVE, str(marker), "train",
+         *tiny_train_args(tiny_dataset, run), "--epochs", str(EPOCHS)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(marker.exists, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    latest = run / "checkpoints" / "latest"
+    assert any(".orbax-checkpoint-tmp" in p.name for p in latest.iterdir())  # a partial save
+    done = _resume(tiny_dataset, run)
+    assert "after epoch 2" in done.stderr
+    assert (run / "results.json").read_bytes() == (uninterrupted / "results.json").read_bytes()
+
+
+def test_resume_refuses_a_changed_config_but_allows_more_epochs(tiny_dataset, uninterrupted,
+                                                                capsys):
+    run = tiny_dataset / "extended"
+    shutil.copytree(uninterrupted, run)
+    code, _, err = run_cli(capsys, "train", "--resume", str(run), "--data-dir",
+                           str(tiny_dataset / "data"), "--set", "tau=0.2", "--set", "hidden=32")
+    assert code == 2
+    assert "tau (0.1 -> 0.2)" in err and "hidden (64 -> 32)" in err and err.count("\n") == 1
+    code, out, err = run_cli(capsys, "train", "--resume", str(run), "--data-dir",
+                             str(tiny_dataset / "data"), "--epochs", str(EPOCHS + 1),
+                             "--no-progress")
+    assert code == 0, err
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == list(range(1, EPOCHS + 2))
+
+
+def test_evaluate_the_best_checkpoint_reproduces_results(tiny_dataset, uninterrupted, capsys):
+    code, out, err = run_cli(capsys, "evaluate", str(uninterrupted), "--data-dir",
+                             str(tiny_dataset / "data"))
+    assert code == 0, err
+    evaluated = json.loads(out)
+    results = json.loads((uninterrupted / "results.json").read_text())
+    assert evaluated["epoch"] == results["best_epoch"]
+    for split in ("valid", "test"):
+        for name, value in results[split].items():
+            assert abs(evaluated[split][name] - value) < 1e-6
+    code, out, _ = run_cli(capsys, "evaluate", str(uninterrupted), "--data-dir",
+                           str(tiny_dataset / "data"), "--checkpoint", "latest", "--split", "test")
+    assert code == 0 and set(json.loads(out)) == {"checkpoint", "epoch", "test"}
+    assert json.loads(out)["epoch"] == EPOCHS
+
+
+def test_recommend_for_users_equals_the_evaluation_ranking(tiny_dataset, uninterrupted):
+    recommender = Recommender.load(uninterrupted, data_dir=tiny_dataset / "data")
+    dataset = recommender.dataset
+    data = build_sequence_data(dataset, recommender.config.max_len)
+    model = MQSA.from_config(recommender.config, dataset.num_items)
+    encode = make_encode_last(model)
+    scores = encode(recommender.params, data.test_inputs) @ \
+        recommender.params["params"]["item_embedding"].T
+    ranks = np.asarray(label_ranks(scores, jnp.asarray(data.test_labels),
+                                   jnp.asarray(data.test_history), 20))
+    items, _ = recommender.topk_for_users(dataset.user_ids.tolist(), k=20)
+    for user, top in enumerate(items):
+        label = dataset.item_ids[data.test_labels[user]]
+        expected = ranks[user]
+        assert (top.index(label) if label in top else 20) == expected
+        assert not set(top) & set(dataset.item_ids[data.test_history[user][
+            data.test_history[user] < dataset.num_items]].tolist())
+
+
+def test_python_api_batches_histories(tiny_dataset, uninterrupted):
+    recommender = Recommender.load(uninterrupted, data_dir=tiny_dataset / "data")
+    known, _ = recommender.item_indices(["3", "4", "5"])
+    one, one_scores = recommender.topk([known], k=5)
+    many, _ = recommender.topk([known, known[:1], known], k=5)
+    assert many[0] == one[0] == many[2] and len(many) == 3
+    assert one_scores[0] == sorted(one_scores[0], reverse=True)
+    assert not set(one[0]) & {"3", "4", "5"}
+    kept, _ = recommender.topk([known], k=recommender.num_items, exclude_history=False)
+    assert len(kept[0]) == recommender.num_items
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--history", "3,4", "--k", "1000"), "k = 1000: expected 1 to"),
+    (("--history", ","), "--history: empty"),
+    (("--history", "3,x"), "item ids must be integers for this dataset: x"),
+    (("--history", "3,999"), "unknown item ids: 999 (pass --skip-unknown"),
+    (("--user", "nobody"), "unknown user ids: nobody"),
+    ((), "give exactly one of --history"),
+])
+def test_recommend_bad_input(tiny_dataset, uninterrupted, capsys, args, message):
+    code, out, err = run_cli(capsys, "recommend", str(uninterrupted), "--data-dir",
+                             str(tiny_dataset / "data"), *args)
+    assert code == 2 and out == "" and message in err and err.count("\n") == 1
+
+
+def test_recommend_cli_and_export(tiny_dataset, uninterrupted, capsys, tmp_path):
+    data = ["--data-dir", str(tiny_dataset / "data")]
+    code, out, _ = run_cli(capsys, "recommend", str(uninterrupted), *data, "--history", "3,999",
+                           "--skip-unknown", "--k", "4")
+    result = json.loads(out)
+    assert code == 0 and result["skipped"] == ["999"] and len(result["items"]) == 4
+    code, out, _ = run_cli(capsys, "recommend", str(uninterrupted), *data, "--user", "7")
+    assert code == 0 and json.loads(out)["user"] == "7" and len(json.loads(out)["items"]) == 10
+    code, _, _ = run_cli(capsys, "export", str(uninterrupted), str(tmp_path / "out"), *data)
+    assert code == 0
+    exported = np.load(tmp_path / "out" / "item_embeddings.npz")
+    assert exported["item_embeddings"].shape == (40, 64)
+    assert exported["item_ids"].tolist() == [str(i) for i in range(40)]
+    config = json.loads((tmp_path / "out" / "model_config.json").read_text())
+    assert config["num_items"] == 40 and config["config"]["dataset"] == "tiny"
+
+
+def test_faulty_run_directories(tiny_dataset, uninterrupted, capsys, tmp_path):
+    data = ["--data-dir", str(tiny_dataset / "data")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_checkpoints = tmp_path / "no_checkpoints"
+    no_checkpoints.mkdir()
+    shutil.copy(uninterrupted / "config.json", no_checkpoints)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(uninterrupted, truncated)
+    for path in (truncated / "checkpoints" / "best").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(path.read_bytes()[:10])
+    bad_config = tmp_path / "bad_config"
+    bad_config.mkdir()
+    (bad_config / "config.json").write_text("{not json")
+    cases = [(tmp_path / "missing", "not a training run directory"),
+             (empty, "not a training run directory"),
+             (no_checkpoints, "no checkpoints"),
+             (truncated, "unreadable"),
+             (bad_config, "unreadable run config")]
+    for run_dir, message in cases:
+        code, out, err = run_cli(capsys, "evaluate", str(run_dir), *data)
+        assert code == 2 and message in err and err.count("\n") == 1, (run_dir, err)
