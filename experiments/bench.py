@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mqsa_jax.checkpoint import RunCheckpoints
 from mqsa_jax.config import Config
 from mqsa_jax.losses import fused_losses
 from mqsa_jax.train import Trainer, epoch_batches, prepare_data
@@ -134,6 +136,11 @@ def bench_dataset(name: str, peak: float) -> dict:
     trainer.evaluate(state.params)
     eval_s = time.perf_counter() - start
 
+    with tempfile.TemporaryDirectory() as tmp, RunCheckpoints(Path(tmp)) as checkpoints:
+        start = time.perf_counter()
+        checkpoints.save(1, state, {"epoch": 1}, is_best=True)  # latest and best: two saves
+        checkpoint_s = time.perf_counter() - start
+
     batches = list(epoch_batches(order, config.batch_size, trainer.targets_per_user,
                                  trainer.short_width))
     targets = sum(count for *_, count in batches)
@@ -148,6 +155,7 @@ def bench_dataset(name: str, peak: float) -> dict:
         "train_seconds_per_epoch": round(train_s, 2),
         "eval_seconds_valid_and_test": round(eval_s, 2),
         "train_targets_per_second": round(targets / train_s),
+        "checkpoint_save_seconds_latest_and_best": round(checkpoint_s, 3),
         "nwide_tflop_per_epoch": round(flops / 1e12, 3),
         "step_breakdown": breakdown,
         "nwide_matmul_fraction_of_peak": round(breakdown["nwide_matmul_gflops"] / peak, 3),

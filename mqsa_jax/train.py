@@ -304,8 +304,10 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: 
     for epoch in range(first_epoch, config.epochs + 1):
         if config.patience and stale >= config.patience:
             break
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-                   leave=False, disable=None if progress is None else not progress)
+        # The loss shown is the previous epoch's: reading this epoch's would stall the device.
+        last_loss = f" (loss {history[-1]['loss']:.4f})" if history else ""
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}{last_loss}",
+                   unit="batch", leave=False, disable=None if progress is None else not progress)
         start = time.perf_counter()
         order = shuffler.permutation(trainer.data.num_users)
         state, losses = trainer.train_epoch(state, order, bar)
