@@ -92,7 +92,8 @@ def step_breakdown(trainer: Trainer, state, users, long_rows, capacity) -> dict:
 
     split = len(users) - long_rows
     inputs = trainer.arrays.inputs[users]
-    groups = [inputs[:split, -trainer.short_width:]] + ([inputs[split:]] if long_rows else [])
+    groups = ([inputs[:split, -trainer.short_width:]] if split else []) + (
+        [inputs[split:]] if long_rows else [])
 
     def encoder(params):
         return sum(jnp.sum(trainer.model.apply(params, x, deterministic=False,

@@ -63,8 +63,9 @@ class RunCheckpoints:
             restored = manager.restore(epoch, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
         except (ValueError, KeyError, FileNotFoundError, OSError) as e:
-            raise UserError(
-                f"{manager.directory}: checkpoint {epoch} is unreadable ({e})") from None
+            reason = str(e).split(":", 1)[0][:80]  # tensorstore's messages run to kilobytes
+            raise UserError(f"{manager.directory}: checkpoint {epoch} is unreadable, truncated "
+                            f"or damaged ({type(e).__name__}: {reason})") from None
         return restored.state, restored.progress
 
     def close(self) -> None:

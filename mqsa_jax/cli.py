@@ -77,6 +77,9 @@ def _train(args) -> None:
     import time
 
     from mqsa_jax import config as config_lib
+    from mqsa_jax.partitioning import Partitioner, maybe_initialize_distributed, parse_mesh
+
+    maybe_initialize_distributed()  # before anything touches the devices
     from mqsa_jax.train import run_config, train
 
     if args.resume:
@@ -98,8 +101,9 @@ def _train(args) -> None:
         run_dir = Path(args.run_dir or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     elif args.run_dir and Path(args.run_dir) != run_dir:
         raise UserError("--resume names the run directory; do not also give --run-dir")
+    partitioner = Partitioner(*parse_mesh(args.mesh))
     results = train(config, run_dir, args.data_dir, progress=False if args.no_progress else None,
-                    resume=bool(args.resume))
+                    resume=bool(args.resume), partitioner=partitioner)
     print(json.dumps(results))
 
 
@@ -193,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="output directory (default: runs/<dataset>-<time>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set lambda_kd=0 --set windows=1,4")
+    p.add_argument("--mesh", metavar="data=N,model=M",
+                   help="device mesh: batch split over data, item table over model (default 1x1)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue this run from its latest complete checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -234,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         args.run(args)
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
+        # A failed Orbax restore leaves a background task that reports "Event loop is closed"
+        # at exit; the user's one line above already says what went wrong.
+        sys.unraisablehook = lambda unraisable: None
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

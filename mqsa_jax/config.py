@@ -32,6 +32,9 @@ class Config:
     tau: float = 0.1  # distillation temperature
     time_span: int = 1  # transitions count pairs up to this many steps apart
     l2_reg: float = 1e-4
+    # Scan the catalogue in chunks of this many items in the N-wide loss, so that memory does not
+    # grow with rows x N (for large catalogues); 0: all at once, the fastest when it fits.
+    logits_chunk: int = 0
     # Optimisation.
     learning_rate: float = 1e-3
     batch_size: int = 256
@@ -58,8 +61,8 @@ class Config:
                      "eval_batch_size", "eval_every", "time_span"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
-        if self.epochs < 0 or self.patience < 0 or self.tau <= 0:
-            problems.append("epochs and patience must be >= 0 and tau > 0")
+        if self.epochs < 0 or self.patience < 0 or self.logits_chunk < 0 or self.tau <= 0:
+            problems.append("epochs, patience and logits_chunk must be >= 0, and tau > 0")
         if problems:
             raise UserError(f"invalid config: {problems[0]}")
 

@@ -58,12 +58,13 @@ class RankingEvaluator:
     at the narrowest width in ``EVAL_WIDTHS`` (or the full width) that holds its rows.
     """
 
-    def __init__(self, split: str, data: SequenceData, encode_last, batch_size: int, ks=KS):
+    def __init__(self, split: str, data: SequenceData, encode_last, batch_size: int, ks=KS,
+                 place=jax.device_put):
+        """``place`` puts a batch's arrays on the devices (split over the data axis of a mesh)."""
         inputs = getattr(data, f"{split}_inputs")
         labels = getattr(data, f"{split}_labels")
         history = getattr(data, f"{split}_history")
         self.split, self.ks, self.num_users = split, tuple(ks), len(labels)
-        batch_size = min(batch_size, len(labels))
         order = np.argsort((inputs != data.padding_id).sum(axis=1), kind="stable")
         order = np.pad(order, (0, -len(order) % batch_size), constant_values=-1)
         widths = [w for w in EVAL_WIDTHS if w < data.max_len] + [data.max_len]
@@ -75,8 +76,8 @@ class RankingEvaluator:
             users = np.where(users >= 0, users, real_users[0])  # weight-0 fillers
             longest = int((inputs[users] != data.padding_id).sum(axis=1).max())
             width = next(w for w in widths if w >= longest)
-            self._batches.append(jax.device_put(
-                (inputs[users, -width:], labels[users], history[users], weights)))
+            self._batches.append(tuple(map(place, (inputs[users, -width:], labels[users],
+                                                   history[users], weights))))
         self._step = jax.jit(functools.partial(self._batch_sums, encode_last, max(ks), self.ks))
 
     @staticmethod

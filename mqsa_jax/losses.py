@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mqsa_jax.chunked import catalogue_sums
 from mqsa_jax.data.arrays import Transitions
 
 _LOG_EPSILON = 1e-24
@@ -86,27 +87,37 @@ def fused_losses(
     table: jax.Array,
     students: jax.Array | None = None,
     teacher_rows: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+    chunk: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
     """Mean recommendation and TED losses over packed rows with ``weights`` 1 (real) or 0.
 
     ``states`` [C, d] are the fused states at positions with a real target; ``students`` [C, d]
     are ``dropout(E[head] * sqrt(d)) / tau`` for the same positions' input items, and
     ``teacher_rows`` their :meth:`TeacherWeights.rows`.  Without students the TED loss is 0.
+    ``chunk`` > 0 scans the catalogue in chunks of that many items (``mqsa_jax.chunked``)
+    instead of building the ``[rows, N]`` logits.
     """
     rows = states if students is None else jnp.concatenate([states, students])
-    logits = rows @ table.T
+    uniform, successors, extra = teacher_rows if students is not None else (None, None, None)
+    if chunk:
+        if students is None:
+            successors, extra = jnp.zeros((0, 1), jnp.int32), jnp.zeros((0, 1), table.dtype)
+        rec_lse, log_sum, observed = catalogue_sums(len(states), chunk, rows, table, extra,
+                                                    successors)
+    else:
+        logits = rows @ table.T
+        rec_lse = jax.nn.logsumexp(logits[: len(states)], axis=-1)
+        if students is not None:
+            log_probs = jnp.log(jax.nn.softmax(logits[len(states):], axis=-1) + _LOG_EPSILON)
+            log_sum = log_probs.sum(axis=-1)
+            observed = jnp.sum(extra * jnp.take_along_axis(log_probs, successors, axis=1), -1)
     count = jnp.maximum(weights.sum(), 1.0)
-    rec_lse = jax.nn.logsumexp(logits[: len(states)], axis=-1)
     target_logits = jnp.sum(states * table[targets], axis=-1)
     rec = jnp.logaddexp(rec_lse, 0.0) - target_logits
     rec_loss = jnp.sum(rec * weights) / count
     if students is None:
         return rec_loss, jnp.zeros((), rec_loss.dtype)
-    student_logits = logits[len(states):]
-    log_probs = jnp.log(jax.nn.softmax(student_logits, axis=-1) + _LOG_EPSILON)
-    uniform, successors, extra = teacher_rows
-    observed = jnp.take_along_axis(log_probs, successors, axis=1)
-    kd = -(uniform * log_probs.sum(axis=-1) + jnp.sum(extra * observed, axis=-1))
+    kd = -(uniform * log_sum + observed)
     return rec_loss, jnp.sum(kd * weights) / count
 
 

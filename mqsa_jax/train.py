@@ -26,6 +26,7 @@ from mqsa_jax.errors import UserError
 from mqsa_jax.evaluation import RankingEvaluator
 from mqsa_jax.losses import TeacherWeights, fused_losses, l2_penalty
 from mqsa_jax.model import MQSA, item_table
+from mqsa_jax.partitioning import Partitioner
 
 # Packed-row buffers are rounded up to a multiple of this, so an epoch compiles a handful of
 # shapes while wasting at most this many rows per step.
@@ -66,13 +67,13 @@ def init_state(model: MQSA, optimizer, config: Config) -> TrainState:
                       dropout_key=jax.random.key_data(dropout_key))
 
 
-def device_arrays(data: SequenceData, config: Config) -> TrainArrays:
+def train_arrays(data: SequenceData, config: Config) -> TrainArrays:
     pad_row = np.full((1, data.max_len), data.padding_id, np.int32)
-    return jax.device_put(TrainArrays(
+    return TrainArrays(
         inputs=np.concatenate([data.train_inputs, pad_row]),
         targets=np.concatenate([data.train_targets, pad_row]),
         teacher=TeacherWeights.from_transitions(data.transitions, config.tau),
-    ))
+    )
 
 
 def _dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
@@ -104,19 +105,22 @@ def make_loss_fn(model: MQSA, config: Config):
             students = _dropout(student_key, table[heads] * scale, config.dropout) / config.tau
             teacher_rows = teacher.rows(heads)
         rec, kd = fused_losses(states, targets[positions], weights, table, students,
-                               teacher_rows)
+                               teacher_rows, config.logits_chunk)
         loss = rec + config.lambda_kd * kd + config.l2_reg * l2_penalty(params)
         return loss, {"loss": loss, "loss_rec": rec, "loss_kd": kd}
 
     return loss_fn
 
 
-def make_train_step(model: MQSA, optimizer, config: Config):
+def make_train_step(model: MQSA, optimizer, config: Config, state_shardings=None,
+                    replicated=None):
+    """The jitted step; with shardings, its output state keeps the input state's placement."""
     loss_fn = make_loss_fn(model, config)
     padding_id = model.num_items
+    out_shardings = None if state_shardings is None else (state_shardings, replicated)
 
     @functools.partial(jax.jit, static_argnames=("capacity", "long_rows", "short_width"),
-                       donate_argnums=0)
+                       donate_argnums=0, out_shardings=out_shardings)
     def train_step(state: TrainState, arrays: TrainArrays, users: jax.Array, capacity: int,
                    long_rows: int, short_width: int):
         """One Adam step on a batch of users sorted by length, the last ``long_rows`` longest.
@@ -126,7 +130,9 @@ def make_train_step(model: MQSA, optimizer, config: Config):
         """
         inputs, targets = arrays.inputs[users], arrays.targets[users]
         split = len(users) - long_rows
-        row_groups = [(inputs[:split, -short_width:], targets[:split, -short_width:])]
+        row_groups = []
+        if split:
+            row_groups.append((inputs[:split, -short_width:], targets[:split, -short_width:]))
         if long_rows:
             row_groups.append((inputs[split:], targets[split:]))
         real = jnp.concatenate([x.reshape(-1) for x, _ in row_groups]) != padding_id
@@ -189,29 +195,36 @@ def _write_json_atomic(path: Path, value) -> None:
 class Trainer:
     """Owns the data, model, step functions and evaluators of one run."""
 
-    def __init__(self, config: Config, data: SequenceData):
+    def __init__(self, config: Config, data: SequenceData, partitioner: Partitioner | None = None):
         self.config, self.data = config, data
+        self.partitioner = partitioner = partitioner or Partitioner()
+        partitioner.check_sizes(data.num_items, config.batch_size, config.eval_batch_size)
         self.model = MQSA.from_config(config, data.num_items)
         self.optimizer = make_optimizer(config)
-        self.train_step = make_train_step(self.model, self.optimizer, config)
-        self.arrays = device_arrays(data, config)
+        self.state_shardings = partitioner.state_shardings(
+            jax.eval_shape(lambda: init_state(self.model, self.optimizer, config)))
+        self.train_step = make_train_step(self.model, self.optimizer, config,
+                                          self.state_shardings, partitioner.replicated)
+        self.arrays = partitioner.replicate(train_arrays(data, config))
         self.targets_per_user = (data.train_targets != data.padding_id).sum(axis=1)
         self.short_width = choose_short_width(self.targets_per_user, config.max_len,
                                               config.batch_size)
         encode_last = make_encode_last(self.model)
-        self.evaluators = [RankingEvaluator(split, data, encode_last, config.eval_batch_size)
+        self.evaluators = [RankingEvaluator(split, data, encode_last, config.eval_batch_size,
+                                            place=partitioner.place_batch)
                            for split in ("valid", "test")]
 
     def init_state(self) -> TrainState:
-        return init_state(self.model, self.optimizer, self.config)
+        host_state = jax.device_get(init_state(self.model, self.optimizer, self.config))
+        return self.partitioner.place(host_state, self.state_shardings)
 
     def train_epoch(self, state: TrainState, order: np.ndarray, progress: tqdm | None = None):
         """One pass over the users in ``order``; returns the state and the mean batch losses."""
         totals, steps, seen, start = None, 0, 0, time.perf_counter()
         for users, long_rows, capacity, count in epoch_batches(
                 order, self.config.batch_size, self.targets_per_user, self.short_width):
-            state, losses = self.train_step(state, self.arrays, users, capacity, long_rows,
-                                            self.short_width)
+            state, losses = self.train_step(state, self.arrays, self.partitioner.place_batch(users),
+                                            capacity, long_rows, self.short_width)
             totals = losses if totals is None else jax.tree.map(jnp.add, totals, losses)
             steps, seen = steps + 1, seen + count
             if progress is not None:
@@ -264,7 +277,8 @@ def _write_lines_atomic(path: Path, records: list[dict]) -> None:
 
 
 def train(config: Config, run_dir: Path, data_dir: Path | None = None,
-          progress: bool | None = None, resume: bool = False) -> dict:
+          progress: bool | None = None, resume: bool = False,
+          partitioner: Partitioner | None = None) -> dict:
     """Trains, evaluates after every ``eval_every`` epochs, checkpoints every epoch, and writes
     the run's outputs.  With ``resume``, continues from the run's latest complete checkpoint."""
     enable_compilation_cache()
@@ -273,20 +287,23 @@ def train(config: Config, run_dir: Path, data_dir: Path | None = None,
     elif (run_dir / "config.json").exists():
         raise UserError(f"{run_dir}: already holds a run; choose another --run-dir, "
                         "or continue it with --resume")
-    trainer = Trainer(config, prepare_data(config, data_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(run_dir / "config.json", config.to_json())
-    print(f"run directory: {run_dir}", file=sys.stderr)
+    trainer = Trainer(config, prepare_data(config, data_dir), partitioner)
+    primary = jax.process_index() == 0  # with many hosts, one writes the run's files
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(run_dir / "config.json", config.to_json())
+        print(f"run directory: {run_dir}", file=sys.stderr)
     with RunCheckpoints(run_dir) as checkpoints:
-        best = _train_epochs(config, run_dir, trainer, checkpoints, resume, progress)
+        best = _train_epochs(config, run_dir, trainer, checkpoints, resume, progress, primary)
     results = {"dataset": config.dataset, "best_epoch": best["epoch"] if best else None,
                "valid": best["valid"] if best else {}, "test": best["test"] if best else {}}
-    _write_json_atomic(run_dir / "results.json", results)
+    if primary:
+        _write_json_atomic(run_dir / "results.json", results)
     return results
 
 
 def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: RunCheckpoints,
-                  resume: bool, progress: bool | None) -> dict | None:
+                  resume: bool, progress: bool | None, primary: bool) -> dict | None:
     """The epoch loop; returns the best evaluated record."""
     metrics_path = run_dir / "metrics.jsonl"
     state = trainer.init_state()
@@ -297,8 +314,10 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: 
         shuffler.bit_generator.state = saved["shuffler"]
         history, best, stale = saved["history"], saved["best"], saved["stale"]
         first_epoch = saved["epoch"] + 1
-        print(f"resuming {run_dir} after epoch {saved['epoch']}", file=sys.stderr)
-    _write_lines_atomic(metrics_path, history)  # drops epochs newer than the checkpoint
+        if primary:
+            print(f"resuming {run_dir} after epoch {saved['epoch']}", file=sys.stderr)
+    if primary:
+        _write_lines_atomic(metrics_path, history)  # drops epochs newer than the checkpoint
 
     steps_per_epoch = -(-trainer.data.num_users // config.batch_size)
     for epoch in range(first_epoch, config.epochs + 1):
@@ -306,8 +325,10 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: 
             break
         # The loss shown is the previous epoch's: reading this epoch's would stall the device.
         last_loss = f" (loss {history[-1]['loss']:.4f})" if history else ""
+        # tqdm: disable=None shows the bar on a terminal only; other hosts never show one.
+        disable = True if not primary else (None if progress is None else not progress)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}{last_loss}",
-                   unit="batch", leave=False, disable=None if progress is None else not progress)
+                   unit="batch", leave=False, disable=disable)
         start = time.perf_counter()
         order = shuffler.permutation(trainer.data.num_users)
         state, losses = trainer.train_epoch(state, order, bar)
@@ -324,15 +345,17 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: 
             is_best = best is None or score > best["valid"][SELECTION_METRIC]
             best, stale = (record, 0) if is_best else (best, stale + 1)
         history.append(record)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if primary:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
         start = time.perf_counter()
         checkpoints.save(epoch, state, {
             "epoch": epoch, "shuffler": shuffler.bit_generator.state, "history": history,
             "best": best, "stale": stale, "config": config.to_json()}, is_best)
-        print(_summary_line(record, config.epochs, time.perf_counter() - start), file=sys.stderr,
-              flush=True)
-        if config.patience and stale >= config.patience:
+        if primary:
+            print(_summary_line(record, config.epochs, time.perf_counter() - start),
+                  file=sys.stderr, flush=True)
+        if config.patience and stale >= config.patience and primary:
             print(f"stopping early: no better valid {SELECTION_METRIC} in {stale} evaluations",
                   file=sys.stderr)
     return best

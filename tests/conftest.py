@@ -26,12 +26,17 @@ def release_dir() -> Path:
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    import sys
+
     from mqsa_jax.cli import main
 
+    hook = sys.unraisablehook  # main() silences it after a user error; the session keeps its own
     try:
         code = main(list(argv))
     except SystemExit as e:  # argparse exits on usage errors
         code = e.code
+    finally:
+        sys.unraisablehook = hook
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -192,7 +192,7 @@ def test_recommend_cli_and_export(tiny_dataset, uninterrupted, capsys, tmp_path)
     assert config["num_items"] == 40 and config["config"]["dataset"] == "tiny"
 
 
-def test_faulty_run_directories(tiny_dataset, uninterrupted, capsys, tmp_path):
+def test_faulty_run_directories(tiny_dataset, uninterrupted, tmp_path):
     data = ["--data-dir", str(tiny_dataset / "data")]
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -213,5 +213,8 @@ def test_faulty_run_directories(tiny_dataset, uninterrupted, capsys, tmp_path):
              (truncated, "unreadable"),
              (bad_config, "unreadable run config")]
     for run_dir, message in cases:
-        code, out, err = run_cli(capsys, "evaluate", str(run_dir), *data)
-        assert code == 2 and message in err and err.count("\n") == 1, (run_dir, err)
+        # A separate process, as a user runs it: nothing may follow the one line at exit.
+        done = subprocess.run(_cli("evaluate", str(run_dir), *data), cwd=REPO,
+                              capture_output=True, text=True)
+        assert done.returncode == 2 and done.stdout == "", (run_dir, done.stderr)
+        assert message in done.stderr and done.stderr.count("\n") == 1, (run_dir, done.stderr)

@@ -87,3 +87,33 @@ def test_packed_recommendation_loss_equals_a_dense_masked_loss():
 def test_l2_covers_every_array():
     params = {"a": jnp.ones((2, 3)), "b": {"c": jnp.full((4,), 2.0)}}
     assert float(l2_penalty(params)) == (6 + 16) / 2
+
+
+def test_chunked_losses_and_gradients_equal_the_plain_ones():
+    transitions = _transitions(seed=4)
+    teacher = jax.device_put(TeacherWeights.from_transitions(transitions, 0.1))
+    rng = np.random.default_rng(5)
+    table = jnp.asarray(rng.normal(size=(N, D)) * 0.4, jnp.float32)
+    heads = jnp.asarray(rng.integers(0, N, 9))
+    states = jnp.asarray(rng.normal(size=(9, D)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, N, 9))
+    weights = jnp.asarray([1.0] * 7 + [0.0] * 2)
+    rows = teacher.rows(heads)
+
+    def total(states, students, table, chunk):
+        rec, kd = fused_losses(states, targets, weights, table, students, rows, chunk)
+        return rec + 0.3 * kd, (rec, kd)
+
+    for scale in (0.3, 3.0):  # the second scale makes the 1e-24 clamp matter
+        students = table[heads] * scale * np.sqrt(D)
+        grad = jax.grad(total, argnums=(0, 1, 2), has_aux=True)
+        plain, plain_losses = grad(states, students, table, 0)
+        for chunk in (4, 7, N, 64):  # a partial last chunk, one chunk, a chunk past the end
+            chunked, chunked_losses = grad(states, students, table, chunk)
+            np.testing.assert_allclose(chunked_losses, plain_losses, rtol=1e-5)
+            for a, b in zip(chunked, plain):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Without distillation, too.
+    rec_only = lambda t, c: fused_losses(states, targets, weights, t, chunk=c)[0]
+    np.testing.assert_allclose(jax.grad(rec_only)(table, 5), jax.grad(rec_only)(table, 0),
+                               rtol=1e-5, atol=1e-6)

@@ -34,11 +34,12 @@ def _dense_reference_losses(trainer, params, users, config):
     return rec, kd, rec + config.lambda_kd * kd + config.l2_reg * l2
 
 
-@pytest.mark.parametrize("windows, weights", [((1, 3), (0.5, 0.5)), ((1,), (1.0,))])
-def test_packed_two_tier_step_equals_the_dense_reference(windows, weights):
+@pytest.mark.parametrize("windows, weights, chunk", [
+    ((1, 3), (0.5, 0.5), 0), ((1,), (1.0,), 0), ((1, 3), (0.5, 0.5), 8)])
+def test_packed_two_tier_step_equals_the_dense_reference(windows, weights, chunk):
     data = small_data(max_len=10, num_users=40, max_length=16)
     config = Config(max_len=10, hidden=16, dropout=0.0, batch_size=32, windows=windows,
-                    window_weights=weights)
+                    window_weights=weights, logits_chunk=chunk)
     trainer = Trainer(config, data)
     state = trainer.init_state()
     params = jax.tree.map(np.array, state.params)  # the step donates the state
