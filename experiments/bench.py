@@ -207,6 +207,11 @@ def markdown_table(report: dict) -> str:
             f"({r['nwide_matmul_fraction_of_peak']:.0%}) | {b['step_ms']}: "
             f"{b['nwide_matmuls_ms']} / {b['nwide_softmax_passes_ms']} / "
             f"{b['encoder_fwd_bwd_ms']} / {b['rest_ms']} |")
+    lines += ["", "The step's parts are timed in isolation on the median batch; inside the whole step "
+                  "XLA fuses across them, so `rest` (the step minus the parts: gathers, L2, Adam) "
+                  "can come out slightly negative.  `softmax passes` are the elementwise work of "
+                  "the N-wide loss (exp, log(p + 1e-24), the gathers at observed successors and "
+                  "their scatter in the backward pass) beside its three matmuls."]
     beauty = report["datasets"].get("beauty", {})
     if "speedup_vs_release_epoch_plus_eval" in beauty:
         lines += ["", f"Beauty, one epoch plus full evaluation, against the release's 225 s + 115 s "
