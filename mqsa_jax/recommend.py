@@ -1,10 +1,11 @@
 """Recommendations from a trained run, in the dataset's own item ids, and embedding export.
 
-    rec = Recommender.load("runs/beauty-...")       # once: restores the best checkpoint
-    items, scores = rec.topk([[12, 7, 301], [5]], k=10)   # batched and jitted
+    rec = Recommender.load("runs/beauty-...")        # once: restores the best checkpoint
+    history, unknown = rec.item_indices(["12", "7", "301"])   # source ids -> indices
+    items, scores = rec.topk([history], k=10)         # batched and jitted; source ids back
 
-Histories are item ids of the dataset's source (for imported logs, the ids of the user's file).
-Like the evaluation, a history's items are excluded from its recommendations unless
+Ids in and out are those of the dataset's source (for imported logs, the ids of the user's
+file).  Like the evaluation, a history's items are excluded from its recommendations unless
 ``exclude_history=False``, and only its last ``max_len`` items are read.
 """
 
@@ -35,7 +36,7 @@ class Recommender:
         self.num_items = dataset.num_items
         self._item_index = {item: i for i, item in enumerate(dataset.item_ids.tolist())}
         self._user_index = {user: u for u, user in enumerate(dataset.user_ids.tolist())}
-        self._integer_ids = all(i.lstrip("-").isdigit() for i in dataset.item_ids[:1000].tolist())
+        self._integer_ids = bool(np.char.isdigit(np.char.lstrip(dataset.item_ids, "-")).all())
         self._data = None
         self._ranked = jax.jit(functools.partial(_top_items, make_encode_last(model)),
                                static_argnames="k")

@@ -27,7 +27,7 @@ from tests.helpers import random_dataset
 
 data = build_sequence_data(random_dataset(num_users=96, num_items=48, max_length=18, seed=7),
                            max_len=16)
-config = Config(max_len=16, batch_size=32, eval_batch_size=32)
+config = Config(max_len=16, batch_size=96, eval_batch_size=48)  # one batch: few shapes
 results = {}
 for mesh in json.loads(sys.argv[1]):
     trainer = Trainer(config, data, Partitioner(*mesh))

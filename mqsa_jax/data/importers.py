@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mqsa_jax.data.dataset import Dataset, from_full_sequences
+from mqsa_jax.data.dataset import Dataset, from_full_sequences, full_sequences
 from mqsa_jax.errors import UserError
 
 FORMATS = ("csv", "sasrec", "recbole")
@@ -263,8 +263,6 @@ def build_dataset(name: str, log: EventLog, min_count: int = 5) -> tuple[Dataset
 
 def export_sasrec(dataset: Dataset, path: Path) -> None:
     """Writes ``user item`` lines in time order, with the dataset's original ids."""
-    from mqsa_jax.data.dataset import full_sequences
-
     items, offsets = full_sequences(dataset)
     users = np.repeat(np.arange(dataset.num_users), np.diff(offsets))
     lines = np.char.add(np.char.add(dataset.user_ids[users], " "), dataset.item_ids[items])

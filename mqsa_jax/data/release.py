@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mqsa_jax.data.dataset import Dataset
+from mqsa_jax.data.dataset import Dataset, save_store
 from mqsa_jax.errors import UserError
 
 RELEASE_DATASETS = ("beauty", "sports", "toys", "yelp")
@@ -128,8 +128,6 @@ def release_to_dataset(name: str, path: Path) -> Dataset:
 
 def convert_release(release_dir: Path, out_dir: Path, names=RELEASE_DATASETS) -> list[Dataset]:
     """Verifies and converts release files into stores ``out_dir/<name>.npz``."""
-    from mqsa_jax.data.dataset import save_store
-
     sums_file = release_dir / "SHA256SUMS"
     if not sums_file.is_file():
         raise UserError(f"{sums_file}: checksum file not found")
