@@ -9,7 +9,6 @@ from mqsa_jax.data.importers import (
     Columns, build_dataset, dense_ids, k_core, read_csv, read_recbole, read_sasrec,
 )
 from mqsa_jax.data.release import RELEASE_DATASETS
-from mqsa_jax.errors import UserError
 from tests.conftest import run_cli
 
 
