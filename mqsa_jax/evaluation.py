@@ -22,14 +22,19 @@ def metric_names(ks=KS) -> list[str]:
     return [f"{m}@{k}" for k in ks for m in ("HR", "NDCG")]
 
 
+def mask_items(scores: jax.Array, items: jax.Array) -> jax.Array:
+    """Scores with each row's ``items`` set to -inf; ids >= N (padding) are ignored."""
+    rows = jnp.arange(scores.shape[0])[:, None]
+    return scores.at[rows, items].set(-jnp.inf, mode="drop")
+
+
 def label_ranks(scores: jax.Array, labels: jax.Array, history: jax.Array, top: int) -> jax.Array:
     """0-based rank of each label among the unmasked items, or ``top`` if it is not in the top.
 
-    ``history`` holds item ids to exclude, padded with any id >= N (dropped by the scatter).
+    ``history`` holds item ids to exclude, padded with any id >= N.
     Ties are broken as ``lax.top_k`` does: the lower item id ranks first.
     """
-    rows = jnp.arange(scores.shape[0])[:, None]
-    scores = scores.at[rows, history].set(-jnp.inf, mode="drop")
+    scores = mask_items(scores, history)
     _, best = jax.lax.top_k(scores, top)
     hits = best == labels[:, None]
     # A masked label is never found, even where so much is masked that the top holds -inf.

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mqsa_jax.config import Config
@@ -25,6 +24,7 @@ from mqsa_jax.data import registry
 from mqsa_jax.data.arrays import build_sequence_data, right_aligned_tails
 from mqsa_jax.data.dataset import Dataset
 from mqsa_jax.errors import UserError
+from mqsa_jax.evaluation import mask_items
 from mqsa_jax.train import make_encode_last, restore_trained, run_config
 
 _ROW_QUANTUM = 8  # batches are padded to a power of two (at least this) to bound recompiles
@@ -112,11 +112,8 @@ class Recommender:
 
 
 def _top_items(encode_last, params, inputs, exclude, k):
-    states = encode_last(params, inputs)
-    scores = states @ params["params"]["item_embedding"].T
-    rows = jnp.arange(scores.shape[0])[:, None]
-    scores = scores.at[rows, exclude].set(-jnp.inf, mode="drop")
-    return jax.lax.top_k(scores, k)
+    scores = encode_last(params, inputs) @ params["params"]["item_embedding"].T
+    return jax.lax.top_k(mask_items(scores, exclude), k)
 
 
 def export_embeddings(run_dir: Path, out_dir: Path, checkpoint: str = "best",
