@@ -42,6 +42,38 @@ def label_ranks(scores: jax.Array, labels: jax.Array, history: jax.Array, top: i
     return jnp.where(hits.any(axis=1) & ~masked, jnp.argmax(hits, axis=1), top)
 
 
+def sliced_label_ranks(mesh, scores, labels, history, top: int) -> jax.Array:
+    """:func:`label_ranks` for scores split by item slices over the mesh's ``model`` axis.
+
+    Each device masks and ranks its own slice, and only the ``top`` best of every slice are
+    gathered and merged, so no device ever holds a whole N-wide row.  Candidates are merged in
+    slice order, so ties still go to the lower item id, exactly as in :func:`label_ranks`.
+    """
+    from jax.sharding import PartitionSpec as P
+
+    def local(scores, labels, history):
+        width = scores.shape[1]
+        offset = jax.lax.axis_index("model") * width
+        inside = (history >= offset) & (history < offset + width)
+        scores = mask_items(scores, jnp.where(inside, history - offset, width))
+        values, best = jax.lax.top_k(scores, min(top, width))  # a slice may hold fewer items
+        values = jax.lax.all_gather(values, "model", axis=1, tiled=True)
+        best = jax.lax.all_gather(best + offset, "model", axis=1, tiled=True)
+        _, merged = jax.lax.top_k(values, top)
+        best = jnp.take_along_axis(best, merged, axis=1)
+        own = (labels >= offset) & (labels < offset + width)
+        label_scores = jnp.take_along_axis(scores, jnp.clip(labels - offset, 0, width - 1)[:, None],
+                                           axis=1)[:, 0]
+        masked = jax.lax.psum((own & (label_scores == -jnp.inf)).astype(jnp.int32), "model") > 0
+        hits = best == labels[:, None]
+        return jnp.where(hits.any(axis=1) & ~masked, jnp.argmax(hits, axis=1), top)
+
+    # The ranks are the same on every device of a model group (they come from gathered and
+    # summed values), which shard_map cannot infer: check_vma=False.
+    return jax.shard_map(local, mesh=mesh, in_specs=(P("data", "model"), P("data"), P("data")),
+                         out_specs=P("data"), check_vma=False)(scores, labels, history)
+
+
 def metric_sums(ranks: jax.Array, weights: jax.Array, ks=KS) -> jax.Array:
     """Sums over users of HR@K and NDCG@K (one relevant item: NDCG = 1 / log2(rank + 2))."""
     sums = []
@@ -64,8 +96,9 @@ class RankingEvaluator:
     """
 
     def __init__(self, split: str, data: SequenceData, encode_last, batch_size: int, ks=KS,
-                 place=jax.device_put):
-        """``place`` puts a batch's arrays on the devices (split over the data axis of a mesh)."""
+                 place=jax.device_put, mesh=None):
+        """``place`` puts a batch's arrays on the devices (split over the data axis of a mesh);
+        with a ``mesh`` whose ``model`` axis splits the catalogue, ranking is per item slice."""
         inputs = getattr(data, f"{split}_inputs")
         labels = getattr(data, f"{split}_labels")
         history = getattr(data, f"{split}_history")
@@ -83,13 +116,17 @@ class RankingEvaluator:
             width = next(w for w in widths if w >= longest)
             self._batches.append(tuple(map(place, (inputs[users, -width:], labels[users],
                                                    history[users], weights))))
-        self._step = jax.jit(functools.partial(self._batch_sums, encode_last, max(ks), self.ks))
+        ranks = label_ranks
+        if mesh is not None and mesh.shape["model"] > 1:
+            ranks = functools.partial(sliced_label_ranks, mesh)
+        self._step = jax.jit(functools.partial(self._batch_sums, encode_last, ranks, max(ks),
+                                               self.ks))
 
     @staticmethod
-    def _batch_sums(encode_last, top, ks, params, inputs, labels, history, weights):
+    def _batch_sums(encode_last, ranks, top, ks, params, inputs, labels, history, weights):
         states = encode_last(params, inputs)  # [B, d]
         scores = states @ params["params"]["item_embedding"].T
-        return metric_sums(label_ranks(scores, labels, history, top), weights, ks)
+        return metric_sums(ranks(scores, labels, history, top), weights, ks)
 
     def evaluate(self, params) -> dict[str, float]:
         total = sum(self._step(params, *batch) for batch in self._batches)

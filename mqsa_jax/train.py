@@ -211,7 +211,8 @@ class Trainer:
                                               config.batch_size)
         encode_last = make_encode_last(self.model)
         self.evaluators = [RankingEvaluator(split, data, encode_last, config.eval_batch_size,
-                                            place=partitioner.place_batch)
+                                            place=partitioner.place_batch,
+                                            mesh=partitioner.mesh)
                            for split in ("valid", "test")]
 
     def init_state(self) -> TrainState:

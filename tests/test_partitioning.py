@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -105,3 +106,62 @@ def test_parse_mesh():
     for bad in ("data=0", "rows=2", "data=x"):
         with pytest.raises(UserError, match="expected data=N,model=M"):
             parse_mesh(bad)
+
+
+_COLLECTIVES = """
+import json, re
+import numpy as np
+from mqsa_jax.config import Config
+from mqsa_jax.data.arrays import build_sequence_data
+from mqsa_jax.partitioning import Partitioner
+from mqsa_jax.train import Trainer, epoch_batches
+from tests.helpers import random_dataset
+
+data = build_sequence_data(random_dataset(num_users=96, num_items=800, max_length=18, seed=7),
+                           max_len=16)
+trainer = Trainer(Config(max_len=16, batch_size=96, eval_batch_size=48), data,
+                  Partitioner(1, 8))
+state = trainer.init_state()
+users, long_rows, capacity, _ = next(epoch_batches(np.arange(96), 96, trainer.targets_per_user,
+                                                   trainer.short_width))
+train_hlo = trainer.train_step.lower(state, trainer.arrays, trainer.partitioner.place_batch(users),
+                                     capacity, long_rows, trainer.short_width).compile().as_text()
+evaluator = trainer.evaluators[0]
+eval_hlo = evaluator._step.lower(state.params, *evaluator._batches[0]).compile().as_text()
+gathers = {name: [line.split(" = ")[1].split(" all-gather(")[0]
+                  for line in hlo.splitlines() if " all-gather(" in line]
+           for name, hlo in (("train", train_hlo), ("eval", eval_hlo))}
+
+# Per-slice ranking against the plain one, with ties and masks straddling the slices.
+import jax, jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from mqsa_jax.evaluation import label_ranks, sliced_label_ranks
+rng = np.random.default_rng(0)
+scores = rng.integers(0, 6, (48, 800)).astype(np.float32)
+labels = rng.integers(0, 800, 48)
+history = np.where(rng.random((48, 30)) < 0.8, rng.integers(0, 800, (48, 30)), 800)
+history[:4, 0] = labels[:4]
+mesh = trainer.partitioner.mesh
+sliced = jax.jit(lambda s, l, h: sliced_label_ranks(mesh, s, l, h, 20))(
+    jax.device_put(scores, NamedSharding(mesh, P("data", "model"))), labels, history)
+plain = label_ranks(jnp.asarray(scores), jnp.asarray(labels), jnp.asarray(history), 20)
+gathers["same_ranks"] = bool((np.asarray(sliced) == np.asarray(plain)).all())
+print(json.dumps(gathers))
+"""
+
+
+def test_no_step_gathers_a_catalogue_wide_array():
+    """With the catalogue split over model=8, no all-gather yields an 800-item-wide array, and
+    the per-slice ranking equals the plain one."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", _COLLECTIVES], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    gathers = json.loads(done.stdout.strip().splitlines()[-1])
+    assert gathers.pop("same_ranks")  # per-slice ranking equals the plain one
+    assert gathers["eval"], "the ranking merges gathered per-slice candidates"
+    for step, shapes in gathers.items():
+        for shape in shapes:
+            dims = [int(d) for d in re.findall(r"\d+", shape.split("[")[1].split("]")[0])]
+            assert 800 not in dims, (step, shape)
