@@ -234,15 +234,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ignore_closed_event_loop(unraisable) -> None:
+    """A failed Orbax restore leaves a background callback that reports "Event loop is closed"
+    when it fires later; the error line already says what went wrong.  Others are reported."""
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+        sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    sys.unraisablehook = _ignore_closed_event_loop
     try:
         args.run(args)
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
-        # A failed Orbax restore leaves a background task that reports "Event loop is closed"
-        # at exit; the user's one line above already says what went wrong.
-        sys.unraisablehook = lambda unraisable: None
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
