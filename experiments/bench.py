@@ -28,7 +28,7 @@ import numpy as np
 from mqsa_jax.checkpoint import RunCheckpoints
 from mqsa_jax.config import Config
 from mqsa_jax.losses import fused_losses
-from mqsa_jax.train import Trainer, epoch_batches, prepare_data
+from mqsa_jax.train import Trainer, epoch_batches, prepare_data, split_rows
 
 RELEASE_BEAUTY_SECONDS = {"train": 225.0, "eval": 115.0}  # issue 3 / official-beauty-curve.csv
 
@@ -90,10 +90,7 @@ def step_breakdown(trainer: Trainer, state, users, long_rows, capacity) -> dict:
     g = jax.random.normal(key, (rows, n))
     matmul_s = _median_seconds(jax.jit(lambda x, g, e: (x @ e.T, g @ e, g.T @ x)), x, g, table)
 
-    split = len(users) - long_rows
-    inputs = trainer.arrays.inputs[users]
-    groups = ([inputs[:split, -trainer.short_width:]] if split else []) + (
-        [inputs[split:]] if long_rows else [])
+    groups = split_rows(trainer.arrays.inputs[users], long_rows, trainer.short_width)
 
     def encoder(params):
         return sum(jnp.sum(trainer.model.apply(params, x, deterministic=False,

@@ -112,6 +112,13 @@ def make_loss_fn(model: MQSA, config: Config):
     return loss_fn
 
 
+def split_rows(rows: jax.Array, long_rows: int, short_width: int) -> list[jax.Array]:
+    """A batch sorted by length -> its short rows' last ``short_width`` columns and its
+    ``long_rows`` longest rows at full width (either group left out when empty)."""
+    split = rows.shape[0] - long_rows
+    return ([rows[:split, -short_width:]] if split else []) + ([rows[split:]] if long_rows else [])
+
+
 def make_train_step(model: MQSA, optimizer, config: Config, state_shardings=None,
                     replicated=None):
     """The jitted step; with shardings, its output state keeps the input state's placement."""
@@ -128,13 +135,8 @@ def make_train_step(model: MQSA, optimizer, config: Config, state_shardings=None
         Most rows are mostly padding, and a real position's state depends only on the real items
         up to it, so the short rows run on their last ``short_width`` columns only.
         """
-        inputs, targets = arrays.inputs[users], arrays.targets[users]
-        split = len(users) - long_rows
-        row_groups = []
-        if split:
-            row_groups.append((inputs[:split, -short_width:], targets[:split, -short_width:]))
-        if long_rows:
-            row_groups.append((inputs[split:], targets[split:]))
+        row_groups = list(zip(split_rows(arrays.inputs[users], long_rows, short_width),
+                              split_rows(arrays.targets[users], long_rows, short_width)))
         real = jnp.concatenate([x.reshape(-1) for x, _ in row_groups]) != padding_id
         positions = jnp.nonzero(real, size=capacity, fill_value=0)[0]
         weights = (jnp.arange(capacity) < real.sum()).astype(jnp.float32)
@@ -186,10 +188,15 @@ def epoch_batches(order: np.ndarray, batch_size: int, targets_per_user: np.ndarr
         yield users.astype(np.int32), long_rows, capacity, count
 
 
-def _write_json_atomic(path: Path, value) -> None:
+def _write_atomic(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never a partial write."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json_atomic(path: Path, value) -> None:
+    _write_atomic(path, json.dumps(value, indent=2) + "\n")
 
 
 class Trainer:
@@ -271,12 +278,6 @@ def check_resumable(stored: Config, requested: Config, run_dir: Path) -> None:
                         "only epochs may change")
 
 
-def _write_lines_atomic(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
-
-
 def train(config: Config, run_dir: Path, data_dir: Path | None = None,
           progress: bool | None = None, resume: bool = False,
           partitioner: Partitioner | None = None) -> dict:
@@ -318,7 +319,8 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: 
         if primary:
             print(f"resuming {run_dir} after epoch {saved['epoch']}", file=sys.stderr)
     if primary:
-        _write_lines_atomic(metrics_path, history)  # drops epochs newer than the checkpoint
+        # Drops the epochs newer than the checkpoint.
+        _write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
 
     steps_per_epoch = -(-trainer.data.num_users // config.batch_size)
     for epoch in range(first_epoch, config.epochs + 1):

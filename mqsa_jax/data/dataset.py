@@ -107,18 +107,29 @@ def save_store(dataset: Dataset, path: Path) -> None:
         raise
 
 
-def load_store(path: Path, name: str) -> Dataset:
-    """Reads a store written by :func:`save_store`; never unpickles."""
+def _read_arrays(path: Path, keys) -> dict[str, np.ndarray]:
+    """The named arrays of a store (an npz reads only the members asked for); never unpickles."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in _STORE_KEYS if k not in npz.files]
+            missing = [k for k in keys if k not in npz.files]
             if missing:
                 raise UserError(f"{path}: not a valid mqsa-jax dataset: missing arrays {missing}")
-            arrays = {k: npz[k] for k in _STORE_KEYS}
+            return {k: npz[k] for k in keys}
     except FileNotFoundError:
         raise UserError(f"{path}: no such dataset file") from None
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise UserError(f"{path}: not a readable mqsa-jax dataset ({e})") from None
+
+
+def load_id_maps(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The store's (user_ids, item_ids): the maps from dense ids back to the source's ids."""
+    arrays = _read_arrays(path, ("user_ids", "item_ids"))
+    return arrays["user_ids"], arrays["item_ids"]
+
+
+def load_store(path: Path, name: str) -> Dataset:
+    """Reads a store written by :func:`save_store`."""
+    arrays = _read_arrays(path, _STORE_KEYS)
     dataset = Dataset(
         name=name,
         train_items=arrays["train_items"].astype(np.int32),

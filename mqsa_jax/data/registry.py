@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from mqsa_jax.data import tfds_dataset
-from mqsa_jax.data.dataset import Dataset, load_store
+from mqsa_jax.data.dataset import Dataset, load_id_maps
 from mqsa_jax.data.release import RELEASE_DATASETS
 from mqsa_jax.errors import UserError
 
@@ -66,5 +66,5 @@ def load_dataset(name: str, root: Path | None = None) -> Dataset:
     root = data_dir(root)
     store = store_path(name, root)
     prepared = tfds_dataset.prepare(store, name, root / "tfds")
-    ids = load_store(store, name)  # the id maps travel in the store only
-    return tfds_dataset.load(prepared, name, ids.user_ids, ids.item_ids)
+    # The sequences come through TFDS; the id maps travel in the store only.
+    return tfds_dataset.load(prepared, name, *load_id_maps(store))
