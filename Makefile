@@ -7,8 +7,12 @@ DATASET ?= beauty
 EPOCHS ?=
 RUN_DIR ?=
 CONFIG ?= experiments/configs/mqsa_ted.py:$(DATASET)
+DATASETS ?= beauty toys sports yelp
+SEEDS ?= 2023 2024 2025
+PARAM ?= L
+REPRODUCE = $(BIN)/python experiments/reproduce.py
 
-.PHONY: venv train test bench datasets clean
+.PHONY: venv train test bench datasets reproduce ablation sweep summary clean
 
 venv: $(VENV)/.installed
 
@@ -16,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("mqsa-jax needs Python 3.11 or newer" if sys.version_info < (3, 11) else 0)'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,experiments]'
 	touch $@
 
 train: venv
@@ -28,6 +32,20 @@ test: venv
 
 bench: venv
 	$(BIN)/python experiments/bench.py
+
+# The paper's comparison (MQSA-TED, SASRec, MQSA without TED), its ablations and its sweeps;
+# each resumes where an interrupted one stopped.  Results: experiments/results/summary.md.
+reproduce: venv
+	$(REPRODUCE) main --datasets $(DATASETS) --seeds $(SEEDS)
+
+ablation: venv
+	$(REPRODUCE) ablation --datasets $(DATASETS) --seeds $(SEEDS)
+
+sweep: venv
+	$(REPRODUCE) sweep $(PARAM) --datasets $(DATASETS) --seeds $(SEEDS)
+
+summary: venv
+	$(REPRODUCE) summary
 
 # Regenerates the committed datasets from the authors' release (checksums verified).
 datasets: venv

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import sys
 import typing
 from pathlib import Path
 
@@ -103,10 +104,15 @@ def load_config_file(path: Path, arg: str | None = None) -> dict:
         raise UserError(f"{path}: config file not found")
     spec = importlib.util.spec_from_file_location(f"mqsa_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    # A config file may import its siblings (``from mqsa_ted import get_config``), as variants
+    # of one base config do.
+    sys.path.insert(0, str(path.parent.resolve()))
     try:
         spec.loader.exec_module(module)
     except Exception as e:  # a config file is user code: report, do not crash
         raise UserError(f"{path}: cannot load config ({type(e).__name__}: {e})") from None
+    finally:
+        sys.path.remove(str(path.parent.resolve()))
     if not callable(getattr(module, "get_config", None)):
         raise UserError(f"{path}: a config file must define get_config() returning a dict")
     try:

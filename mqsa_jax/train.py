@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import math
@@ -291,17 +293,30 @@ def train(config: Config, run_dir: Path, data_dir: Path | None = None,
                         "or continue it with --resume")
     trainer = Trainer(config, prepare_data(config, data_dir), partitioner)
     primary = jax.process_index() == 0  # with many hosts, one writes the run's files
-    if primary:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(run_dir / "config.json", config.to_json())
-        print(f"run directory: {run_dir}", file=sys.stderr)
-    with RunCheckpoints(run_dir) as checkpoints:
+    with contextlib.ExitStack() as stack:
+        if primary:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(_exclusive(run_dir))
+            _write_json_atomic(run_dir / "config.json", config.to_json())
+            print(f"run directory: {run_dir}", file=sys.stderr)
+        checkpoints = stack.enter_context(RunCheckpoints(run_dir))
         best = _train_epochs(config, run_dir, trainer, checkpoints, resume, progress, primary)
-    results = {"dataset": config.dataset, "best_epoch": best["epoch"] if best else None,
-               "valid": best["valid"] if best else {}, "test": best["test"] if best else {}}
-    if primary:
-        _write_json_atomic(run_dir / "results.json", results)
+        results = {"dataset": config.dataset, "best_epoch": best["epoch"] if best else None,
+                   "valid": best["valid"] if best else {}, "test": best["test"] if best else {}}
+        if primary:
+            _write_json_atomic(run_dir / "results.json", results)
     return results
+
+
+@contextlib.contextmanager
+def _exclusive(run_dir: Path):
+    """Holds the run directory's lock: two processes training one run would corrupt it."""
+    with open(run_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{run_dir}: another process is training this run") from None
+        yield
 
 
 def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: RunCheckpoints,

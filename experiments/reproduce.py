@@ -1,0 +1,475 @@
+"""Reproduces the paper: the main comparison, the ablations, the sweeps, their tables and plots.
+
+    python experiments/reproduce.py main [--datasets beauty toys] [--seeds 2023 2024 2025]
+    python experiments/reproduce.py ablation [--datasets beauty] [--seeds 2023]
+    python experiments/reproduce.py sweep L|alpha|lambda_kd|tau [--datasets beauty] [--seeds 2023]
+    python experiments/reproduce.py summary
+
+(`make reproduce`, `make ablation` and `make sweep PARAM=L` wrap the first three.)
+
+Every run is one `mqsa-jax train`, in its own run directory under the results folder:
+``<dataset>/<variant>/seed<seed>/`` or ``<dataset>/sweep_<param>/<value>/seed<seed>/``.  A
+finished run (it has results.json) is skipped and a started one is resumed from its latest
+checkpoint, so an interrupted reproduction continues where it stopped; a sweep point equal to
+the reference configuration reuses the ``mqsa_ted`` run.  Each run directory also gets
+``provenance.json``: the command and, per (re)start, the machine.  After every run, and with
+``summary``, the summary is rewritten from whatever runs exist, finished or not:
+``summary.json``, ``summary.md``, ``sweeps.json`` and the PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mqsa_jax.config import build_config, load_config_file, parse_overrides
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE / "configs"
+DEFAULT_RESULTS = HERE / "results"
+PAPER = json.loads((HERE / "reference" / "paper_results.json").read_text())
+SELECTION = "NDCG@20"  # the reference's model selection metric (valid) and the ordering's
+METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
+
+# Variant name -> config file in experiments/configs, and how tables name it.
+VARIANTS = {"sasrec": "SASRec", "sasrec_ted": "SASRec + TED", "mqsa": "MQSA (no TED)",
+            "mqsa_ted": "MQSA-TED"}
+MAIN_VARIANTS = ("mqsa_ted", "sasrec", "mqsa")  # mqsa: for the SASRec < MQSA < MQSA-TED check
+ABLATION_VARIANTS = ("sasrec", "mqsa", "sasrec_ted", "mqsa_ted")
+ORDERING = ("sasrec", "mqsa", "mqsa_ted")
+
+
+def _window(value: float) -> dict:
+    return {"windows": f"1,{value:g}"}
+
+
+def _alpha(value: float) -> dict:
+    return {"window_weights": f"{value:g},{round(1 - value, 6):g}"}
+
+
+# The ranges of the paper's sensitivity study (L 2-4, alpha about 0.5, lambda_kd about 0.1 and
+# tau 0.05-0.1 best), widened on both sides so that the optimum is inside the range.
+SWEEPS = {
+    "L": ((1, 2, 3, 4, 5), _window),
+    "alpha": ((0.1, 0.3, 0.5, 0.7, 0.9), _alpha),
+    "lambda_kd": ((0.01, 0.05, 0.1, 0.5, 1.0), lambda v: {"lambda_kd": f"{v:g}"}),
+    "tau": ((0.01, 0.05, 0.1, 0.5, 1.0), lambda v: {"tau": f"{v:g}"}),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    dataset: str
+    variant: str  # a config file of experiments/configs
+    seed: int
+    run_dir: Path
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    def config(self, extra: dict):
+        values = load_config_file(CONFIGS / f"{self.variant}.py", self.dataset)
+        return build_config(values, {**dict(self.overrides), "seed": str(self.seed), **extra})
+
+    def command(self, extra: dict) -> list[str]:
+        sets = [f"{k}={v}" for k, v in {**dict(self.overrides), "seed": self.seed,
+                                         **extra}.items()]
+        started = (self.run_dir / "config.json").exists()
+        return (["mqsa-jax", "train", "--config", f"{_relative(CONFIGS)}/{self.variant}.py:"
+                 f"{self.dataset}", "--no-progress"]
+                + [a for s in sets for a in ("--set", s)]
+                + (["--resume", _relative(self.run_dir)] if started else
+                   ["--run-dir", _relative(self.run_dir)]))
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def variant_runs(variants, datasets, seeds, results: Path) -> list[Run]:
+    # Seeds outermost: every dataset gets a first seed of every variant before any second seed.
+    return [Run(d, v, s, results / d / v / f"seed{s}")
+            for s in seeds for d in datasets for v in variants]
+
+
+def sweep_folder(results: Path, dataset: str, param: str, value: float) -> Path:
+    """Where a sweep point's seeds live: the reference point is the ``mqsa_ted`` run itself."""
+    overrides = tuple(SWEEPS[param][1](value).items())
+    reference = Run(dataset, "mqsa_ted", 0, Path()).config({})
+    if Run(dataset, "mqsa_ted", 0, Path(), overrides).config({}) == reference:
+        return results / dataset / "mqsa_ted"
+    return results / dataset / f"sweep_{param}" / f"{value:g}"
+
+
+def sweep_runs(param: str, datasets, seeds, results: Path) -> list[Run]:
+    values, overrides_of = SWEEPS[param]
+    return [Run(d, "mqsa_ted", s, sweep_folder(results, d, param, v) / f"seed{s}",
+                tuple(overrides_of(v).items()))
+            for d in datasets for v in values for s in seeds]
+
+
+def machine() -> dict:
+    """This machine, described without starting an accelerator backend."""
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"host": platform.node(), "system": platform.system(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "python": platform.python_version()}
+    try:
+        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30)
+        if gpus.returncode == 0 and gpus.stdout.strip():
+            info["gpus"] = gpus.stdout.split("\n")[0].strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    import jax  # the version only; importing jax does not start a backend
+
+    info["jax"] = jax.__version__
+    return info
+
+
+def _record_start(run: Run, command: list[str]) -> None:
+    path = run.run_dir / "provenance.json"
+    record = json.loads(path.read_text()) if path.exists() else {"sessions": []}
+    record["command"] = shlex.join(command[:-2] + ["--run-dir", command[-1]])
+    record["sessions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **machine()})
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def execute(runs: list[Run], extra: dict, results: Path) -> int:
+    """Runs (or resumes) each unfinished run in turn; returns the number that failed."""
+    failed = 0
+    for i, run in enumerate(runs, 1):
+        status = run_status(run.run_dir)
+        # Finished, for the epochs asked now (a run stopped early resumes and stops at once).
+        if status["complete"] and status["epochs_done"] >= run.config(extra).epochs:
+            print(f"[{i}/{len(runs)}] done already: {run.run_dir}", flush=True)
+            continue
+        command = run.command(extra)
+        print(f"[{i}/{len(runs)}] {shlex.join(command)}", flush=True)
+        _record_start(run, command)
+        code = subprocess.call([sys.executable, "-m", "mqsa_jax.cli", *command[1:]])
+        if code == 130 or code < 0:
+            raise KeyboardInterrupt
+        if code:
+            failed += 1
+            print(f"[{i}/{len(runs)}] failed (exit {code}): {run.run_dir}", flush=True)
+        write_summary(results)
+    return failed
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_status(run_dir: Path) -> dict:
+    """What a run directory holds: its config, history, and best record so far."""
+    config_path = run_dir / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else None
+    history = _read_jsonl(run_dir / "metrics.jsonl")
+    evaluated = [r for r in history if "valid" in r]
+    best = None
+    for record in evaluated:  # the first best, as the reference selects
+        if best is None or record["valid"][SELECTION] > best["valid"][SELECTION]:
+            best = record
+    done = history[-1]["epoch"] if history else 0
+    finished = (run_dir / "results.json").exists() and config is not None and (
+        done == config["epochs"] or config["patience"] > 0)
+    return {"config": config, "history": history, "best": best, "epochs_done": done,
+            "complete": finished,
+            "seconds": round(sum(r.get("train_seconds", 0) + r.get("eval_seconds", 0)
+                                 for r in history), 1)}
+
+
+def _mean_std(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+
+
+def _group(run_dirs: list[Path]) -> dict:
+    """Mean and sample std over the finished seeds; the unfinished ones listed as pending."""
+    statuses = {int(p.name.removeprefix("seed")): run_status(p) for p in sorted(run_dirs)}
+    done = {s: st for s, st in statuses.items() if st["complete"]}
+    group = {"seeds": sorted(done)}
+    for split in ("valid", "test"):
+        group[split] = {m: _mean_std([st["best"][split][m] for st in done.values()])
+                        for m in METRICS} if done else {}
+    group["best_epoch"] = {str(s): st["best"]["epoch"] for s, st in done.items()}
+    group["train_eval_seconds"] = {str(s): st["seconds"] for s, st in done.items()}
+    machines = set()
+    for p in run_dirs:
+        provenance = p / "provenance.json"
+        if provenance.exists():
+            for session in json.loads(provenance.read_text())["sessions"]:
+                machines.add(f"{session['cpu']} x{session['cpu_count']}"
+                             + (f", {session['gpus']}" if "gpus" in session else ""))
+    group["machines"] = sorted(machines)
+    group["pending"] = {
+        str(s): {"epochs_done": st["epochs_done"],
+                 "epochs": st["config"]["epochs"] if st["config"] else None,
+                 "best_so_far": ({"epoch": st["best"]["epoch"],
+                                  "valid": {SELECTION: st["best"]["valid"][SELECTION]},
+                                  "test": st["best"]["test"]} if st["best"] else None)}
+        for s, st in statuses.items() if not st["complete"]}
+    return group
+
+
+def _seed_dirs(folder: Path) -> list[Path]:
+    return [p for p in folder.glob("seed*") if (p / "config.json").exists()]
+
+
+def collect(results: Path) -> tuple[dict, dict]:
+    """The summary of the variants and of the sweeps, from the run directories."""
+    summary, sweeps = {}, {}
+    for dataset_dir in sorted(p for p in results.iterdir() if p.is_dir()):
+        dataset = dataset_dir.name
+        for variant in VARIANTS:
+            if runs := _seed_dirs(dataset_dir / variant):
+                summary.setdefault(dataset, {})[variant] = _group(runs)
+        for param, (values, _) in SWEEPS.items():
+            if not (dataset_dir / f"sweep_{param}").is_dir():
+                continue
+            points = {f"{v:g}": _group(runs) for v in values
+                      if (runs := _seed_dirs(sweep_folder(results, dataset, param, v)))}
+            sweeps.setdefault(dataset, {})[param] = points
+    return summary, sweeps
+
+
+def _cell(stat: dict | None) -> str:
+    if not stat:
+        return "–"
+    return f"{stat['mean']:.4f}" + (f" ± {stat['std']:.4f}" if stat["std"] is not None else "")
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _relative_gap(ours: float, paper: float) -> str:
+    return f"{100 * (ours - paper) / paper:+.1f}%"
+
+
+def _ordering_line(groups: dict) -> str | None:
+    scores = {v: groups[v]["test"][SELECTION]["mean"] for v in ORDERING
+              if v in groups and groups[v]["seeds"]}
+    if len(scores) < len(ORDERING):
+        return None
+    values = ", ".join(f"{VARIANTS[v]} {scores[v]:.4f}" for v in ORDERING)
+    broken = [f"{VARIANTS[a]} is above {VARIANTS[b]} by {_relative_gap(scores[a], scores[b])}"
+              for a, b in zip(ORDERING, ORDERING[1:]) if scores[a] >= scores[b]]
+    chain = " < ".join(VARIANTS[v] for v in ORDERING)
+    return (f"Test {SELECTION}: {values}. The ordering {chain} "
+            + ("holds." if not broken else f"does not hold: {'; '.join(broken)}."))
+
+
+def _pending_lines(groups: dict) -> list[str]:
+    lines = []
+    for variant, group in groups.items():
+        for seed, p in group["pending"].items():
+            line = f"- {VARIANTS[variant]}, seed {seed}: epoch {p['epochs_done']} of {p['epochs']}"
+            if p["best_so_far"]:
+                b = p["best_so_far"]
+                line += (f" (best so far: epoch {b['epoch']}, valid {SELECTION} "
+                         f"{b['valid'][SELECTION]:.4f}, test HR@5 {b['test']['HR@5']:.4f}, "
+                         f"NDCG@5 {b['test']['NDCG@5']:.4f}, {SELECTION} "
+                         f"{b['test'][SELECTION]:.4f})")
+            lines.append(line)
+    return lines
+
+
+def markdown(summary: dict, sweeps: dict) -> str:
+    out = ["# Reproduction results", "",
+           "Written by `python experiments/reproduce.py` from the run directories beside this "
+           "file (do not edit). Test metrics at each run's first epoch with the best validation "
+           f"{SELECTION} (the reference's protocol: full ranking of all items, history masked); "
+           "mean ± sample standard deviation over the finished seeds. Paper figures: "
+           f"`experiments/reference/paper_results.json` ({PAPER['source']}).", ""]
+    header = ("| model | seeds | " + " | ".join(METRICS)
+              + " | best epoch | train + eval time per run |")
+    for dataset, groups in summary.items():
+        out += [f"## {dataset}", "", header, "|" + "---|" * (len(METRICS) + 4)]
+        for variant in VARIANTS:
+            if variant not in groups:
+                continue
+            g = groups[variant]
+            seeds = ", ".join(map(str, g["seeds"])) or "pending"
+            epochs = ", ".join(map(str, g["best_epoch"].values())) or "–"
+            seconds = list(g["train_eval_seconds"].values())
+            time_cell = _duration(float(np.mean(seconds))) if seconds else "–"
+            cells = [_cell(g["test"].get(m)) for m in METRICS]
+            out.append(f"| {VARIANTS[variant]} | {seeds} | " + " | ".join(cells)
+                       + f" | {epochs} | {time_cell} |")
+        paper = PAPER["mqsa_ted"].get(dataset)
+        if paper:
+            cells = [f"{paper[m]:.4f}" if m in paper else "–" for m in METRICS]
+            out.append("| MQSA-TED, paper | – | " + " | ".join(cells) + " | – | – |")
+        out.append("")
+        ours = groups.get("mqsa_ted")
+        if paper and ours and ours["seeds"]:
+            gaps = ", ".join(f"{m} {_relative_gap(ours['test'][m]['mean'], paper[m])}"
+                             for m in paper)
+            out += [f"MQSA-TED against the paper (relative): {gaps}.", ""]
+        if line := _ordering_line(groups):
+            out += [line, ""]
+        if pending := _pending_lines(groups):
+            out += ["Pending (not in the means above):", *pending, ""]
+        machines = sorted({m for g in groups.values() for m in g["machines"]})
+        if machines:
+            out += ["Machines: " + "; ".join(machines) + ".", ""]
+    for dataset, params in sweeps.items():
+        for param, points in params.items():
+            out += [f"## Sweep of {param} on {dataset} (MQSA-TED, others at the reference)", "",
+                    f"| {param} | seeds | valid {SELECTION} | test HR@5 | test NDCG@5 | "
+                    f"test {SELECTION} |", "|---|---|---|---|---|---|"]
+            for value, g in points.items():
+                seeds = ", ".join(map(str, g["seeds"])) or "pending"
+                out.append(f"| {value} | {seeds} | {_cell(g['valid'].get(SELECTION))} | "
+                           f"{_cell(g['test'].get('HR@5'))} | {_cell(g['test'].get('NDCG@5'))} | "
+                           f"{_cell(g['test'].get(SELECTION))} |")
+            out.append("")
+    return "\n".join(out)
+
+
+def _mean_curve(run_dirs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Validation NDCG@20 per epoch, averaged over the seeds that reached each epoch."""
+    per_epoch: dict[int, list[float]] = {}
+    for run_dir in run_dirs:
+        for record in run_status(run_dir)["history"]:
+            if "valid" in record:
+                per_epoch.setdefault(record["epoch"], []).append(record["valid"][SELECTION])
+    epochs = np.array(sorted(per_epoch))
+    return epochs, np.array([np.mean(per_epoch[e]) for e in epochs])
+
+
+def plot(summary: dict, sweeps: dict, results: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    folder = results / "plots"
+    folder.mkdir(exist_ok=True)
+    written = []
+    for dataset, groups in summary.items():
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for variant in groups:
+            runs = _seed_dirs(results / dataset / variant)
+            epochs, curve = _mean_curve(runs)
+            if len(epochs):
+                ax.plot(epochs, curve, label=f"{VARIANTS[variant]} ({len(runs)} seeds)")
+        ax.set(xlabel="epoch", ylabel=f"validation {SELECTION}", title=dataset)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        written.append(_save(fig, folder / f"{dataset}_valid_ndcg20.png"))
+    for dataset, params in sweeps.items():
+        for param, points in params.items():
+            done = {float(v): g for v, g in points.items() if g["seeds"]}
+            if not done:
+                continue
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            values = sorted(done)
+            for split in ("valid", "test"):
+                means = [done[v][split][SELECTION]["mean"] for v in values]
+                stds = [done[v][split][SELECTION]["std"] or 0 for v in values]
+                ax.errorbar(values, means, yerr=stds, marker="o", capsize=3, label=split)
+            if param in ("lambda_kd", "tau"):
+                ax.set_xscale("log")
+            ax.set(xlabel=param, ylabel=SELECTION, title=f"{dataset}: MQSA-TED, {param}")
+            ax.grid(alpha=0.3)
+            ax.legend()
+            written.append(_save(fig, folder / f"{dataset}_sweep_{param}.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_summary(results: Path) -> None:
+    summary, sweeps = collect(results)
+    _write(results / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _write(results / "summary.md", markdown(summary, sweeps))
+    if sweeps:
+        _write(results / "sweeps.json", json.dumps(sweeps, indent=2) + "\n")
+    plot(summary, sweeps, results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    base = argparse.ArgumentParser(add_help=False)
+    base.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
+                      help="results folder (default: experiments/results)")
+    common = argparse.ArgumentParser(add_help=False, parents=[base])
+    common.add_argument("--datasets", nargs="+", default=["beauty"])
+    common.add_argument("--seeds", nargs="+", type=int, default=[2023])
+    common.add_argument("--epochs", type=int, help="override the reference's 200 epochs")
+    common.add_argument("--patience", type=int,
+                        help="stop a run after this many evaluations without a better "
+                             f"valid {SELECTION} (default: never, as the reference)")
+    for name, variants in (("main", MAIN_VARIANTS), ("ablation", ABLATION_VARIANTS)):
+        sub.add_parser(name, parents=[common]).add_argument(
+            "--variants", nargs="+", choices=list(VARIANTS), default=list(variants),
+            help=f"default: {' '.join(variants)}")
+    sweep = sub.add_parser("sweep", parents=[common])
+    sweep.add_argument("param", choices=sorted(SWEEPS))
+    sub.add_parser("summary", parents=[base])
+    args = parser.parse_args(argv)
+    args.results.mkdir(parents=True, exist_ok=True)
+    if args.command == "summary":
+        write_summary(args.results)
+        print(f"wrote {args.results / 'summary.md'}")
+        return 0
+    extra = parse_overrides([f"{k}={v}" for k, v in
+                             (("epochs", args.epochs), ("patience", args.patience))
+                             if v is not None])
+    if args.command == "sweep":
+        runs = sweep_runs(args.param, args.datasets, args.seeds, args.results)
+    else:
+        runs = variant_runs(args.variants, args.datasets, args.seeds, args.results)
+    try:
+        failed = execute(runs, extra, args.results)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to continue", file=sys.stderr)
+        return 130
+    write_summary(args.results)
+    print(f"wrote {args.results / 'summary.md'}" + (f"; {failed} run(s) failed" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""experiments/reproduce.py: resumable runs, the summary's numbers, tables and plots."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mqsa_jax.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("reproduce", ROOT / "experiments" / "reproduce.py")
+reproduce = importlib.util.module_from_spec(_spec)
+sys.modules["reproduce"] = reproduce  # dataclasses look their module up there
+_spec.loader.exec_module(reproduce)
+
+
+def _fake_run(run_dir: Path, valid: list[float], test: list[float], epochs: int,
+              finished: bool, dataset: str = "beauty") -> None:
+    """A run directory as training leaves it: NDCG@20 per epoch, other metrics derived."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"dataset": dataset, "epochs": epochs,
+                                                     "patience": 0}))
+    records = []
+    for epoch, (v, t) in enumerate(zip(valid, test), 1):
+        records.append({"epoch": epoch, "loss": 1.0, "train_seconds": 10.0, "eval_seconds": 2.0,
+                        "valid": {m: v for m in reproduce.METRICS},
+                        "test": {m: t + i / 100 for i, m in enumerate(reproduce.METRICS)}})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if finished:
+        (run_dir / "results.json").write_text("{}")
+
+
+def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
+    results = tmp_path / "results"
+    # Seed 1 peaks twice at epoch 2 and 3: the first best (epoch 2) is the one reported.
+    _fake_run(results / "beauty/mqsa_ted/seed1", [0.1, 0.3, 0.3], [0.05, 0.07, 0.09], 3, True)
+    _fake_run(results / "beauty/mqsa_ted/seed2", [0.2, 0.1, 0.0], [0.08, 0.01, 0.01], 3, True)
+    _fake_run(results / "beauty/mqsa_ted/seed3", [0.1, 0.5], [0.2, 0.4], 3, False)
+    _fake_run(results / "beauty/sasrec/seed1", [0.1, 0.1, 0.1], [0.10, 0.10, 0.10], 3, True)
+    _fake_run(results / "beauty/mqsa/seed1", [0.1, 0.1, 0.1], [0.06, 0.06, 0.06], 3, True)
+
+    summary, sweeps = reproduce.collect(results)
+    ted = summary["beauty"]["mqsa_ted"]
+    assert ted["seeds"] == [1, 2] and sweeps == {}
+    assert ted["best_epoch"] == {"1": 2, "2": 1}
+    assert ted["test"]["HR@5"]["mean"] == pytest.approx(np.mean([0.07, 0.08]))
+    assert ted["test"]["HR@5"]["std"] == pytest.approx(np.std([0.07, 0.08], ddof=1))
+    assert ted["test"]["NDCG@20"]["mean"] == pytest.approx(np.mean([0.07, 0.08]) + 0.05)
+    assert ted["train_eval_seconds"] == {"1": 36.0, "2": 36.0}
+    assert ted["pending"]["3"]["epochs_done"] == 2
+    assert ted["pending"]["3"]["best_so_far"]["epoch"] == 2
+    assert summary["beauty"]["sasrec"]["test"]["HR@5"]["std"] is None  # one seed: no spread
+
+    text = reproduce.markdown(summary, sweeps)
+    assert "| MQSA-TED | 1, 2 | 0.0750 ± 0.0071 |" in text
+    assert "| MQSA-TED, paper | – | 0.0752 | 0.0534 |" in text
+    assert "HR@5 -0.3%" in text  # 0.075 against the paper's 0.0752
+    # SASRec 0.15 > MQSA 0.11 < MQSA-TED 0.125 on test NDCG@20.
+    assert "does not hold: SASRec is above MQSA (no TED)" in text
+    assert "MQSA-TED, seed 3: epoch 2 of 3" in text
+
+
+def test_sweep_reuses_the_reference_run_for_its_reference_point(tmp_path):
+    runs = reproduce.sweep_runs("L", ["beauty"], [7], tmp_path)
+    dirs = {r.overrides: r.run_dir for r in runs}
+    assert dirs[(("windows", "1,3"),)] == tmp_path / "beauty/mqsa_ted/seed7"
+    assert dirs[(("windows", "1,5"),)] == tmp_path / "beauty/sweep_L/5/seed7"
+    alphas = reproduce.sweep_runs("alpha", ["beauty"], [7], tmp_path)
+    assert [r.config({}).window_weights for r in alphas][:2] == [(0.1, 0.9), (0.3, 0.7)]
+
+
+def test_a_second_process_cannot_train_a_locked_run(tmp_path):
+    from mqsa_jax.train import _exclusive
+
+    with _exclusive(tmp_path):
+        with pytest.raises(UserError, match="another process is training this run"):
+            with _exclusive(tmp_path):
+                pass
+
+
+def test_reproduction_runs_resumes_and_summarises(tiny_dataset, tmp_path):
+    results = tmp_path / "results"
+    env = {**os.environ, "MQSA_DATA_DIR": str(tiny_dataset / "data")}
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(ROOT / "experiments" / "reproduce.py"), "main",
+                               "--datasets", "tiny", "--seeds", "5", "--variants", "mqsa_ted",
+                               "--results", str(results), *args],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    first = run("--epochs", "1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_dir = results / "tiny/mqsa_ted/seed5"
+    assert json.loads((run_dir / "results.json").read_text())["best_epoch"] == 1
+    # More epochs: the finished run is resumed from its checkpoint, not started again.
+    second = run("--epochs", "2")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resuming" in second.stderr
+    assert [json.loads(line)["epoch"] for line in
+            (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert len(provenance["sessions"]) == 2 and "--set epochs=2" in provenance["command"]
+    assert "done already" in run("--epochs", "2").stdout
+
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["tiny"]["mqsa_ted"]["seeds"] == [5]
+    best = json.loads((run_dir / "results.json").read_text())
+    assert summary["tiny"]["mqsa_ted"]["test"]["NDCG@20"]["mean"] == pytest.approx(
+        best["test"]["NDCG@20"])
+    assert "## tiny" in (results / "summary.md").read_text()
+    assert (results / "plots/tiny_valid_ndcg20.png").read_bytes()[:4] == b"\x89PNG"
