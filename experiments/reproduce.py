@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -428,6 +429,10 @@ def write_summary(results: Path) -> None:
     plot(summary, sweeps, results)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -461,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = sweep_runs(args.param, args.datasets, args.seeds, args.results)
     else:
         runs = variant_runs(args.variants, args.datasets, args.seeds, args.results)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as Ctrl-C does
     try:
         failed = execute(runs, extra, args.results)
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ import numpy as np
 
 from mqsa_jax.chunked import catalogue_sums
 from mqsa_jax.data.arrays import Transitions
+from mqsa_jax.model import Lookup, lookup_rows
 
 _LOG_EPSILON = 1e-24
 
@@ -88,6 +89,8 @@ def fused_losses(
     students: jax.Array | None = None,
     teacher_rows: tuple[jax.Array, jax.Array, jax.Array] | None = None,
     chunk: int = 0,
+    lookup: Lookup = lookup_rows,
+    catalogue_slices: int = 1,
 ) -> tuple[jax.Array, jax.Array]:
     """Mean recommendation and TED losses over packed rows with ``weights`` 1 (real) or 0.
 
@@ -95,14 +98,18 @@ def fused_losses(
     are ``dropout(E[head] * sqrt(d)) / tau`` for the same positions' input items, and
     ``teacher_rows`` their :meth:`TeacherWeights.rows`.  Without students the TED loss is 0.
     ``chunk`` > 0 scans the catalogue in chunks of that many items (``mqsa_jax.chunked``)
-    instead of building the ``[rows, N]`` logits.
+    instead of building the ``[rows, N]`` logits; on a table split into ``catalogue_slices``
+    row slices over devices, each device takes its share of a chunk from its own slice.  ``lookup`` reads the targets' rows of
+    the table (the partitioner's, so that a table split over devices is read where it lives).
     """
     rows = states if students is None else jnp.concatenate([states, students])
     uniform, successors, extra = teacher_rows if students is not None else (None, None, None)
     if chunk:
         if students is None:
             successors, extra = jnp.zeros((0, 1), jnp.int32), jnp.zeros((0, 1), table.dtype)
-        rec_lse, log_sum, observed = catalogue_sums(len(states), chunk, rows, table, extra,
+        # ``chunk`` items per scan step in all: each slice's device takes its share of them.
+        rec_lse, log_sum, observed = catalogue_sums(len(states), -(-chunk // catalogue_slices),
+                                                    catalogue_slices, rows, table, extra,
                                                     successors)
     else:
         logits = rows @ table.T
@@ -112,7 +119,7 @@ def fused_losses(
             log_sum = log_probs.sum(axis=-1)
             observed = jnp.sum(extra * jnp.take_along_axis(log_probs, successors, axis=1), -1)
     count = jnp.maximum(weights.sum(), 1.0)
-    target_logits = jnp.sum(states * table[targets], axis=-1)
+    target_logits = jnp.sum(states * lookup(table, targets), axis=-1)
     rec = jnp.logaddexp(rec_lse, 0.0) - target_logits
     rec_loss = jnp.sum(rec * weights) / count
     if students is None:

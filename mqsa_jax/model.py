@@ -7,6 +7,8 @@ number of windows costs one fused computation.  SASRec is the one-branch case ``
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -92,11 +94,20 @@ class Branch(nn.Module):
         return _layer_norm(name="final_norm")(h)
 
 
+Lookup = Callable[[jax.Array, jax.Array], jax.Array]  # (table, ids) -> rows
+
+
+def lookup_rows(table: jax.Array, ids: jax.Array) -> jax.Array:
+    """Rows of ``table`` at ``ids``; an id past its end (the padding id) gives a zero row."""
+    return jnp.take(table, ids, axis=0, mode="fill", fill_value=0)
+
+
 class MQSA(nn.Module):
     """Encodes left-padded item sequences (padding id ``num_items``) into fused states [B, T, d].
 
     ``params['item_embedding']`` is the item table ``E`` (N x d); the padding id looks up a
-    fixed zero row that is not a parameter.
+    fixed zero row that is not a parameter.  ``lookup`` reads rows of the table: the
+    partitioner's, when the table is split over devices.
     """
 
     num_items: int
@@ -107,21 +118,23 @@ class MQSA(nn.Module):
     dropout: float
     windows: tuple[int, ...]
     window_weights: tuple[float, ...]
+    lookup: Lookup = lookup_rows
 
     @classmethod
-    def from_config(cls, config: Config, num_items: int) -> "MQSA":
+    def from_config(cls, config: Config, num_items: int,
+                    lookup: Lookup = lookup_rows) -> "MQSA":
         return cls(num_items=num_items, max_len=config.max_len, hidden=config.hidden,
                    num_heads=config.num_heads, num_blocks=config.num_blocks,
                    dropout=config.dropout, windows=tuple(config.windows),
-                   window_weights=tuple(config.window_weights))
+                   window_weights=tuple(config.window_weights), lookup=lookup)
 
     @nn.compact
     def __call__(self, sequences: jax.Array, *, deterministic: bool) -> jax.Array:
         items = self.param("item_embedding", _embedding_init, (self.num_items, self.hidden))
         positions = self.param("position_embedding", _embedding_init, (self.max_len, self.hidden))
-        table = jnp.concatenate([items, jnp.zeros((1, self.hidden), items.dtype)])
         mask = (sequences != self.num_items).astype(items.dtype)
-        x = table[sequences] * jnp.sqrt(float(self.hidden)) + positions[-sequences.shape[1]:]
+        x = (self.lookup(items, sequences) * jnp.sqrt(float(self.hidden))
+             + positions[-sequences.shape[1]:])
         x = nn.Dropout(self.dropout)(x, deterministic=deterministic) * mask[..., None]
 
         branches = nn.vmap(

@@ -11,9 +11,11 @@ import os
 
 import numpy as np
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mqsa_jax.errors import UserError
+from mqsa_jax.model import lookup_rows
 
 DATA, MODEL = "data", "model"
 ITEM_TABLE = "item_embedding"
@@ -56,6 +58,29 @@ class Partitioner:
         for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if size % self.data:
                 raise UserError(f"{name} {size} does not split evenly over data={self.data}")
+
+    def item_lookup(self, table: jax.Array, ids: jax.Array, split: bool = True) -> jax.Array:
+        """Rows of the item table at ``ids`` (the padding id gives zeros), read where they live.
+
+        On a model-split mesh each device gathers the ids that fall in its slice of the rows,
+        zeros for the rest, and a sum over ``model`` completes the rows: what moves is
+        ``[ids, d]``, never the table, however large the catalogue.  With ``split`` the ids'
+        first axis (a batch's rows) is split over ``data``; without, every device reads all
+        of them (the packed positions of the loss, whose rows the N-wide products split).
+        """
+        if self.model == 1:
+            return lookup_rows(table, ids)
+        rows = P(DATA) if split and ids.shape[0] % self.data == 0 else P()
+
+        def local(block, block_ids):
+            offset = jax.lax.axis_index(MODEL) * block.shape[0]
+            # Shifted out of range, the other slices' ids (and the padding id) read zeros.
+            shifted = block_ids - offset
+            shifted = jnp.where(shifted < 0, block.shape[0], shifted)
+            return jax.lax.psum(lookup_rows(block, shifted), MODEL)
+
+        return jax.shard_map(local, mesh=self.mesh, in_specs=(P(MODEL), rows),
+                             out_specs=rows)(table, ids)
 
     def state_shardings(self, state):
         """Rows of the item table, and of every optimizer array shaped like it, over ``model``."""

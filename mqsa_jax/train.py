@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from mqsa_jax.checkpoint import LATEST, RunCheckpoints
@@ -27,7 +28,7 @@ from mqsa_jax.data.arrays import SequenceData, build_sequence_data
 from mqsa_jax.errors import UserError
 from mqsa_jax.evaluation import RankingEvaluator
 from mqsa_jax.losses import TeacherWeights, fused_losses, l2_penalty
-from mqsa_jax.model import MQSA, item_table
+from mqsa_jax.model import MQSA, item_table, lookup_rows
 from mqsa_jax.partitioning import Partitioner
 
 # Packed-row buffers are rounded up to a multiple of this, so an epoch compiles a handful of
@@ -85,7 +86,12 @@ def _dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
-def make_loss_fn(model: MQSA, config: Config):
+def make_loss_fn(model: MQSA, config: Config, partitioner: Partitioner | None = None):
+    """The loss of a batch; the partitioner says how the item table is split over devices."""
+    packed_lookup, slices = lookup_rows, 1
+    if partitioner is not None:
+        packed_lookup = functools.partial(partitioner.item_lookup, split=False)
+        slices = partitioner.model
     distill = config.lambda_kd > 0
     scale = math.sqrt(config.hidden)
 
@@ -104,10 +110,11 @@ def make_loss_fn(model: MQSA, config: Config):
         students = teacher_rows = None
         if distill:
             heads = inputs[positions]
-            students = _dropout(student_key, table[heads] * scale, config.dropout) / config.tau
+            students = _dropout(student_key, packed_lookup(table, heads) * scale,
+                                config.dropout) / config.tau
             teacher_rows = teacher.rows(heads)
         rec, kd = fused_losses(states, targets[positions], weights, table, students,
-                               teacher_rows, config.logits_chunk)
+                               teacher_rows, config.logits_chunk, packed_lookup, slices)
         loss = rec + config.lambda_kd * kd + config.l2_reg * l2_penalty(params)
         return loss, {"loss": loss, "loss_rec": rec, "loss_kd": kd}
 
@@ -121,12 +128,13 @@ def split_rows(rows: jax.Array, long_rows: int, short_width: int) -> list[jax.Ar
     return ([rows[:split, -short_width:]] if split else []) + ([rows[split:]] if long_rows else [])
 
 
-def make_train_step(model: MQSA, optimizer, config: Config, state_shardings=None,
-                    replicated=None):
-    """The jitted step; with shardings, its output state keeps the input state's placement."""
-    loss_fn = make_loss_fn(model, config)
+def make_train_step(model: MQSA, optimizer, config: Config,
+                    partitioner: Partitioner | None = None, state_shardings=None):
+    """The jitted step; with a partitioner, its output state keeps the input state's
+    placement (``state_shardings``)."""
+    loss_fn = make_loss_fn(model, config, partitioner)
     padding_id = model.num_items
-    out_shardings = None if state_shardings is None else (state_shardings, replicated)
+    out_shardings = None if partitioner is None else (state_shardings, partitioner.replicated)
 
     @functools.partial(jax.jit, static_argnames=("capacity", "long_rows", "short_width"),
                        donate_argnums=0, out_shardings=out_shardings)
@@ -208,12 +216,12 @@ class Trainer:
         self.config, self.data = config, data
         self.partitioner = partitioner = partitioner or Partitioner()
         partitioner.check_sizes(data.num_items, config.batch_size, config.eval_batch_size)
-        self.model = MQSA.from_config(config, data.num_items)
+        self.model = MQSA.from_config(config, data.num_items, partitioner.item_lookup)
         self.optimizer = make_optimizer(config)
         self.state_shardings = partitioner.state_shardings(
             jax.eval_shape(lambda: init_state(self.model, self.optimizer, config)))
-        self.train_step = make_train_step(self.model, self.optimizer, config,
-                                          self.state_shardings, partitioner.replicated)
+        self.train_step = make_train_step(self.model, self.optimizer, config, partitioner,
+                                          self.state_shardings)
         self.arrays = partitioner.replicate(train_arrays(data, config))
         self.targets_per_user = (data.train_targets != data.padding_id).sum(axis=1)
         self.short_width = choose_short_width(self.targets_per_user, config.max_len,
@@ -248,6 +256,12 @@ class Trainer:
 
 
 def prepare_data(config: Config, data_dir: Path | None = None) -> SequenceData:
+    if jax.process_count() > 1:
+        # The first use of a dataset prepares its TFDS files: one process does, on storage the
+        # hosts share, while the others wait (on separate disks each host then prepares its own).
+        if jax.process_index() == 0:
+            registry.load_dataset(config.dataset, data_dir)
+        multihost_utils.sync_global_devices("mqsa-jax: dataset prepared")
     dataset = registry.load_dataset(config.dataset, data_dir)
     return build_sequence_data(dataset, config.max_len, config.time_span)
 

@@ -100,20 +100,25 @@ def test_chunked_losses_and_gradients_equal_the_plain_ones():
     weights = jnp.asarray([1.0] * 7 + [0.0] * 2)
     rows = teacher.rows(heads)
 
-    def total(states, students, table, chunk):
-        rec, kd = fused_losses(states, targets, weights, table, students, rows, chunk)
+    def total(states, students, table, chunk, slices):
+        rec, kd = fused_losses(states, targets, weights, table, students, rows, chunk,
+                               catalogue_slices=slices)
         return rec + 0.3 * kd, (rec, kd)
 
     for scale in (0.3, 3.0):  # the second scale makes the 1e-24 clamp matter
         students = table[heads] * scale * np.sqrt(D)
         grad = jax.grad(total, argnums=(0, 1, 2), has_aux=True)
-        plain, plain_losses = grad(states, students, table, 0)
-        for chunk in (4, 7, N, 64):  # a partial last chunk, one chunk, a chunk past the end
-            chunked, chunked_losses = grad(states, students, table, chunk)
+        plain, plain_losses = grad(states, students, table, 0, 1)
+        # A partial last chunk, one chunk, a chunk past the end; the table as one slice, or as
+        # a model-split mesh's slices, each chunked on its own (partial chunks in each).
+        for chunk, slices in ((4, 1), (7, 1), (N, 1), (64, 1), (2, 5), (3, 5), (N // 5, 5)):
+            chunked, chunked_losses = grad(states, students, table, chunk, slices)
             np.testing.assert_allclose(chunked_losses, plain_losses, rtol=1e-5)
             for a, b in zip(chunked, plain):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # Without distillation, too.
-    rec_only = lambda t, c: fused_losses(states, targets, weights, t, chunk=c)[0]
-    np.testing.assert_allclose(jax.grad(rec_only)(table, 5), jax.grad(rec_only)(table, 0),
-                               rtol=1e-5, atol=1e-6)
+    rec_only = lambda t, c, s=1: fused_losses(states, targets, weights, t, chunk=c,
+                                              catalogue_slices=s)[0]
+    for chunk, slices in ((5, 1), (3, 5)):
+        np.testing.assert_allclose(jax.grad(rec_only)(table, chunk, slices),
+                                   jax.grad(rec_only)(table, 0), rtol=1e-5, atol=1e-6)

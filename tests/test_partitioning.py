@@ -47,7 +47,9 @@ if jax.process_index() == 0:
 """
 
 
-def _run(meshes, devices, processes=1):
+def _launch(argv: list[str], devices: int, processes: int = 1) -> list[str]:
+    """Runs ``python *argv`` as ``processes`` cooperating JAX processes of ``devices`` CPU
+    devices each; returns their outputs."""
     port = _free_port()
     commands = []
     for process in range(processes):
@@ -56,13 +58,18 @@ def _run(meshes, devices, processes=1):
         if processes > 1:
             env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                        JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(process))
-        commands.append(subprocess.Popen(
-            [sys.executable, "-c", _TWO_EPOCHS, json.dumps(meshes)], cwd=REPO, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        commands.append(subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True))
     outputs = [c.communicate(timeout=600) for c in commands]
     for command, (_, err) in zip(commands, outputs):
         assert command.returncode == 0, err[-3000:]
-    return json.loads(outputs[0][0].strip().splitlines()[-1])
+    return [out for out, _ in outputs]
+
+
+def _run(meshes, devices, processes=1):
+    out = _launch(["-c", _TWO_EPOCHS, json.dumps(meshes)], devices, processes)[0]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def _free_port() -> int:
@@ -117,20 +124,28 @@ from mqsa_jax.partitioning import Partitioner
 from mqsa_jax.train import Trainer, epoch_batches
 from tests.helpers import random_dataset
 
+MOVES = ("all-gather", "all-to-all", "collective-permute")  # data that changes devices
 data = build_sequence_data(random_dataset(num_users=96, num_items=800, max_length=18, seed=7),
                            max_len=16)
-trainer = Trainer(Config(max_len=16, batch_size=96, eval_batch_size=48), data,
-                  Partitioner(1, 8))
-state = trainer.init_state()
-users, long_rows, capacity, _ = next(epoch_batches(np.arange(96), 96, trainer.targets_per_user,
-                                                   trainer.short_width))
-train_hlo = trainer.train_step.lower(state, trainer.arrays, trainer.partitioner.place_batch(users),
-                                     capacity, long_rows, trainer.short_width).compile().as_text()
-evaluator = trainer.evaluators[0]
-eval_hlo = evaluator._step.lower(state.params, *evaluator._batches[0]).compile().as_text()
-gathers = {name: [line.split(" = ")[1].split(" all-gather(")[0]
-                  for line in hlo.splitlines() if " all-gather(" in line]
-           for name, hlo in (("train", train_hlo), ("eval", eval_hlo))}
+found, losses = {}, {}
+for data_size, model, chunk in ((1, 1, 0), (1, 8, 0), (4, 2, 0), (1, 8, 256)):
+    trainer = Trainer(Config(max_len=16, batch_size=96, eval_batch_size=48, logits_chunk=chunk),
+                      data, Partitioner(data_size, model))
+    state = trainer.init_state()
+    users, long_rows, capacity, _ = next(epoch_batches(
+        np.arange(96), 96, trainer.targets_per_user, trainer.short_width))
+    args = (trainer.arrays, trainer.partitioner.place_batch(users), capacity, long_rows,
+            trainer.short_width)
+    train_hlo = trainer.train_step.lower(state, *args).compile().as_text()
+    evaluator = trainer.evaluators[0]
+    eval_hlo = evaluator._step.lower(state.params, *evaluator._batches[0]).compile().as_text()
+    case = f"{data_size}x{model} chunk {chunk}"
+    for step, hlo in (("train", train_hlo), ("eval", eval_hlo)):
+        found[f"{step} {case}"] = [
+            [kind, re.findall(r"\\[([\\d,]*)\\]", line.split(" = ")[1].split(f" {kind}")[0])]
+            for line in hlo.splitlines() for kind in MOVES if f" {kind}(" in line]
+    losses[case] = {k: float(v) for k, v in trainer.train_step(state, *args)[1].items()}
+found["losses"] = losses
 
 # Per-slice ranking against the plain one, with ties and masks straddling the slices.
 import jax, jax.numpy as jnp
@@ -141,27 +156,70 @@ scores = rng.integers(0, 6, (48, 800)).astype(np.float32)
 labels = rng.integers(0, 800, 48)
 history = np.where(rng.random((48, 30)) < 0.8, rng.integers(0, 800, (48, 30)), 800)
 history[:4, 0] = labels[:4]
-mesh = trainer.partitioner.mesh
+mesh = Partitioner(1, 8).mesh
 sliced = jax.jit(lambda s, l, h: sliced_label_ranks(mesh, s, l, h, 20))(
     jax.device_put(scores, NamedSharding(mesh, P("data", "model"))), labels, history)
 plain = label_ranks(jnp.asarray(scores), jnp.asarray(labels), jnp.asarray(history), 20)
-gathers["same_ranks"] = bool((np.asarray(sliced) == np.asarray(plain)).all())
-print(json.dumps(gathers))
+found["same_ranks"] = bool((np.asarray(sliced) == np.asarray(plain)).all())
+print(json.dumps(found))
 """
 
 
-def test_no_step_gathers_a_catalogue_wide_array():
-    """With the catalogue split over model=8, no all-gather yields an 800-item-wide array, and
-    the per-slice ranking equals the plain one."""
+def test_no_step_moves_the_item_table_or_a_catalogue_wide_array():
+    """With the catalogue split over model (meshes 1x8 and 4x2, and 1x8 with the chunked loss),
+    no collective that moves data between devices carries the item table, a slice of it, or an
+    array as wide as the catalogue: the lookups read rows where they live, the losses and the
+    ranking reduce per slice.  A step gives the single device's losses, and the per-slice
+    ranking equals the plain one."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", _COLLECTIVES], cwd=REPO, env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    gathers = json.loads(done.stdout.strip().splitlines()[-1])
-    assert gathers.pop("same_ranks")  # per-slice ranking equals the plain one
-    assert gathers["eval"], "the ranking merges gathered per-slice candidates"
-    for step, shapes in gathers.items():
-        for shape in shapes:
-            dims = [int(d) for d in re.findall(r"\d+", shape.split("[")[1].split("]")[0])]
-            assert 800 not in dims, (step, shape)
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found.pop("same_ranks")
+    losses = found.pop("losses")  # one step from the same state: the same losses everywhere
+    for case, values in losses.items():
+        for name, value in values.items():
+            assert value == pytest.approx(losses["1x1 chunk 0"][name], rel=1e-5), (case, name)
+    assert any(kind == "all-gather" for kind, _ in found["eval 1x8 chunk 0"]), \
+        "the ranking merges gathered per-slice candidates"
+    for step, moves in found.items():
+        model = int(step.split(" ")[1].split("x")[1])
+        # The table's rows (with the padding row, or not), whole or one device's slice.
+        table_sizes = {800, 801, 800 // model, 800 // model + 1}
+        for kind, shapes in moves:
+            for shape in shapes:
+                dims = {int(d) for d in shape.split(",") if d}
+                assert not dims & table_sizes, (step, kind, shape)
+
+
+def test_cli_train_under_two_processes(tiny_dataset, tmp_path):
+    """`mqsa-jax train` started on two processes (4 devices each, mesh data=4,model=2) writes
+    one run directory, resumes from its checkpoint, and ends with the single process's results."""
+    train = ["-m", "mqsa_jax.cli", "train", "--dataset", "tiny", "--no-progress",
+             "--data-dir", str(tiny_dataset / "data"), "--set", "max_len=16",
+             "--set", "batch_size=32", "--set", "eval_batch_size=64"]
+    _launch([*train, "--epochs", "2", "--run-dir", str(tmp_path / "one")], devices=1)
+    two = tmp_path / "two"
+    _launch([*train, "--epochs", "1", "--run-dir", str(two), "--mesh", "data=4,model=2"],
+            devices=4, processes=2)
+    _launch(["-m", "mqsa_jax.cli", "train", "--resume", str(two), "--epochs", "2",
+             "--data-dir", str(tiny_dataset / "data"), "--no-progress",
+             "--mesh", "data=4,model=2"], devices=4, processes=2)
+    history = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    reference = [json.loads(line) for line in
+                 (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2]
+    for ours, expected in zip(history, reference):
+        assert ours["loss"] == pytest.approx(expected["loss"], rel=1e-4)
+        for split in ("valid", "test"):
+            for name, value in expected[split].items():
+                assert ours[split][name] == pytest.approx(value, rel=1e-4, abs=1e-6)
+    results = json.loads((two / "results.json").read_text())
+    expected = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert results["best_epoch"] == expected["best_epoch"]
+    for name, value in expected["test"].items():
+        assert results["test"][name] == pytest.approx(value, rel=1e-4, abs=1e-6)
+    assert sorted(p.name for p in (two / "checkpoints" / "latest").iterdir()
+                  if p.name.isdigit()) == ["1", "2"]

@@ -1,0 +1,173 @@
+"""Step time and memory per device on synthetic catalogues, one device against model=8.
+
+    python experiments/scale_bench.py [--items 10000 100000 1000000] [--models 1 8]
+                                      [--out experiments/results/scale_bench]
+
+Each (catalogue, mesh) case runs in its own process on 8 host-platform devices
+(``--xla_force_host_platform_device_count=8``): a 1 x 1 mesh (one device) or a 1 x ``model``
+mesh (the item table and its Adam moments split by rows).  Per case: the bytes of the item
+table and its optimizer moments held by one device, XLA's memory analysis of the compiled train
+and evaluation steps for one device (arguments + outputs + temporaries - aliased), compile
+seconds, and the median time of a few train steps.  A case whose devices would need more host
+memory than ``--host-budget-gb`` in total is compiled and analysed but not run.  The synthetic
+data: users with 3-50 items drawn from a Zipf-like popularity, the reference hyperparameters;
+catalogues above ``--chunk-above`` items use ``logits_chunk``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEVICES = 8
+
+
+def synthetic_data(num_items: int, num_users: int, seed: int = 0):
+    import numpy as np
+
+    from mqsa_jax.data.arrays import build_sequence_data
+    from mqsa_jax.data.dataset import from_full_sequences
+
+    rng = np.random.default_rng(seed)
+    lengths = np.minimum(rng.geometric(1 / 9, num_users) + 2, 50)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ranks = rng.zipf(1.2, offsets[-1]) - 1  # popular items are the frequent ones
+    items = (rng.permutation(num_items)[ranks % num_items]).astype(np.int32)
+    dataset = from_full_sequences("synthetic", items, offsets, num_items,
+                                  np.arange(num_users).astype(str),
+                                  np.arange(num_items).astype(str))
+    return build_sequence_data(dataset, max_len=50)
+
+
+def _memory(compiled) -> dict:
+    m = compiled.memory_analysis()
+    peak = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+            - m.alias_size_in_bytes)
+    return {"arguments_mb": m.argument_size_in_bytes / 2**20,
+            "outputs_mb": m.output_size_in_bytes / 2**20,
+            "temporaries_mb": m.temp_size_in_bytes / 2**20,
+            "peak_mb": peak / 2**20}
+
+
+def run_case(num_items: int, model: int, chunk: int, steps: int, budget_gb: float) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from mqsa_jax.config import Config
+    from mqsa_jax.partitioning import Partitioner
+    from mqsa_jax.train import Trainer, epoch_batches
+
+    config = Config(logits_chunk=chunk)
+    data = synthetic_data(num_items, num_users=4 * config.batch_size)
+    trainer = Trainer(config, data, Partitioner(1, model))
+    state = trainer.init_state()
+    table = state.params["params"]["item_embedding"]
+    moments = [leaf for leaf in jax.tree.leaves(state.opt_state) if leaf.shape == table.shape]
+    table_mb = sum(x.addressable_shards[0].data.nbytes for x in [table, *moments]) / 2**20
+
+    users, long_rows, capacity, _ = next(epoch_batches(
+        np.arange(config.batch_size), config.batch_size, trainer.targets_per_user,
+        trainer.short_width))
+    users = trainer.partitioner.place_batch(users)
+    start = time.perf_counter()
+    compiled = trainer.train_step.lower(state, trainer.arrays, users, capacity, long_rows,
+                                        trainer.short_width).compile()
+    compile_s = time.perf_counter() - start
+    evaluator = trainer.evaluators[0]
+    eval_compiled = evaluator._step.lower(state.params, *evaluator._batches[-1]).compile()
+    train_memory = _memory(compiled)
+    result = {"items": num_items, "mesh": f"data=1,model={model}", "devices": model,
+              "logits_chunk": chunk, "rows_per_step": capacity * (2 if config.lambda_kd else 1),
+              "table_and_moments_mb_per_device": table_mb,
+              "train_step_mb_per_device": train_memory,
+              "eval_step_mb_per_device": _memory(eval_compiled),
+              "compile_s": compile_s}
+    needed_gb = train_memory["peak_mb"] * model / 1024
+    if needed_gb > budget_gb:
+        result["step_s"] = None
+        result["not_run"] = f"needs about {needed_gb:.0f} GB of host memory for {model} devices"
+        return result
+    times = []
+    for _ in range(steps + 1):  # the first call also loads the executable
+        start = time.perf_counter()
+        state, losses = compiled(state, trainer.arrays, users)
+        jax.block_until_ready(losses)
+        times.append(time.perf_counter() - start)
+    result["step_s"] = statistics.median(times[1:])
+    result["loss"] = float(losses["loss"])
+    result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def markdown(results: list[dict], command: str, machine: str) -> str:
+    lines = ["# Scale-out benchmark: synthetic catalogues, one device against model=8", "",
+             f"Command: `{command}`  ", f"Machine: {machine}; {DEVICES} host-platform CPU "
+             "devices share its cores, so step times compare the layouts' work, not real "
+             "accelerators.", "",
+             "Memory is per device, from XLA's analysis of the compiled steps (peak = arguments "
+             "+ outputs + temporaries - aliased). The train step's arguments include the "
+             "state; its temporaries, the N-wide logits (or one chunk of them).", "",
+             "| items | mesh | logits_chunk | table + Adam moments MB | train step peak MB | "
+             "train temporaries MB | eval step peak MB | step s | compile s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        step = f"{r['step_s']:.2f}" if r.get("step_s") else f"not run ({r.get('not_run')})"
+        lines.append(
+            f"| {r['items']:,} | {r['mesh']} | {r['logits_chunk'] or '–'} | "
+            f"{r['table_and_moments_mb_per_device']:.1f} | "
+            f"{r['train_step_mb_per_device']['peak_mb']:.0f} | "
+            f"{r['train_step_mb_per_device']['temporaries_mb']:.0f} | "
+            f"{r['eval_step_mb_per_device']['peak_mb']:.0f} | {step} | {r['compile_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--models", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--chunk-above", type=int, default=500_000)
+    parser.add_argument("--chunk", type=int, default=65_536)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--host-budget-gb", type=float, default=14.0)
+    parser.add_argument("--out", type=Path, default=Path("experiments/results/scale_bench"))
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # ITEMS,MODEL,CHUNK: one case, here
+    args = parser.parse_args()
+    if args.case:
+        items, model, chunk = map(int, args.case.split(","))
+        print(json.dumps(run_case(items, model, chunk, args.steps, args.host_budget_gb)))
+        return
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}")
+    results = []
+    for items in args.items:
+        chunk = args.chunk if items > args.chunk_above else 0
+        for model in args.models:
+            done = subprocess.run(
+                [sys.executable, __file__, "--case", f"{items},{model},{chunk}", "--steps",
+                 str(args.steps), "--host-budget-gb", str(args.host_budget_gb)],
+                env=env, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"case {items} items, model={model} failed:\n{done.stderr[-3000:]}")
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), flush=True)
+    command = " ".join(["python experiments/scale_bench.py", *sys.argv[1:]])
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {"command": command, "machine": machine, "results": results}, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(results, command, machine))
+    print(f"wrote {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
