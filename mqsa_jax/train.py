@@ -165,6 +165,17 @@ def make_encode_last(model: MQSA):
     return lambda params, inputs: model.apply(params, inputs, deterministic=True)[:, -1]
 
 
+def make_evaluators(model: MQSA, data: SequenceData, config: Config,
+                    partitioner: Partitioner | None = None,
+                    splits=("valid", "test")) -> list[RankingEvaluator]:
+    """Full-ranking evaluators of ``splits``; with a partitioner, batches are split over its
+    data axis and ranking is per item slice of its model axis."""
+    placement = {} if partitioner is None else {"place": partitioner.place_batch,
+                                                "mesh": partitioner.mesh}
+    return [RankingEvaluator(split, data, make_encode_last(model), config.eval_batch_size,
+                             **placement) for split in splits]
+
+
 def _round_up(value: int, quantum: int) -> int:
     return -(-value // quantum) * quantum
 
@@ -226,11 +237,7 @@ class Trainer:
         self.targets_per_user = (data.train_targets != data.padding_id).sum(axis=1)
         self.short_width = choose_short_width(self.targets_per_user, config.max_len,
                                               config.batch_size)
-        encode_last = make_encode_last(self.model)
-        self.evaluators = [RankingEvaluator(split, data, encode_last, config.eval_batch_size,
-                                            place=partitioner.place_batch,
-                                            mesh=partitioner.mesh)
-                           for split in ("valid", "test")]
+        self.evaluators = make_evaluators(self.model, data, config, partitioner)
 
     def init_state(self) -> TrainState:
         host_state = jax.device_get(init_state(self.model, self.optimizer, self.config))
@@ -419,9 +426,7 @@ def evaluate_run(run_dir: Path, which: str = "best", splits=("valid", "test"),
     config = run_config(run_dir)
     data = prepare_data(config, data_dir)
     model, state, progress = restore_trained(run_dir, which, config, data.num_items)
-    encode_last = make_encode_last(model)
     result = {"checkpoint": which, "epoch": progress["epoch"]}
-    for split in splits:
-        result[split] = RankingEvaluator(split, data, encode_last,
-                                         config.eval_batch_size).evaluate(state.params)
+    for evaluator in make_evaluators(model, data, config, splits=splits):
+        result[evaluator.split] = evaluator.evaluate(state.params)
     return result
