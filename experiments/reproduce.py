@@ -378,7 +378,8 @@ def plot(summary: dict, sweeps: dict, results: Path) -> list[Path]:
             runs = _seed_dirs(results / dataset / variant)
             epochs, curve = _mean_curve(runs)
             if len(epochs):
-                ax.plot(epochs, curve, label=f"{VARIANTS[variant]} ({len(runs)} seeds)")
+                seeds = f"{len(runs)} seed" + ("s" if len(runs) > 1 else "")
+                ax.plot(epochs, curve, label=f"{VARIANTS[variant]} ({seeds})")
         ax.set(xlabel="epoch", ylabel=f"validation {SELECTION}", title=dataset)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -420,6 +421,41 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def readme_table(summary: dict) -> str:
+    """The README's results table: test metrics of what was run, and what is pending."""
+    lines = ["| dataset | model | seeds done | HR@5 | NDCG@5 | NDCG@20 | pending |",
+             "|---|---|---|---|---|---|---|"]
+    for dataset, groups in summary.items():
+        for variant in VARIANTS:
+            if variant not in groups:
+                continue
+            g = groups[variant]
+            pending = ", ".join(f"seed {s}: epoch {p['epochs_done']}/{p['epochs']}"
+                                for s, p in g["pending"].items()) or "–"
+            cells = [_cell(g["test"].get(m)) for m in ("HR@5", "NDCG@5", "NDCG@20")]
+            lines.append(f"| {dataset} | {VARIANTS[variant]} | "
+                         f"{', '.join(map(str, g['seeds'])) or '–'} | " + " | ".join(cells)
+                         + f" | {pending} |")
+        if paper := PAPER["mqsa_ted"].get(dataset):
+            cells = [f"{paper[m]:.4f}" if m in paper else "–" for m in ("HR@5", "NDCG@5",
+                                                                        "NDCG@20")]
+            lines.append(f"| {dataset} | MQSA-TED, paper | – | " + " | ".join(cells) + " | – |")
+    return "\n".join(lines)
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _update_readme(readme: Path, table: str) -> None:
+    """Rewrites the README's block between the results markers, if it has them."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    head, rest = text.split(README_START, 1)
+    _write(readme, head + README_START + "\n" + table + "\n" + README_END
+           + rest.split(README_END, 1)[1])
+
+
 def write_summary(results: Path) -> None:
     summary, sweeps = collect(results)
     _write(results / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -427,6 +463,8 @@ def write_summary(results: Path) -> None:
     if sweeps:
         _write(results / "sweeps.json", json.dumps(sweeps, indent=2) + "\n")
     plot(summary, sweeps, results)
+    if results.resolve() == DEFAULT_RESULTS:  # the project's own results: the README's table
+        _update_readme(HERE.parent / "README.md", readme_table(summary))
 
 
 def _interrupt(signum, frame):

@@ -64,6 +64,14 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     assert "does not hold: SASRec is above MQSA (no TED)" in text
     assert "MQSA-TED, seed 3: epoch 2 of 3" in text
 
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{reproduce.README_START}\nold\n{reproduce.README_END}\nrest\n")
+    reproduce._update_readme(readme, reproduce.readme_table(summary))
+    updated = readme.read_text()
+    assert updated.startswith("intro\n") and updated.endswith("\nrest\n") and "old" not in updated
+    assert "| beauty | MQSA-TED | 1, 2 | 0.0750 ± 0.0071 |" in updated
+    assert "| seed 3: epoch 2/3 |" in updated
+
 
 def test_sweep_reuses_the_reference_run_for_its_reference_point(tmp_path):
     runs = reproduce.sweep_runs("L", ["beauty"], [7], tmp_path)
