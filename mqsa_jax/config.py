@@ -34,7 +34,8 @@ class Config:
     time_span: int = 1  # transitions count pairs up to this many steps apart
     l2_reg: float = 1e-4
     # Scan the catalogue in chunks of this many items in the N-wide loss, so that memory does not
-    # grow with rows x N (for large catalogues); 0: all at once, the fastest when it fits.
+    # grow with rows x N (for large catalogues); on a model-split mesh each device scans its own
+    # slice, logits_chunk / model items at a time.  0: all at once, the fastest when it fits.
     logits_chunk: int = 0
     # Optimisation.
     learning_rate: float = 1e-3

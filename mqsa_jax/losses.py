@@ -99,8 +99,9 @@ def fused_losses(
     ``teacher_rows`` their :meth:`TeacherWeights.rows`.  Without students the TED loss is 0.
     ``chunk`` > 0 scans the catalogue in chunks of that many items (``mqsa_jax.chunked``)
     instead of building the ``[rows, N]`` logits; on a table split into ``catalogue_slices``
-    row slices over devices, each device takes its share of a chunk from its own slice.  ``lookup`` reads the targets' rows of
-    the table (the partitioner's, so that a table split over devices is read where it lives).
+    row slices over devices, each device takes its share of a chunk from its own slice.
+    ``lookup`` reads the targets' rows of the table (the partitioner's, so that a table split
+    over devices is read where it lives).
     """
     rows = states if students is None else jnp.concatenate([states, students])
     uniform, successors, extra = teacher_rows if students is not None else (None, None, None)
