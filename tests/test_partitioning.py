@@ -194,19 +194,19 @@ def test_no_step_moves_the_item_table_or_a_catalogue_wide_array():
                 assert not dims & table_sizes, (step, kind, shape)
 
 
-def test_cli_train_under_two_processes(tiny_dataset, tmp_path):
-    """`mqsa-jax train` started on two processes (4 devices each, mesh data=4,model=2) writes
-    one run directory, resumes from its checkpoint, and ends with the single process's results."""
-    train = ["-m", "mqsa_jax.cli", "train", "--dataset", "tiny", "--no-progress",
-             "--data-dir", str(tiny_dataset / "data"), "--set", "max_len=16",
-             "--set", "batch_size=32", "--set", "eval_batch_size=64"]
-    _launch([*train, "--epochs", "2", "--run-dir", str(tmp_path / "one")], devices=1)
+def test_cli_train_resumes_under_two_processes_on_another_mesh(tiny_dataset, tmp_path):
+    """A run started by `mqsa-jax train` on one device and resumed as two processes (4 devices
+    each, mesh data=4,model=2) continues from its checkpoint, written by one process, and ends
+    with the results of the same run on one device."""
+    train = ["-m", "mqsa_jax.cli", "train", "--no-progress", "--data-dir",
+             str(tiny_dataset / "data")]
+    first = [*train, "--dataset", "tiny", "--set", "max_len=16", "--set", "batch_size=32",
+             "--set", "eval_batch_size=64"]
+    _launch([*first, "--epochs", "2", "--run-dir", str(tmp_path / "one")], devices=1)
     two = tmp_path / "two"
-    _launch([*train, "--epochs", "1", "--run-dir", str(two), "--mesh", "data=4,model=2"],
+    _launch([*first, "--epochs", "1", "--run-dir", str(two)], devices=1)
+    _launch([*train, "--resume", str(two), "--epochs", "2", "--mesh", "data=4,model=2"],
             devices=4, processes=2)
-    _launch(["-m", "mqsa_jax.cli", "train", "--resume", str(two), "--epochs", "2",
-             "--data-dir", str(tiny_dataset / "data"), "--no-progress",
-             "--mesh", "data=4,model=2"], devices=4, processes=2)
     history = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     reference = [json.loads(line) for line in
                  (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
