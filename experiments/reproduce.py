@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from mqsa_jax.config import build_config, load_config_file, parse_overrides
+from mqsa_jax.train import _write_atomic as _write
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
@@ -149,9 +150,7 @@ def _record_start(run: Run, command: list[str]) -> None:
     record["command"] = shlex.join(command[:-2] + ["--run-dir", command[-1]])
     record["sessions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **machine()})
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    _write(path, json.dumps(record, indent=2) + "\n")
 
 
 def execute(runs: list[Run], extra: dict, results: Path) -> int:
@@ -413,12 +412,6 @@ def _save(fig, path: Path) -> Path:
     plt.close(fig)
     os.replace(tmp, path)
     return path
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def readme_table(summary: dict) -> str:
