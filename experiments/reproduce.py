@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from mqsa_jax.config import build_config, load_config_file, parse_overrides
-from mqsa_jax.train import _write_atomic as _write
+from mqsa_jax.io import atomic_output, write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
@@ -150,7 +150,7 @@ def _record_start(run: Run, command: list[str]) -> None:
     record["command"] = shlex.join(command[:-2] + ["--run-dir", command[-1]])
     record["sessions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **machine()})
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    _write(path, json.dumps(record, indent=2) + "\n")
+    write_json_atomic(path, record)
 
 
 def execute(runs: list[Run], extra: dict, results: Path) -> int:
@@ -407,10 +407,9 @@ def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_output(path) as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -445,16 +444,16 @@ def _update_readme(readme: Path, table: str) -> None:
     if README_START not in text or README_END not in text:
         return
     head, rest = text.split(README_START, 1)
-    _write(readme, head + README_START + "\n" + table + "\n" + README_END
+    write_text_atomic(readme, head + README_START + "\n" + table + "\n" + README_END
            + rest.split(README_END, 1)[1])
 
 
 def write_summary(results: Path) -> None:
     summary, sweeps = collect(results)
-    _write(results / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _write(results / "summary.md", markdown(summary, sweeps))
+    write_json_atomic(results / "summary.json", summary)
+    write_text_atomic(results / "summary.md", markdown(summary, sweeps))
     if sweeps:
-        _write(results / "sweeps.json", json.dumps(sweeps, indent=2) + "\n")
+        write_json_atomic(results / "sweeps.json", sweeps)
     plot(summary, sweeps, results)
     if results.resolve() == DEFAULT_RESULTS:  # the project's own results: the README's table
         _update_readme(HERE.parent / "README.md", readme_table(summary))

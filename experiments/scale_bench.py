@@ -59,7 +59,6 @@ def _memory(compiled) -> dict:
 
 def run_case(num_items: int, model: int, chunk: int, steps: int, budget_gb: float) -> dict:
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from mqsa_jax.config import Config

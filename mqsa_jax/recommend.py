@@ -12,7 +12,6 @@ file).  Like the evaluation, a history's items are excluded from its recommendat
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -25,6 +24,7 @@ from mqsa_jax.data.arrays import build_sequence_data, right_aligned_tails
 from mqsa_jax.data.dataset import Dataset
 from mqsa_jax.errors import UserError
 from mqsa_jax.evaluation import mask_items
+from mqsa_jax.io import atomic_output, write_json_atomic
 from mqsa_jax.train import make_encode_last, restore_trained, run_config
 
 _ROW_QUANTUM = 8  # batches are padded to a power of two (at least this) to bound recompiles
@@ -121,16 +121,15 @@ def export_embeddings(run_dir: Path, out_dir: Path, checkpoint: str = "best",
     """Writes ``item_embeddings.npz`` (table and source ids) and ``model_config.json``."""
     recommender = Recommender.load(run_dir, checkpoint, data_dir)
     params = recommender.params["params"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(out_dir / "item_embeddings.npz",
-             item_embeddings=np.asarray(params["item_embedding"]),
-             position_embeddings=np.asarray(params["position_embedding"]),
-             item_ids=recommender.dataset.item_ids)
+    with atomic_output(out_dir / "item_embeddings.npz") as f:
+        np.savez(f, item_embeddings=np.asarray(params["item_embedding"]),
+                 position_embeddings=np.asarray(params["position_embedding"]),
+                 item_ids=recommender.dataset.item_ids)
     description = {
         "config": recommender.config.to_json(),
         "num_items": recommender.num_items,
         "checkpoint": checkpoint,
         "scoring": "score(item) = state . item_embeddings[item]; padding id = num_items",
     }
-    (out_dir / "model_config.json").write_text(json.dumps(description, indent=2) + "\n")
+    write_json_atomic(out_dir / "model_config.json", description)
     return description

@@ -27,6 +27,7 @@ from mqsa_jax.data import registry
 from mqsa_jax.data.arrays import SequenceData, build_sequence_data
 from mqsa_jax.errors import UserError
 from mqsa_jax.evaluation import RankingEvaluator
+from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax.losses import TeacherWeights, fused_losses, l2_penalty
 from mqsa_jax.model import MQSA, item_table, lookup_rows
 from mqsa_jax.partitioning import Partitioner
@@ -209,17 +210,6 @@ def epoch_batches(order: np.ndarray, batch_size: int, targets_per_user: np.ndarr
         yield users.astype(np.int32), long_rows, capacity, count
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never a partial write."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, value) -> None:
-    _write_atomic(path, json.dumps(value, indent=2) + "\n")
-
-
 class Trainer:
     """Owns the data, model, step functions and evaluators of one run."""
 
@@ -318,14 +308,14 @@ def train(config: Config, run_dir: Path, data_dir: Path | None = None,
         if primary:
             run_dir.mkdir(parents=True, exist_ok=True)
             stack.enter_context(_exclusive(run_dir))
-            _write_json_atomic(run_dir / "config.json", config.to_json())
+            write_json_atomic(run_dir / "config.json", config.to_json())
             print(f"run directory: {run_dir}", file=sys.stderr)
         checkpoints = stack.enter_context(RunCheckpoints(run_dir))
         best = _train_epochs(config, run_dir, trainer, checkpoints, resume, progress, primary)
         results = {"dataset": config.dataset, "best_epoch": best["epoch"] if best else None,
                    "valid": best["valid"] if best else {}, "test": best["test"] if best else {}}
         if primary:
-            _write_json_atomic(run_dir / "results.json", results)
+            write_json_atomic(run_dir / "results.json", results)
     return results
 
 
@@ -356,7 +346,7 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: 
             print(f"resuming {run_dir} after epoch {saved['epoch']}", file=sys.stderr)
     if primary:
         # Drops the epochs newer than the checkpoint.
-        _write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+        write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
 
     steps_per_epoch = -(-trainer.data.num_users // config.batch_size)
     for epoch in range(first_epoch, config.epochs + 1):

@@ -14,14 +14,13 @@ one ``.npz`` of plain arrays, read with ``allow_pickle=False``:
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from mqsa_jax.errors import UserError
+from mqsa_jax.io import atomic_output
 
 _STORE_KEYS = ("train_items", "train_offsets", "valid", "test", "user_ids", "item_ids", "num_items")
 
@@ -86,25 +85,17 @@ class Dataset:
 
 def save_store(dataset: Dataset, path: Path) -> None:
     """Writes ``dataset`` to ``path`` atomically: a reader sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(
-                f,
-                train_items=dataset.train_items.astype(np.int32),
-                train_offsets=dataset.train_offsets.astype(np.int64),
-                valid=dataset.valid.astype(np.int32),
-                test=dataset.test.astype(np.int32),
-                user_ids=np.asarray(dataset.user_ids, dtype=str),
-                item_ids=np.asarray(dataset.item_ids, dtype=str),
-                num_items=np.int64(dataset.num_items),
-            )
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a dataset is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as f:
+        np.savez_compressed(
+            f,
+            train_items=dataset.train_items.astype(np.int32),
+            train_offsets=dataset.train_offsets.astype(np.int64),
+            valid=dataset.valid.astype(np.int32),
+            test=dataset.test.astype(np.int32),
+            user_ids=np.asarray(dataset.user_ids, dtype=str),
+            item_ids=np.asarray(dataset.item_ids, dtype=str),
+            num_items=np.int64(dataset.num_items),
+        )
 
 
 def _read_arrays(path: Path, keys) -> dict[str, np.ndarray]:

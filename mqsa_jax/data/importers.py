@@ -14,6 +14,7 @@ import numpy as np
 
 from mqsa_jax.data.dataset import Dataset, from_full_sequences, full_sequences
 from mqsa_jax.errors import UserError
+from mqsa_jax.io import write_text_atomic
 
 FORMATS = ("csv", "sasrec", "recbole")
 MIN_EVENTS_PER_USER = 3  # leave-one-out needs at least one training item besides valid and test
@@ -266,4 +267,4 @@ def export_sasrec(dataset: Dataset, path: Path) -> None:
     items, offsets = full_sequences(dataset)
     users = np.repeat(np.arange(dataset.num_users), np.diff(offsets))
     lines = np.char.add(np.char.add(dataset.user_ids[users], " "), dataset.item_ids[items])
-    path.write_text("\n".join(lines.tolist()) + "\n")
+    write_text_atomic(path, "\n".join(lines.tolist()) + "\n")

@@ -1,0 +1,39 @@
+"""Atomic file output: a reader, or a run resumed after an interruption, sees the old file or the
+new one, never half of one, and an interrupted write leaves no temporary file behind."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Yields a binary file that replaces ``path`` when the block ends without an exception."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A unique name in the same folder: os.replace is atomic only within one file system, and two
+    # writers of the same path must not share a temporary.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.chmod(tmp, mode)  # mkstemp creates 0600; outputs are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_output(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    write_text_atomic(path, json.dumps(value, indent=2) + "\n")
