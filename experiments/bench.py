@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -28,24 +25,18 @@ import numpy as np
 from mqsa_jax.checkpoint import RunCheckpoints
 from mqsa_jax.config import Config
 from mqsa_jax.losses import fused_losses
+from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax.train import Trainer, epoch_batches, prepare_data, split_rows
+
+from measure import machine_line, median_seconds, median_step_seconds  # experiments/measure.py
 
 RELEASE_BEAUTY_SECONDS = {"train": 225.0, "eval": 115.0}  # issue 3 / official-beauty-curve.csv
 
 
-def _median_seconds(fn, *args, repeats=7) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def matmul_peak_gflops(size: int = 2048) -> float:
     a = jnp.ones((size, size), jnp.float32)
-    seconds = _median_seconds(jax.jit(lambda x, y: x @ y), a, a)
+    matmul = jax.jit(lambda x, y: x @ y)
+    seconds = median_seconds(lambda: matmul(a, a))
     return 2 * size**3 / seconds / 1e9
 
 
@@ -60,15 +51,8 @@ def step_breakdown(trainer: Trainer, state, users, long_rows, capacity) -> dict:
     rows = 2 * capacity if config.lambda_kd > 0 else capacity
     step = lambda s: trainer.train_step(s, trainer.arrays, users, capacity, long_rows,
                                         trainer.short_width)
-    # The step donates its state: time it on copies.
-    copies = [jax.tree.map(jnp.copy, state) for _ in range(8)]
-    jax.block_until_ready(step(copies.pop())[1])
-    times = []
-    for copy in copies:
-        start = time.perf_counter()
-        jax.block_until_ready(step(copy)[1])
-        times.append(time.perf_counter() - start)
-    step_s = statistics.median(times)
+    # The step donates its state: time it on a copy, which the caller's state outlives.
+    step_s, _, _ = median_step_seconds(step, jax.tree.map(jnp.copy, state))
 
     table = state.params["params"]["item_embedding"]
     key = jax.random.key(0)
@@ -84,11 +68,12 @@ def step_breakdown(trainer: Trainer, state, users, long_rows, capacity) -> dict:
         return rec + kd
 
     # Every input is an argument, so that nothing is constant-folded at compile time.
-    nwide_s = _median_seconds(jax.jit(jax.grad(nwide, argnums=(0, 1, 2) if distill else (0, 2))),
-                              states, students, table, heads, teacher_rows)
+    nwide_grad = jax.jit(jax.grad(nwide, argnums=(0, 1, 2) if distill else (0, 2)))
+    nwide_s = median_seconds(lambda: nwide_grad(states, students, table, heads, teacher_rows))
     x = jax.random.normal(key, (rows, d))
     g = jax.random.normal(key, (rows, n))
-    matmul_s = _median_seconds(jax.jit(lambda x, g, e: (x @ e.T, g @ e, g.T @ x)), x, g, table)
+    matmuls = jax.jit(lambda x, g, e: (x @ e.T, g @ e, g.T @ x))
+    matmul_s = median_seconds(lambda: matmuls(x, g, table))
 
     groups = split_rows(trainer.arrays.inputs[users], long_rows, trainer.short_width)
 
@@ -96,7 +81,8 @@ def step_breakdown(trainer: Trainer, state, users, long_rows, capacity) -> dict:
         return sum(jnp.sum(trainer.model.apply(params, x, deterministic=False,
                                                rngs={"dropout": key}) ** 2) for x in groups)
 
-    encoder_s = _median_seconds(jax.jit(jax.grad(encoder)), state.params)
+    encoder_grad = jax.jit(jax.grad(encoder))
+    encoder_s = median_seconds(lambda: encoder_grad(state.params))
     flops = nwide_flops(rows, d, n)
     return {
         "capacity": capacity, "long_rows": long_rows, "short_width": trainer.short_width,
@@ -172,8 +158,7 @@ def main() -> None:
     peak = matmul_peak_gflops()
     report = {
         "command": "python experiments/bench.py --datasets " + " ".join(args.datasets),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                   f"jax {jax.__version__} on {jax.devices()[0].platform}",
+        "machine": f"{machine_line()}, backend {jax.devices()[0].platform}",
         "date": time.strftime("%Y-%m-%d"),
         "matmul_peak_gflops_f32_2048": round(peak, 1),
         "datasets": {},
@@ -181,10 +166,8 @@ def main() -> None:
     for name in args.datasets:
         report["datasets"][name] = bench_dataset(name, peak)
         print(name, json.dumps(report["datasets"][name]), flush=True)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")  # partial results
-    Path(f"{args.out}.md").write_text(markdown_table(report))
+        write_json_atomic(Path(f"{args.out}.json"), report)  # partial results
+    write_text_atomic(Path(f"{args.out}.md"), markdown_table(report))
 
 
 def markdown_table(report: dict) -> str:

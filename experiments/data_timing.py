@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from mqsa_jax.io import write_json_atomic
+
+from measure import machine_line  # experiments/measure.py
 
 PREPARE = (
     "import sys; from mqsa_jax.data import registry; from mqsa_jax.data.arrays import "
@@ -48,8 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="experiments/results/data_timing.json")
     args = parser.parse_args()
-    results = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
-               "python": platform.python_version(), "prepare_to_training_arrays_s": {}}
+    results = {"machine": machine_line(), "prepare_to_training_arrays_s": {}}
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, MQSA_DATA_DIR=str(Path(tmp) / "data"))
         for name in ("beauty", "sports", "toys", "yelp"):
@@ -61,8 +63,7 @@ def main() -> None:
         results["import_300k_line_csv_s"] = _timed(
             [sys.executable, "-m", "mqsa_jax", "data", "import", str(log), "--format", "csv",
              "--name", "synthetic"], env)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    write_json_atomic(Path(args.out), results)
     print(json.dumps(results, indent=2))
 
 

@@ -13,6 +13,8 @@ import csv
 import json
 from pathlib import Path
 
+from mqsa_jax.io import write_json_atomic, write_text_atomic
+
 OFFICIAL = Path(__file__).parent / "reference" / "official-beauty-curve.csv"
 METRIC = "NDCG@20"
 TOLERANCE = 0.05
@@ -46,7 +48,7 @@ def main() -> None:
     parser.add_argument("--out", default="experiments/results/fidelity_beauty")
     args = parser.parse_args()
     report = compare(args.run_dir)
-    Path(f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(Path(f"{args.out}.json"), report)
     lines = ["| epoch | release valid NDCG@20 | ours | relative | release loss (total, rec, kd) "
              "| ours | release train s | ours train s |", "|---|---|---|---|---|---|---|---|"]
     for r in report["epochs"]:
@@ -56,7 +58,7 @@ def main() -> None:
     verdict = "holds" if report["passes"] else "does NOT hold"
     lines += ["", f"Rule (not lower than the release by more than {TOLERANCE:.0%} from epoch "
                   f"{FROM_EPOCH} on): {verdict}."]
-    Path(f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(Path(f"{args.out}.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import shlex
 import signal
 import subprocess
@@ -35,6 +33,8 @@ import numpy as np
 
 from mqsa_jax.config import build_config, load_config_file, parse_overrides
 from mqsa_jax.io import atomic_output, write_json_atomic, write_text_atomic
+
+from measure import machine  # experiments/measure.py
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
@@ -119,29 +119,6 @@ def sweep_runs(param: str, datasets, seeds, results: Path) -> list[Run]:
     return [Run(d, "mqsa_ted", s, sweep_folder(results, d, param, v) / f"seed{s}",
                 tuple(overrides_of(v).items()))
             for d in datasets for v in values for s in seeds]
-
-
-def machine() -> dict:
-    """This machine, described without starting an accelerator backend."""
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"host": platform.node(), "system": platform.system(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "python": platform.python_version()}
-    try:
-        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=30)
-        if gpus.returncode == 0 and gpus.stdout.strip():
-            info["gpus"] = gpus.stdout.split("\n")[0].strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    import jax  # the version only; importing jax does not start a backend
-
-    info["jax"] = jax.__version__
-    return info
 
 
 def _record_start(run: Run, command: list[str]) -> None:

@@ -19,13 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from mqsa_jax.io import write_json_atomic, write_text_atomic
+
+from measure import machine_line, median_step_seconds  # experiments/measure.py
 
 DEVICES = 8
 
@@ -95,13 +97,8 @@ def run_case(num_items: int, model: int, chunk: int, steps: int, budget_gb: floa
         result["step_s"] = None
         result["not_run"] = f"needs about {needed_gb:.0f} GB of host memory for {model} devices"
         return result
-    times = []
-    for _ in range(steps + 1):  # the first call also loads the executable
-        start = time.perf_counter()
-        state, losses = compiled(state, trainer.arrays, users)
-        jax.block_until_ready(losses)
-        times.append(time.perf_counter() - start)
-    result["step_s"] = statistics.median(times[1:])
+    result["step_s"], state, losses = median_step_seconds(
+        lambda s: compiled(s, trainer.arrays, users), state, steps)
     result["loss"] = float(losses["loss"])
     result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
@@ -160,11 +157,10 @@ def main() -> None:
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), flush=True)
     command = " ".join(["python experiments/scale_bench.py", *sys.argv[1:]])
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"command": command, "machine": machine, "results": results}, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(results, command, machine))
+    machine = machine_line()
+    write_json_atomic(args.out.with_suffix(".json"),
+                      {"command": command, "machine": machine, "results": results})
+    write_text_atomic(args.out.with_suffix(".md"), markdown(results, command, machine))
     print(f"wrote {args.out.with_suffix('.md')}")
 
 

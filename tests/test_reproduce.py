@@ -13,6 +13,7 @@ import pytest
 from mqsa_jax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))  # as when the script runs: its folder comes first
 _spec = importlib.util.spec_from_file_location("reproduce", ROOT / "experiments" / "reproduce.py")
 reproduce = importlib.util.module_from_spec(_spec)
 sys.modules["reproduce"] = reproduce  # dataclasses look their module up there
