@@ -260,6 +260,22 @@ def _ordering_line(groups: dict) -> str | None:
             + ("holds." if not broken else f"does not hold: {'; '.join(broken)}."))
 
 
+def _gain_line(groups: dict, dataset: str) -> str | None:
+    """MQSA-TED's relative gain over SASRec here, beside the paper's over its best baseline."""
+    done = [v for v in ("mqsa_ted", "sasrec") if v in groups and groups[v]["seeds"]]
+    if len(done) < 2:
+        return None
+    paper = PAPER["relative_gain_over_best_baseline"].get(dataset, {})
+    ours, base = groups["mqsa_ted"]["test"], groups["sasrec"]["test"]
+    line = "MQSA-TED over SASRec (relative): " + ", ".join(
+        f"{m} {_relative_gap(ours[m]['mean'], base[m]['mean'])}"
+        for m in ("HR@5", "NDCG@5", SELECTION))
+    if paper:
+        line += ("; the paper's gain over its best baseline (not necessarily SASRec): "
+                 + ", ".join(f"{m} {100 * g:+.1f}%" for m, g in paper.items()))
+    return line + "."
+
+
 def _pending_lines(groups: dict) -> list[str]:
     lines = []
     for variant, group in groups.items():
@@ -308,6 +324,8 @@ def markdown(summary: dict, sweeps: dict) -> str:
                              for m in paper)
             out += [f"MQSA-TED against the paper (relative): {gaps}.", ""]
         if line := _ordering_line(groups):
+            out += [line, ""]
+        if line := _gain_line(groups, dataset):
             out += [line, ""]
         if pending := _pending_lines(groups):
             out += ["Pending (not in the means above):", *pending, ""]

@@ -63,6 +63,9 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     assert "HR@5 -0.3%" in text  # 0.075 against the paper's 0.0752
     # SASRec 0.15 > MQSA 0.11 < MQSA-TED 0.125 on test NDCG@20.
     assert "does not hold: SASRec is above MQSA (no TED)" in text
+    # 0.075 against SASRec's 0.10, beside the paper's gain over its best baseline.
+    assert "MQSA-TED over SASRec (relative): HR@5 -25.0%" in text
+    assert "its best baseline (not necessarily SASRec): HR@5 +7.2%." in text
     assert "MQSA-TED, seed 3: epoch 2 of 3" in text
 
     readme = tmp_path / "README.md"
