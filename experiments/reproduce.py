@@ -203,6 +203,7 @@ def _group(run_dirs: list[Path]) -> dict:
     group["pending"] = {
         str(s): {"epochs_done": st["epochs_done"],
                  "epochs": st["config"]["epochs"] if st["config"] else None,
+                 "seconds_so_far": st["seconds"],
                  "best_so_far": ({"epoch": st["best"]["epoch"],
                                   "valid": {SELECTION: st["best"]["valid"][SELECTION]},
                                   "test": st["best"]["test"]} if st["best"] else None)}
@@ -281,6 +282,9 @@ def _pending_lines(groups: dict) -> list[str]:
     for variant, group in groups.items():
         for seed, p in group["pending"].items():
             line = f"- {VARIANTS[variant]}, seed {seed}: epoch {p['epochs_done']} of {p['epochs']}"
+            if p["epochs_done"] and p["epochs"]:
+                left = (p["epochs"] - p["epochs_done"]) * p["seconds_so_far"] / p["epochs_done"]
+                line += f", about {_duration(left)} more at its pace so far"
             if p["best_so_far"]:
                 b = p["best_so_far"]
                 line += (f" (best so far: epoch {b['epoch']}, valid {SELECTION} "

@@ -66,7 +66,7 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     # 0.075 against SASRec's 0.10, beside the paper's gain over its best baseline.
     assert "MQSA-TED over SASRec (relative): HR@5 -25.0%" in text
     assert "its best baseline (not necessarily SASRec): HR@5 +7.2%." in text
-    assert "MQSA-TED, seed 3: epoch 2 of 3" in text
+    assert "MQSA-TED, seed 3: epoch 2 of 3, about 12 s more at its pace so far" in text
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{reproduce.README_START}\nold\n{reproduce.README_END}\nrest\n")
