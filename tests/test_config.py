@@ -1,0 +1,63 @@
+"""The configuration: reference defaults, the experiment variants, config files and --set."""
+
+from pathlib import Path
+
+import pytest
+
+from mqsa_jax.config import Config, build_config, load_config_file, parse_overrides
+from mqsa_jax.errors import UserError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+DATASETS = ("beauty", "sports", "toys", "yelp")
+
+
+def _variant(name: str, dataset: str) -> Config:
+    return build_config(load_config_file(CONFIGS / f"{name}.py", dataset))
+
+
+def test_defaults_are_the_release_beauty_command():
+    # The reference's section Hyperparameters, written out here so that a changed default fails.
+    reference = dict(learning_rate=1e-3, l2_reg=1e-4, max_len=50, dropout=0.5, windows=(1, 3),
+                     window_weights=(0.5, 0.5), lambda_kd=0.1, tau=0.1, hidden=64,
+                     batch_size=256, num_blocks=1, num_heads=1, time_span=1, epochs=200)
+    assert {k: getattr(Config(), k) for k in reference} == reference
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_variants_differ_from_mqsa_ted_only_where_they_ablate(dataset):
+    ted = _variant("mqsa_ted", dataset)
+    assert ted == Config(dataset=dataset)
+    changed = {name: {k: v for k, v in _variant(name, dataset).to_json().items()
+                      if v != ted.to_json()[k]}
+               for name in ("sasrec", "mqsa", "sasrec_ted")}
+    assert changed == {
+        "sasrec": {"windows": (1,), "window_weights": (1.0,), "lambda_kd": 0.0},
+        "mqsa": {"lambda_kd": 0.0},
+        "sasrec_ted": {"windows": (1,), "window_weights": (1.0,)},
+    }
+
+
+def test_overrides_win_over_the_file_and_are_typed():
+    config = build_config({"tau": 0.2, "windows": [1, 4]},
+                          parse_overrides(["tau=0.05", "window_weights=0.3,0.7"]))
+    assert config.tau == 0.05 and config.windows == (1, 4)
+    assert config.window_weights == (0.3, 0.7)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("def get_config():\n    return {'nope': 1}\n", "unknown config key 'nope'"),
+    ("x = 1\n", "must define get_config()"),
+    ("def get_config():\n    return 1 / 0\n", "get_config() failed (ZeroDivisionError"),
+    ("def get_config(:\n", "cannot load config (SyntaxError"),
+])
+def test_bad_config_files_name_the_file_and_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.py"
+    path.write_text(text)
+    with pytest.raises(UserError) as error:
+        build_config(load_config_file(path), source=str(path))
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+def test_inconsistent_values_are_refused():
+    with pytest.raises(UserError, match="invalid config: window_weights must sum to 1"):
+        build_config({"window_weights": (0.6, 0.6)})
