@@ -24,8 +24,8 @@ import numpy as np
 
 from mqsa_jax.checkpoint import RunCheckpoints
 from mqsa_jax.config import Config
-from mqsa_jax.losses import fused_losses
 from mqsa_jax.io import write_json_atomic, write_text_atomic
+from mqsa_jax.losses import fused_losses
 from mqsa_jax.train import Trainer, epoch_batches, prepare_data, split_rows
 
 from measure import machine_line, median_seconds, median_step_seconds  # experiments/measure.py

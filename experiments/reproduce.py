@@ -126,8 +126,7 @@ def _record_start(run: Run, command: list[str]) -> None:
     record = json.loads(path.read_text()) if path.exists() else {"sessions": []}
     record["command"] = shlex.join(command[:-2] + ["--run-dir", command[-1]])
     record["sessions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **machine()})
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, record)
+    write_json_atomic(path, record)  # creates the run directory
 
 
 def execute(runs: list[Run], extra: dict, results: Path) -> int:
@@ -263,8 +262,7 @@ def _ordering_line(groups: dict) -> str | None:
 
 def _gain_line(groups: dict, dataset: str) -> str | None:
     """MQSA-TED's relative gain over SASRec here, beside the paper's over its best baseline."""
-    done = [v for v in ("mqsa_ted", "sasrec") if v in groups and groups[v]["seeds"]]
-    if len(done) < 2:
+    if not all(groups.get(v, {}).get("seeds") for v in ("mqsa_ted", "sasrec")):
         return None
     paper = PAPER["relative_gain_over_best_baseline"].get(dataset, {})
     ours, base = groups["mqsa_ted"]["test"], groups["sasrec"]["test"]
@@ -444,7 +442,7 @@ def _update_readme(readme: Path, table: str) -> None:
         return
     head, rest = text.split(README_START, 1)
     write_text_atomic(readme, head + README_START + "\n" + table + "\n" + README_END
-           + rest.split(README_END, 1)[1])
+                      + rest.split(README_END, 1)[1])
 
 
 def write_summary(results: Path) -> None:
