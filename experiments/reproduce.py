@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -125,7 +126,10 @@ def _record_start(run: Run, command: list[str]) -> None:
     path = run.run_dir / "provenance.json"
     record = json.loads(path.read_text()) if path.exists() else {"sessions": []}
     record["command"] = shlex.join(command[:-2] + ["--run-dir", command[-1]])
-    record["sessions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **machine()})
+    # Wall times are only comparable on an unshared machine: say how busy it was at each start.
+    record["sessions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **machine(),
+                               "load_average_1min": round(os.getloadavg()[0], 2),
+                               "nice": os.nice(0)})
     write_json_atomic(path, record)  # creates the run directory
 
 
@@ -299,9 +303,12 @@ def markdown(summary: dict, sweeps: dict) -> str:
            "file (do not edit). Test metrics at each run's first epoch with the best validation "
            f"{SELECTION} (the reference's protocol: full ranking of all items, history masked); "
            "mean ± sample standard deviation over the finished seeds. Paper figures: "
-           f"`experiments/reference/paper_results.json` ({PAPER['source']}).", ""]
+           f"`experiments/reference/paper_results.json` ({PAPER['source']}). Times are wall "
+           "times on a machine that other jobs may have shared (each run's `provenance.json` "
+           "has the load average and nice level at each start), so the table gives the fastest "
+           "seed's.", ""]
     header = ("| model | seeds | " + " | ".join(METRICS)
-              + " | best epoch | train + eval time per run |")
+              + " | best epoch | train + eval time, fastest seed |")
     for dataset, groups in summary.items():
         out += [f"## {dataset}", "", header, "|" + "---|" * (len(METRICS) + 4)]
         for variant in VARIANTS:
@@ -311,7 +318,7 @@ def markdown(summary: dict, sweeps: dict) -> str:
             seeds = ", ".join(map(str, g["seeds"])) or "pending"
             epochs = ", ".join(map(str, g["best_epoch"].values())) or "–"
             seconds = list(g["train_eval_seconds"].values())
-            time_cell = _duration(float(np.mean(seconds))) if seconds else "–"
+            time_cell = _duration(min(seconds)) if seconds else "–"
             cells = [_cell(g["test"].get(m)) for m in METRICS]
             out.append(f"| {VARIANTS[variant]} | {seeds} | " + " | ".join(cells)
                        + f" | {epochs} | {time_cell} |")

@@ -21,14 +21,14 @@ _spec.loader.exec_module(reproduce)
 
 
 def _fake_run(run_dir: Path, valid: list[float], test: list[float], epochs: int,
-              finished: bool, dataset: str = "beauty") -> None:
+              finished: bool, dataset: str = "beauty", train_seconds: float = 10.0) -> None:
     """A run directory as training leaves it: NDCG@20 per epoch, other metrics derived."""
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps({"dataset": dataset, "epochs": epochs,
                                                      "patience": 0}))
     records = []
     for epoch, (v, t) in enumerate(zip(valid, test), 1):
-        records.append({"epoch": epoch, "loss": 1.0, "train_seconds": 10.0, "eval_seconds": 2.0,
+        records.append({"epoch": epoch, "loss": 1.0, "train_seconds": train_seconds, "eval_seconds": 2.0,
                         "valid": {m: v for m in reproduce.METRICS},
                         "test": {m: t + i / 100 for i, m in enumerate(reproduce.METRICS)}})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -40,7 +40,9 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     results = tmp_path / "results"
     # Seed 1 peaks twice at epoch 2 and 3: the first best (epoch 2) is the one reported.
     _fake_run(results / "beauty/mqsa_ted/seed1", [0.1, 0.3, 0.3], [0.05, 0.07, 0.09], 3, True)
-    _fake_run(results / "beauty/mqsa_ted/seed2", [0.2, 0.1, 0.0], [0.08, 0.01, 0.01], 3, True)
+    # Seed 2 shared the machine: it took longer, and the table shows the fastest seed's time.
+    _fake_run(results / "beauty/mqsa_ted/seed2", [0.2, 0.1, 0.0], [0.08, 0.01, 0.01], 3, True,
+              train_seconds=30.0)
     _fake_run(results / "beauty/mqsa_ted/seed3", [0.1, 0.5], [0.2, 0.4], 3, False)
     _fake_run(results / "beauty/sasrec/seed1", [0.1, 0.1, 0.1], [0.10, 0.10, 0.10], 3, True)
     _fake_run(results / "beauty/mqsa/seed1", [0.1, 0.1, 0.1], [0.06, 0.06, 0.06], 3, True)
@@ -52,13 +54,14 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     assert ted["test"]["HR@5"]["mean"] == pytest.approx(np.mean([0.07, 0.08]))
     assert ted["test"]["HR@5"]["std"] == pytest.approx(np.std([0.07, 0.08], ddof=1))
     assert ted["test"]["NDCG@20"]["mean"] == pytest.approx(np.mean([0.07, 0.08]) + 0.05)
-    assert ted["train_eval_seconds"] == {"1": 36.0, "2": 36.0}
+    assert ted["train_eval_seconds"] == {"1": 36.0, "2": 96.0}
     assert ted["pending"]["3"]["epochs_done"] == 2
     assert ted["pending"]["3"]["best_so_far"]["epoch"] == 2
     assert summary["beauty"]["sasrec"]["test"]["HR@5"]["std"] is None  # one seed: no spread
 
     text = reproduce.markdown(summary, sweeps)
     assert "| MQSA-TED | 1, 2 | 0.0750 ± 0.0071 |" in text
+    assert "| 2, 1 | 36 s |" in text  # best epochs, then the fastest seed's time
     assert "| MQSA-TED, paper | – | 0.0752 | 0.0534 |" in text
     assert "HR@5 -0.3%" in text  # 0.075 against the paper's 0.0752
     # SASRec 0.15 > MQSA 0.11 < MQSA-TED 0.125 on test NDCG@20.
@@ -117,6 +120,7 @@ def test_reproduction_runs_resumes_and_summarises(tiny_dataset, tmp_path):
             (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert len(provenance["sessions"]) == 2 and "--set epochs=2" in provenance["command"]
+    assert {"load_average_1min", "nice", "cpu"} <= provenance["sessions"][-1].keys()
     assert "done already" in run("--epochs", "2").stdout
 
     summary = json.loads((results / "summary.json").read_text())
