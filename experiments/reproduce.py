@@ -156,9 +156,10 @@ def execute(runs: list[Run], extra: dict, results: Path) -> int:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """The complete lines: a run training beside this process may be appending the last one."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
 
 
 def run_status(run_dir: Path) -> dict:

@@ -80,6 +80,14 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     assert "| seed 3: epoch 2/3 |" in updated
 
 
+def test_summary_skips_a_metrics_line_being_appended(tmp_path):
+    run_dir = tmp_path / "results/beauty/sasrec/seed1"
+    _fake_run(run_dir, [0.1, 0.2], [0.1, 0.2], 3, False)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "loss": 1.0, "val')  # a writer caught mid-line
+    assert reproduce.run_status(run_dir)["epochs_done"] == 2
+
+
 def test_sweep_reuses_the_reference_run_for_its_reference_point(tmp_path):
     runs = reproduce.sweep_runs("L", ["beauty"], [7], tmp_path)
     dirs = {r.overrides: r.run_dir for r in runs}
