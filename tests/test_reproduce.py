@@ -28,7 +28,8 @@ def _fake_run(run_dir: Path, valid: list[float], test: list[float], epochs: int,
                                                      "patience": 0}))
     records = []
     for epoch, (v, t) in enumerate(zip(valid, test), 1):
-        records.append({"epoch": epoch, "loss": 1.0, "train_seconds": train_seconds, "eval_seconds": 2.0,
+        records.append({"epoch": epoch, "loss": 1.0, "train_seconds": train_seconds,
+                        "eval_seconds": 2.0,
                         "valid": {m: v for m in reproduce.METRICS},
                         "test": {m: t + i / 100 for i, m in enumerate(reproduce.METRICS)}})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
