@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
-from mqsa_jax.io import write_json_atomic, write_text_atomic
+from mqsa_jax.io import read_json_lines, write_json_atomic, write_text_atomic
 
 OFFICIAL = Path(__file__).parent / "reference" / "official-beauty-curve.csv"
 METRIC = "NDCG@20"
@@ -24,7 +23,7 @@ FROM_EPOCH = 5
 def compare(run_dir: Path) -> dict:
     with open(OFFICIAL) as f:
         official = {int(row["epoch"]): row for row in csv.DictReader(f)}
-    ours = {r["epoch"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().split("\n")[:-1])}
+    ours = {r["epoch"]: r for r in read_json_lines(run_dir / "metrics.jsonl")}
     rows = []
     for epoch in sorted(set(official) & set(ours)):
         release, mine = float(official[epoch][f"valid_{METRIC}"]), ours[epoch]["valid"][METRIC]

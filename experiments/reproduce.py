@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from mqsa_jax.config import build_config, load_config_file, parse_overrides
-from mqsa_jax.io import atomic_output, write_json_atomic, write_text_atomic
+from mqsa_jax.io import atomic_output, read_json_lines, write_json_atomic, write_text_atomic
 
 from measure import machine  # experiments/measure.py
 
@@ -155,18 +155,13 @@ def execute(runs: list[Run], extra: dict, results: Path) -> int:
     return failed
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    """The complete lines: a run training beside this process may be appending the last one."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
-
-
 def run_status(run_dir: Path) -> dict:
     """What a run directory holds: its config, history, and best record so far."""
     config_path = run_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.exists() else None
-    history = _read_jsonl(run_dir / "metrics.jsonl")
+    metrics = run_dir / "metrics.jsonl"
+    # A run training beside this process may be appending its last line.
+    history = read_json_lines(metrics) if metrics.exists() else []
     evaluated = [r for r in history if "valid" in r]
     best = None
     for record in evaluated:  # the first best, as the reference selects

@@ -1,5 +1,6 @@
 """Atomic file output: a reader, or a run resumed after an interruption, sees the old file or the
-new one, never half of one, and an interrupted write leaves no temporary file behind."""
+new one, never half of one, and an interrupted write leaves no temporary file behind.  The one
+file appended to instead (a run's ``metrics.jsonl``) is read back by complete lines only."""
 
 from __future__ import annotations
 
@@ -37,3 +38,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, value: Any) -> None:
     write_text_atomic(path, json.dumps(value, indent=2) + "\n")
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    """The records of a JSON-lines file, without a last line that a writer is still appending."""
+    return [json.loads(line) for line in Path(path).read_text().split("\n")[:-1] if line.strip()]

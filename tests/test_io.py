@@ -1,11 +1,12 @@
-"""Atomic outputs: the old file or the new one, never a partial one or a stray temporary."""
+"""Atomic outputs: the old file or the new one, never a partial one or a stray temporary; JSON
+lines read back without a line still being appended."""
 
 import json
 import stat
 
 import pytest
 
-from mqsa_jax.io import atomic_output, write_json_atomic, write_text_atomic
+from mqsa_jax.io import atomic_output, read_json_lines, write_json_atomic, write_text_atomic
 
 
 def test_replaces_the_file_and_leaves_only_it(tmp_path):
@@ -26,3 +27,9 @@ def test_an_interrupted_write_keeps_the_old_file(tmp_path):
             raise KeyboardInterrupt
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_json_lines_are_read_without_a_line_still_being_appended(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3, "val')
+    assert read_json_lines(path) == [{"epoch": 1}, {"epoch": 2}]
