@@ -74,11 +74,22 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{reproduce.README_START}\nold\n{reproduce.README_END}\nrest\n")
-    reproduce._update_readme(readme, reproduce.readme_table(summary))
+    planned = {"beauty": {"mqsa_ted": (1, 2, 3, 4, 5), "sasrec_ted": (1,)},
+               "yelp": {"sasrec": (1,)}}
+    _fake_run(results / "beauty/sweep_tau/0.5/seed1", [0.1], [0.1], 1, True)
+    reproduce._update_readme(readme, reproduce.readme_table(summary, results, planned,
+                                                            {"beauty": (1,)}))
     updated = readme.read_text()
     assert updated.startswith("intro\n") and updated.endswith("\nrest\n") and "old" not in updated
     assert "| beauty | MQSA-TED | 1, 2 | 0.0750 ± 0.0071 |" in updated
-    assert "| seed 3: epoch 2/3 |" in updated
+    # Pending: started runs with their epoch, then the planned seeds that are not started.
+    assert "| seed 3: epoch 2/3, seeds 4, 5: not started |" in updated
+    assert "| beauty | SASRec | 1 | 0.1000 |" in updated  # run, though not planned
+    assert "| beauty | SASRec + TED | – | – | – | – | seed 1: not started |" in updated
+    assert "| yelp | SASRec | – | – | – | – | seed 1: not started |" in updated
+    assert "| yelp | MQSA-TED, paper | – | – | 0.0205 |" in updated
+    # tau 0.1 is the reference (the finished mqsa_ted seed 1); 0.5 is the other finished one.
+    assert "runs finished: L 1/5, alpha 1/5, lambda_kd 1/5, tau 2/5." in updated
 
 
 def test_summary_skips_a_metrics_line_being_appended(tmp_path):
