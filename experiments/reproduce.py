@@ -381,12 +381,25 @@ def plot(summary: dict, sweeps: dict, results: Path) -> list[Path]:
     written = []
     for dataset, groups in summary.items():
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for variant in groups:
-            runs = _seed_dirs(results / dataset / variant)
-            epochs, curve = _mean_curve(runs)
-            if len(epochs):
-                seeds = f"{len(runs)} seed" + ("s" if len(runs) > 1 else "")
-                ax.plot(epochs, curve, label=f"{VARIANTS[variant]} ({seeds})")
+        for variant, group in groups.items():
+            # The mean over the finished seeds, so that a run in progress does not bend it; each
+            # unfinished seed dashed beside it, in the same colour.
+            finished = [results / dataset / variant / f"seed{s}" for s in group["seeds"]]
+            color = None
+            if finished:
+                seeds = f"{len(finished)} seed" + ("s" if len(finished) > 1 else "")
+                color = ax.plot(*_mean_curve(finished),
+                                label=f"{VARIANTS[variant]} ({seeds})")[0].get_color()
+            for seed in group["pending"]:
+                epochs, curve = _mean_curve([results / dataset / variant / f"seed{seed}"])
+                if len(epochs):
+                    color = ax.plot(epochs, curve, "--", color=color, linewidth=1,
+                                    label=f"{VARIANTS[variant]} (seed {seed}, unfinished)"
+                                    )[0].get_color()
+        # The variants differ by a few percent after the first epochs' climb: zoom in on that.
+        later = [y for line in ax.get_lines() for x, y in zip(*line.get_data()) if x >= 10]
+        if later:
+            ax.set_ylim(bottom=0.95 * min(later))
         ax.set(xlabel="epoch", ylabel=f"validation {SELECTION}", title=dataset)
         ax.grid(alpha=0.3)
         ax.legend()

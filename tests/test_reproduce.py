@@ -71,6 +71,9 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     assert "MQSA-TED over SASRec (relative): HR@5 -25.0%" in text
     assert "its best baseline (not necessarily SASRec): HR@5 +7.2%." in text
     assert "MQSA-TED, seed 3: epoch 2 of 3, about 12 s more at its pace so far" in text
+    # The plot draws the unfinished seed apart from the finished seeds' mean.
+    [figure] = reproduce.plot(summary, sweeps, results)
+    assert figure.read_bytes()[:4] == b"\x89PNG"
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{reproduce.README_START}\nold\n{reproduce.README_END}\nrest\n")
