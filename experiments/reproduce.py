@@ -184,6 +184,12 @@ def run_status(run_dir: Path) -> dict:
                                  for r in history), 1)}
 
 
+def _recent_pace(history: list[dict], epochs: int = 10) -> float | None:
+    """Median seconds per epoch over the last few: the machine's load now, not at the start."""
+    seconds = [r.get("train_seconds", 0) + r.get("eval_seconds", 0) for r in history[-epochs:]]
+    return float(np.median(seconds)) if seconds else None
+
+
 def _mean_std(values: list[float]) -> dict:
     return {"mean": float(np.mean(values)),
             "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
@@ -198,6 +204,7 @@ def _group(run_dirs: list[Path]) -> dict:
         group[split] = {m: _mean_std([st["best"][split][m] for st in done.values()])
                         for m in METRICS} if done else {}
     group["best_epoch"] = {str(s): st["best"]["epoch"] for s, st in done.items()}
+    group["test_by_seed"] = {str(s): st["best"]["test"] for s, st in done.items()}
     group["train_eval_seconds"] = {str(s): st["seconds"] for s, st in done.items()}
     machines = set()
     for p in run_dirs:
@@ -211,6 +218,7 @@ def _group(run_dirs: list[Path]) -> dict:
         str(s): {"epochs_done": st["epochs_done"],
                  "epochs": st["config"]["epochs"] if st["config"] else None,
                  "seconds_so_far": st["seconds"],
+                 "seconds_per_epoch_recent": _recent_pace(st["history"]),
                  "best_so_far": ({"epoch": st["best"]["epoch"],
                                   "valid": {SELECTION: st["best"]["valid"][SELECTION]},
                                   "test": st["best"]["test"]} if st["best"] else None)}
@@ -251,6 +259,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
+def _seeds(seeds: list[str]) -> str:
+    """'seed 1' or 'seeds 1, 2'."""
+    return ("seeds " if len(seeds) > 1 else "seed ") + ", ".join(seeds)
+
+
 def _relative_gap(ours: float, paper: float) -> str:
     return f"{100 * (ours - paper) / paper:+.1f}%"
 
@@ -264,19 +277,41 @@ def _ordering_line(groups: dict) -> str | None:
     broken = [f"{VARIANTS[a]} is above {VARIANTS[b]} by {_relative_gap(scores[a], scores[b])}"
               for a, b in zip(ORDERING, ORDERING[1:]) if scores[a] >= scores[b]]
     chain = " < ".join(VARIANTS[v] for v in ORDERING)
-    return (f"Test {SELECTION}: {values}. The ordering {chain} "
+    line = (f"Test {SELECTION}: {values}. The ordering {chain} "
             + ("holds." if not broken else f"does not hold: {'; '.join(broken)}."))
+    # The means may average different seeds; the seeds every variant finished compare like with
+    # like.
+    by_seed = [groups[v]["test_by_seed"] for v in ORDERING]
+    common = sorted(set.intersection(*(set(seeds) for seeds in by_seed)), key=int)
+    if not common:
+        return line
+    chains, failing = [], []
+    for seed in common:
+        scores = [seeds[seed][SELECTION] for seeds in by_seed]
+        chain = f"{scores[0]:.4f}"
+        for a, b in zip(scores, scores[1:]):
+            chain += f" {'<' if a < b else '≥'} {b:.4f}"
+        chains.append(f"{seed}: {chain}")
+        if any(a >= b for a, b in zip(scores, scores[1:])):
+            failing.append(seed)
+    verdict = "it holds on each" if not failing else f"it does not hold on {_seeds(failing)}"
+    return line + f" Per seed finished by all: {'; '.join(chains)} ({verdict})."
 
 
 def _gain_line(groups: dict, dataset: str) -> str | None:
     """MQSA-TED's relative gain over SASRec here, beside the paper's over its best baseline."""
-    if not all(groups.get(v, {}).get("seeds") for v in ("mqsa_ted", "sasrec")):
+    ours, base = (groups.get(v, {}).get("test_by_seed", {}) for v in ("mqsa_ted", "sasrec"))
+    common = sorted(set(ours) & set(base), key=int)
+    if not common:
         return None
     paper = PAPER["relative_gain_over_best_baseline"].get(dataset, {})
-    ours, base = groups["mqsa_ted"]["test"], groups["sasrec"]["test"]
-    line = "MQSA-TED over SASRec (relative): " + ", ".join(
-        f"{m} {_relative_gap(ours[m]['mean'], base[m]['mean'])}"
-        for m in ("HR@5", "NDCG@5", SELECTION))
+
+    def mean(by_seed: dict, metric: str) -> float:
+        return float(np.mean([by_seed[seed][metric] for seed in common]))
+
+    line = (f"MQSA-TED over SASRec (relative, on {_seeds(common)}, which both finished): "
+            + ", ".join(f"{m} {_relative_gap(mean(ours, m), mean(base, m))}"
+                        for m in ("HR@5", "NDCG@5", SELECTION)))
     if paper:
         line += ("; the paper's gain over its best baseline (not necessarily SASRec): "
                  + ", ".join(f"{m} {100 * g:+.1f}%" for m, g in paper.items()))
@@ -289,8 +324,8 @@ def _pending_lines(groups: dict) -> list[str]:
         for seed, p in group["pending"].items():
             line = f"- {VARIANTS[variant]}, seed {seed}: epoch {p['epochs_done']} of {p['epochs']}"
             if p["epochs_done"] and p["epochs"]:
-                left = (p["epochs"] - p["epochs_done"]) * p["seconds_so_far"] / p["epochs_done"]
-                line += f", about {_duration(left)} more at its pace so far"
+                left = (p["epochs"] - p["epochs_done"]) * p["seconds_per_epoch_recent"]
+                line += f", about {_duration(left)} more at the pace of its last epochs"
             if p["best_so_far"]:
                 b = p["best_so_far"]
                 line += (f" (best so far: epoch {b['epoch']}, valid {SELECTION} "
@@ -458,8 +493,7 @@ def readme_table(summary: dict, results: Path, planned: dict = PLANNED,
             pending = [f"seed {s}: epoch {p['epochs_done']}/{p['epochs']}"
                        for s, p in g["pending"].items()]
             if waiting := [s for s in seeds if s not in g["seeds"] and str(s) not in g["pending"]]:
-                pending.append(f"seed{'s' * (len(waiting) > 1)} "
-                               f"{', '.join(map(str, waiting))}: not started")
+                pending.append(f"{_seeds(list(map(str, waiting)))}: not started")
             cells = [_cell(g["test"].get(m)) for m in ("HR@5", "NDCG@5", "NDCG@20")]
             lines.append(f"| {dataset} | {VARIANTS[variant]} | "
                          f"{', '.join(map(str, g['seeds'])) or '–'} | " + " | ".join(cells)

@@ -67,10 +67,13 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     assert "HR@5 -0.3%" in text  # 0.075 against the paper's 0.0752
     # SASRec 0.15 > MQSA 0.11 < MQSA-TED 0.125 on test NDCG@20.
     assert "does not hold: SASRec is above MQSA (no TED)" in text
-    # 0.075 against SASRec's 0.10, beside the paper's gain over its best baseline.
-    assert "MQSA-TED over SASRec (relative): HR@5 -25.0%" in text
+    # Seed 1, the one all three finished: MQSA-TED takes its epoch 2 (0.07 + 0.05).
+    assert ("Per seed finished by all: 1: 0.1500 ≥ 0.1100 < 0.1200 "
+            "(it does not hold on seed 1).") in text
+    # On seed 1, which both finished: MQSA-TED 0.07 against SASRec's 0.10.
+    assert "MQSA-TED over SASRec (relative, on seed 1, which both finished): HR@5 -30.0%" in text
     assert "its best baseline (not necessarily SASRec): HR@5 +7.2%." in text
-    assert "MQSA-TED, seed 3: epoch 2 of 3, about 12 s more at its pace so far" in text
+    assert "MQSA-TED, seed 3: epoch 2 of 3, about 12 s more at the pace of its last" in text
     # The plot draws the unfinished seed apart from the finished seeds' mean.
     [figure] = reproduce.plot(summary, sweeps, results)
     assert figure.read_bytes()[:4] == b"\x89PNG"
@@ -93,6 +96,14 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     assert "| yelp | MQSA-TED, paper | – | – | 0.0205 |" in updated
     # tau 0.1 is the reference (the finished mqsa_ted seed 1); 0.5 is the other finished one.
     assert "runs finished: L 1/5, alpha 1/5, lambda_kd 1/5, tau 2/5." in updated
+
+
+def test_time_left_follows_the_last_epochs_not_a_slow_start():
+    # A run that shared the machine for its first epochs, then had it alone.
+    history = ([{"train_seconds": 50.0, "eval_seconds": 10.0}] * 20
+               + [{"train_seconds": 10.0, "eval_seconds": 2.0}] * 10)
+    assert reproduce._recent_pace(history) == 12.0
+    assert reproduce._recent_pace([]) is None
 
 
 def test_summary_skips_a_metrics_line_being_appended(tmp_path):
