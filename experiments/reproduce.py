@@ -203,6 +203,10 @@ def _group(run_dirs: list[Path]) -> dict:
     for split in ("valid", "test"):
         group[split] = {m: _mean_std([st["best"][split][m] for st in done.values()])
                         for m in METRICS} if done else {}
+    # Not the protocol: what a report that chose each metric's epoch by test would show.
+    group["test_max_over_epochs"] = {
+        m: _mean_std([max(r["test"][m] for r in st["history"] if "test" in r)
+                      for st in done.values()]) for m in METRICS} if done else {}
     group["best_epoch"] = {str(s): st["best"]["epoch"] for s, st in done.items()}
     group["test_by_seed"] = {str(s): st["best"]["test"] for s, st in done.items()}
     group["train_eval_seconds"] = {str(s): st["seconds"] for s, st in done.items()}
@@ -370,7 +374,14 @@ def markdown(summary: dict, sweeps: dict) -> str:
         if paper and ours and ours["seeds"]:
             gaps = ", ".join(f"{m} {_relative_gap(ours['test'][m]['mean'], paper[m])}"
                              for m in paper)
-            out += [f"MQSA-TED against the paper (relative): {gaps}.", ""]
+            upper = ours["test_max_over_epochs"]
+            ceiling = ", ".join(
+                f"{m} {_cell(upper[m])} ({_relative_gap(upper[m]['mean'], paper[m])})"
+                for m in paper)
+            out += [f"MQSA-TED against the paper (relative): {gaps}.", "",
+                    "Not the protocol, for comparison only: each seed's best test figure over all "
+                    "its epochs (the epoch chosen by test, for each metric on its own), mean over "
+                    f"the seeds, and its gap to the paper: {ceiling}.", ""]
         if line := _ordering_line(groups):
             out += [line, ""]
         if line := _gain_line(groups, dataset):

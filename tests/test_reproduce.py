@@ -65,6 +65,8 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     assert "| 2, 1 | 36 s |" in text  # best epochs, then the fastest seed's time
     assert "| MQSA-TED, paper | – | 0.0752 | 0.0534 |" in text
     assert "HR@5 -0.3%" in text  # 0.075 against the paper's 0.0752
+    # The test-selected figures: seed 1's epoch 3 (0.09), seed 2's epoch 1 (0.08).
+    assert "its gap to the paper: HR@5 0.0850 ± 0.0071 (+13.0%)," in text
     # SASRec 0.15 > MQSA 0.11 < MQSA-TED 0.125 on test NDCG@20.
     assert "does not hold: SASRec is above MQSA (no TED)" in text
     # Seed 1, the one all three finished: MQSA-TED takes its epoch 2 (0.07 + 0.05).
