@@ -268,6 +268,11 @@ def _seeds(seeds: list[str]) -> str:
     return ("seeds " if len(seeds) > 1 else "seed ") + ", ".join(seeds)
 
 
+def _common_seeds(by_seed: list[dict]) -> list[str]:
+    """The seeds that every one of these variants finished, in order."""
+    return sorted(set.intersection(*(set(seeds) for seeds in by_seed)), key=int)
+
+
 def _relative_gap(ours: float, paper: float) -> str:
     return f"{100 * (ours - paper) / paper:+.1f}%"
 
@@ -286,8 +291,7 @@ def _ordering_line(groups: dict) -> str | None:
     # The means may average different seeds; the seeds every variant finished compare like with
     # like.
     by_seed = [groups[v]["test_by_seed"] for v in ORDERING]
-    common = sorted(set.intersection(*(set(seeds) for seeds in by_seed)), key=int)
-    if not common:
+    if not (common := _common_seeds(by_seed)):
         return line
     chains, failing = [], []
     for seed in common:
@@ -305,8 +309,7 @@ def _ordering_line(groups: dict) -> str | None:
 def _gain_line(groups: dict, dataset: str) -> str | None:
     """MQSA-TED's relative gain over SASRec here, beside the paper's over its best baseline."""
     ours, base = (groups.get(v, {}).get("test_by_seed", {}) for v in ("mqsa_ted", "sasrec"))
-    common = sorted(set(ours) & set(base), key=int)
-    if not common:
+    if not (common := _common_seeds([ours, base])):
         return None
     paper = PAPER["relative_gain_over_best_baseline"].get(dataset, {})
 
