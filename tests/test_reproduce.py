@@ -125,6 +125,27 @@ def test_sweep_reuses_the_reference_run_for_its_reference_point(tmp_path):
     assert [r.config({}).window_weights for r in alphas][:2] == [(0.1, 0.9), (0.3, 0.7)]
 
 
+def test_sweep_table_and_plot_take_the_reference_run_and_skip_unfinished_points(tmp_path):
+    results = tmp_path / "results"
+    _fake_run(results / "beauty/mqsa_ted/seed1", [0.2, 0.3], [0.02, 0.03], 2, True)  # tau 0.1
+    _fake_run(results / "beauty/sweep_tau/0.5/seed1", [0.1, 0.2], [0.01, 0.02], 2, True)
+    _fake_run(results / "beauty/sweep_tau/1/seed1", [0.4], [0.04], 2, False)
+
+    summary, sweeps = reproduce.collect(results)
+    points = sweeps["beauty"]["tau"]
+    assert list(points) == ["0.1", "0.5", "1"]
+    assert points["1"]["seeds"] == [] and points["1"]["pending"]["1"]["epochs_done"] == 1
+    text = reproduce.markdown(summary, sweeps)
+    assert "## Sweep of tau on beauty (MQSA-TED, others at the reference)" in text
+    # Each point at its best validation epoch (2): valid 0.3, test NDCG@20 0.03 + 0.05.
+    assert "| 0.1 | 1 | 0.3000 | 0.0300 | 0.0400 | 0.0800 |" in text
+    assert "| 0.5 | 1 | 0.2000 | 0.0200 | 0.0300 | 0.0700 |" in text
+    assert "| 1 | pending | – |" in text
+    written = reproduce.plot(summary, sweeps, results)
+    assert results / "plots/beauty_sweep_tau.png" in written
+    assert (results / "plots/beauty_sweep_tau.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_a_second_process_cannot_train_a_locked_run(tmp_path):
     from mqsa_jax.train import _exclusive
 
