@@ -199,14 +199,18 @@ def _group(run_dirs: list[Path]) -> dict:
     """Mean and sample std over the finished seeds; the unfinished ones listed as pending."""
     statuses = {int(p.name.removeprefix("seed")): run_status(p) for p in sorted(run_dirs)}
     done = {s: st for s, st in statuses.items() if st["complete"]}
-    group = {"seeds": sorted(done)}
-    for split in ("valid", "test"):
-        group[split] = {m: _mean_std([st["best"][split][m] for st in done.values()])
-                        for m in METRICS} if done else {}
-    # Not the protocol: what a report that chose each metric's epoch by test would show.
-    group["test_max_over_epochs"] = {
-        m: _mean_std([max(r["test"][m] for r in st["history"] if "test" in r)
-                      for st in done.values()]) for m in METRICS} if done else {}
+
+    def over_seeds(figure) -> dict:
+        """Each metric's mean and std of ``figure(status, metric)`` over the finished seeds."""
+        return {m: _mean_std([figure(st, m) for st in done.values()])
+                for m in METRICS} if done else {}
+
+    group = {"seeds": sorted(done),
+             "valid": over_seeds(lambda st, m: st["best"]["valid"][m]),
+             "test": over_seeds(lambda st, m: st["best"]["test"][m]),
+             # Not the protocol: what a report that chose each metric's epoch by test would show.
+             "test_max_over_epochs": over_seeds(
+                 lambda st, m: max(r["test"][m] for r in st["history"] if "test" in r))}
     group["best_epoch"] = {str(s): st["best"]["epoch"] for s, st in done.items()}
     group["test_by_seed"] = {str(s): st["best"]["test"] for s, st in done.items()}
     group["train_eval_seconds"] = {str(s): st["seconds"] for s, st in done.items()}
