@@ -31,7 +31,7 @@ test: venv
 	$(BIN)/python -m pytest
 
 bench: venv
-	$(BIN)/python experiments/bench.py
+	$(BIN)/python experiments/bench.py $(BENCH_ARGS)
 
 # The paper's comparison (MQSA-TED, SASRec, MQSA without TED), its ablations and its sweeps;
 # each resumes where an interrupted one stopped.  Results: experiments/results/summary.md.

@@ -1,19 +1,27 @@
-"""Training and evaluation speed per dataset, with a measured breakdown of the train step.
+"""Training and evaluation speed per dataset against the authors' release, measured together.
 
-    python experiments/bench.py [--datasets beauty toys] [--out experiments/results/bench]
+    python experiments/bench.py [--datasets beauty yelp] [--out experiments/results/bench]
+                                [--release ../shared/tools/release-bench/run.sh | --no-release]
 
 For each dataset, with the reference hyperparameters: one warm-up epoch (compiles the step's
 shapes), then one timed epoch of training and one full evaluation (valid + test, all users, all
-items).  Reported: seconds, training targets per second, and the N-wide matmuls' achieved
-GFLOP/s against the machine's measured f32 matmul peak.  The breakdown times each part of one
-representative step in isolation (jit-compiled, median of repeats): the N-wide loss (matmuls plus
-softmax passes), the matmuls alone, the encoder's forward and backward, and the rest.
+items).  Then, in the same sitting and alone on the machine, the unchanged release trains and
+evaluates one epoch of the same dataset (``release-bench/run.sh DATASET 1``, which prints its own
+seconds), and the ratio of the two measured totals is reported.  No figure from elsewhere enters
+a ratio.
+
+Also reported: training targets per second, the compile time (the first epoch's extra seconds),
+and the N-wide products' achieved GFLOP/s against the machine's measured f32 matmul peak.  The
+breakdown times each part of one representative step in isolation (jit-compiled, median of
+repeats): the N-wide loss, its products alone, the encoder's forward and backward, and the rest.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,12 +33,28 @@ import numpy as np
 from mqsa_jax.checkpoint import RunCheckpoints
 from mqsa_jax.config import Config
 from mqsa_jax.io import write_json_atomic, write_text_atomic
-from mqsa_jax.losses import fused_losses
-from mqsa_jax.train import Trainer, epoch_batches, prepare_data, split_rows
+from mqsa_jax import blocked
+from mqsa_jax.losses import fused_losses, ted_students
+from mqsa_jax.packing import Batch, split_rows
+from mqsa_jax.train import Trainer, prepare_data
 
 from measure import machine_line, median_seconds, median_step_seconds  # experiments/measure.py
 
-RELEASE_BEAUTY_SECONDS = {"train": 225.0, "eval": 115.0}  # issue 3 / official-beauty-curve.csv
+REPO = Path(__file__).resolve().parents[1]
+RELEASE_BENCH = REPO.parent / "shared" / "tools" / "release-bench" / "run.sh"
+
+
+def release_epoch(script: Path, dataset: str) -> dict:
+    """The release's first epoch on ``dataset``, timed by ``release-bench`` on this machine."""
+    done = subprocess.run([str(script), dataset, "1"], capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        sys.exit(f"{script} {dataset} 1 failed (exit {done.returncode}): "
+                 f"{done.stderr.strip().splitlines()[-1:] or 'no output'}")
+    epoch = json.loads(lines[0])
+    return {"train_seconds": epoch["train_s"], "eval_seconds": epoch["eval_s"],
+            "total_seconds": round(epoch["train_s"] + epoch["eval_s"], 2),
+            "loss": epoch["loss"], "valid_NDCG@20": epoch["valid"]["NDCG@20"]}
 
 
 def matmul_peak_gflops(size: int = 2048) -> float:
@@ -41,16 +65,33 @@ def matmul_peak_gflops(size: int = 2048) -> float:
 
 
 def nwide_flops(rows: int, hidden: int, num_items: int) -> float:
-    """Forward logits plus the two backward products: 3 matmuls of rows x hidden x N."""
-    return 3 * 2 * rows * hidden * num_items
+    """The blocked loss's products: the forward logits, their recomputation in the backward
+    pass, and the two gradient products: 4 matmuls of rows x hidden x N."""
+    return 4 * 2 * rows * hidden * num_items
 
 
-def step_breakdown(trainer: Trainer, state, users, long_rows, capacity) -> dict:
+def blocked_products(rows: jax.Array, table: jax.Array, block: int) -> jax.Array:
+    """The four products of the blocked loss alone, in its layout, without the exp passes."""
+    def forward(total, items):
+        return total + (rows @ items.T).sum(axis=1), None
+
+    rows_t = rows.T
+
+    def backward(d_rows, items):
+        z = rows @ items.T
+        return d_rows + z @ items, rows_t @ z
+
+    body = table[: len(table) // block * block].reshape(-1, block, table.shape[1])
+    total, _ = jax.lax.scan(forward, jnp.zeros(len(rows)), body)
+    d_rows, d_table = jax.lax.scan(backward, jnp.zeros_like(rows), body)
+    return total.sum() + d_rows.sum() + d_table.sum()
+
+
+def step_breakdown(trainer: Trainer, state, batch: Batch) -> dict:
     config, data = trainer.config, trainer.data
-    d, n = config.hidden, data.num_items
+    d, n, capacity = config.hidden, data.num_items, batch.capacity
     rows = 2 * capacity if config.lambda_kd > 0 else capacity
-    step = lambda s: trainer.train_step(s, trainer.arrays, users, capacity, long_rows,
-                                        trainer.short_width)
+    step = lambda s: trainer.train_step(s, trainer.arrays, batch)
     # The step donates its state: time it on a copy, which the caller's state outlives.
     step_s, _, _ = median_step_seconds(step, jax.tree.map(jnp.copy, state))
 
@@ -58,24 +99,25 @@ def step_breakdown(trainer: Trainer, state, users, long_rows, capacity) -> dict:
     key = jax.random.key(0)
     states = jax.random.normal(key, (capacity, d)) * 0.1
     heads = jax.random.randint(key, (capacity,), 0, n)
-    teacher_rows = trainer.arrays.teacher.rows(heads)
+    weights = jnp.ones(capacity)
     distill = config.lambda_kd > 0
-    students = (table[heads] * np.sqrt(d) / config.tau) if distill else None
+    teacher = trainer.arrays.teacher.rows(heads, weights, batch.pair_capacity) if distill else None
+    students = ted_students(table[heads], key, config.dropout, config.tau) if distill else None
 
-    def nwide(states, students, table, heads, teacher_rows):
-        rec, kd = fused_losses(states, heads, jnp.ones(capacity), table, students,
-                               teacher_rows if distill else None)
+    def nwide(states, students, table, heads, teacher):
+        rec, kd = fused_losses(states, heads, weights, table, students, teacher,
+                               config.logits_chunk)
         return rec + kd
 
     # Every input is an argument, so that nothing is constant-folded at compile time.
     nwide_grad = jax.jit(jax.grad(nwide, argnums=(0, 1, 2) if distill else (0, 2)))
-    nwide_s = median_seconds(lambda: nwide_grad(states, students, table, heads, teacher_rows))
+    nwide_s = median_seconds(lambda: nwide_grad(states, students, table, heads, teacher))
     x = jax.random.normal(key, (rows, d))
-    g = jax.random.normal(key, (rows, n))
-    matmuls = jax.jit(lambda x, g, e: (x @ e.T, g @ e, g.T @ x))
-    matmul_s = median_seconds(lambda: matmuls(x, g, table))
+    products = jax.jit(blocked_products, static_argnums=2)
+    matmul_s = median_seconds(lambda: products(x, table, config.logits_chunk
+                                               or blocked.DEFAULT_BLOCK))
 
-    groups = split_rows(trainer.arrays.inputs[users], long_rows, trainer.short_width)
+    groups = split_rows(trainer.arrays.inputs[batch.users], batch.long_rows, batch.short_width)
 
     def encoder(params):
         return sum(jnp.sum(trainer.model.apply(params, x, deterministic=False,
@@ -85,7 +127,8 @@ def step_breakdown(trainer: Trainer, state, users, long_rows, capacity) -> dict:
     encoder_s = median_seconds(lambda: encoder_grad(state.params))
     flops = nwide_flops(rows, d, n)
     return {
-        "capacity": capacity, "long_rows": long_rows, "short_width": trainer.short_width,
+        "capacity": capacity, "long_rows": batch.long_rows, "short_width": batch.short_width,
+        "pair_capacity": batch.pair_capacity,
         "step_ms": round(step_s * 1e3, 1),
         "nwide_loss_ms": round(nwide_s * 1e3, 1),
         "nwide_matmuls_ms": round(matmul_s * 1e3, 1),
@@ -96,7 +139,7 @@ def step_breakdown(trainer: Trainer, state, users, long_rows, capacity) -> dict:
     }
 
 
-def bench_dataset(name: str, peak: float) -> dict:
+def bench_dataset(name: str, peak: float, warmup_epochs: int) -> dict:
     config = Config(dataset=name)
     start = time.perf_counter()
     trainer = Trainer(config, prepare_data(config))
@@ -107,6 +150,8 @@ def bench_dataset(name: str, peak: float) -> dict:
     state, _ = trainer.train_epoch(state, rng.permutation(trainer.data.num_users))
     trainer.evaluate(state.params)
     warmup_s = time.perf_counter() - start
+    for _ in range(warmup_epochs - 1):  # to the epochs where TED's clamp is active
+        state, _ = trainer.train_epoch(state, rng.permutation(trainer.data.num_users))
 
     # Batch shapes vary with the shuffle (packed-row capacity, long rows); each new shape
     # compiles once per run (and is then cached on disk).  Steady state is what 200 epochs
@@ -125,14 +170,13 @@ def bench_dataset(name: str, peak: float) -> dict:
         checkpoints.save(1, state, {"epoch": 1}, is_best=True)  # latest and best: two saves
         checkpoint_s = time.perf_counter() - start
 
-    batches = list(epoch_batches(order, config.batch_size, trainer.targets_per_user,
-                                 trainer.short_width))
-    targets = sum(count for *_, count in batches)
+    batches = list(trainer.packing.batches(order))
+    targets = sum(count for _, count in batches)
     rows_factor = 2 if config.lambda_kd > 0 else 1
-    flops = sum(nwide_flops(rows_factor * capacity, config.hidden, trainer.data.num_items)
-                for _, _, capacity, _ in batches)
-    median_batch = sorted(batches, key=lambda b: b[2])[len(batches) // 2]
-    breakdown = step_breakdown(trainer, state, *median_batch[:3])
+    flops = sum(nwide_flops(rows_factor * batch.capacity, config.hidden, trainer.data.num_items)
+                for batch, _ in batches)
+    median_batch = sorted(batches, key=lambda b: b[0].capacity)[len(batches) // 2][0]
+    breakdown = step_breakdown(trainer, state, median_batch)
     result = {
         "setup_seconds": round(setup_s, 2),
         "first_epoch_and_eval_with_compilation_seconds": round(warmup_s, 1),
@@ -144,30 +188,45 @@ def bench_dataset(name: str, peak: float) -> dict:
         "step_breakdown": breakdown,
         "nwide_matmul_fraction_of_peak": round(breakdown["nwide_matmul_gflops"] / peak, 3),
     }
-    if name == "beauty":
-        release = RELEASE_BEAUTY_SECONDS["train"] + RELEASE_BEAUTY_SECONDS["eval"]
-        result["speedup_vs_release_epoch_plus_eval"] = round(release / (train_s + eval_s), 1)
+    result["total_seconds"] = round(train_s + eval_s, 2)
+    result["compile_seconds"] = round(warmup_s - train_s - eval_s, 1)
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--datasets", nargs="+", default=["beauty", "sports", "toys", "yelp"])
+    parser.add_argument("--datasets", nargs="+", default=["beauty", "yelp"])
+    parser.add_argument("--warmup-epochs", type=int, default=3,
+                        help="epochs trained before the timed one: the release's clamp inside "
+                             "TED's log starts to matter in the second or third epoch, and "
+                             "from then on every step pays for it")
     parser.add_argument("--out", default="experiments/results/bench")
+    parser.add_argument("--release", type=Path, default=RELEASE_BENCH,
+                        help="release-bench's run.sh, which times the authors' release")
+    parser.add_argument("--no-release", action="store_true",
+                        help="time this project only (no ratio is reported)")
     args = parser.parse_args()
+    if not args.no_release and not args.release.is_file():
+        sys.exit(f"{args.release}: release-bench not found; pass --release PATH or --no-release")
     peak = matmul_peak_gflops()
     report = {
-        "command": "python experiments/bench.py --datasets " + " ".join(args.datasets),
+        "command": "python experiments/bench.py " + " ".join(sys.argv[1:]),
         "machine": f"{machine_line()}, backend {jax.devices()[0].platform}",
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
         "matmul_peak_gflops_f32_2048": round(peak, 1),
         "datasets": {},
     }
     for name in args.datasets:
-        report["datasets"][name] = bench_dataset(name, peak)
-        print(name, json.dumps(report["datasets"][name]), flush=True)
+        ours = bench_dataset(name, peak, args.warmup_epochs)
+        report["datasets"][name] = entry = {"mqsa_jax": ours}
+        if not args.no_release:
+            # Timed alone, after this project's figures: nothing else runs meanwhile.
+            entry["release"] = release = release_epoch(args.release, name)
+            entry["speedup"] = round(release["total_seconds"] / ours["total_seconds"], 1)
+        print(name, json.dumps(entry), flush=True)
         write_json_atomic(Path(f"{args.out}.json"), report)  # partial results
     write_text_atomic(Path(f"{args.out}.md"), markdown_table(report))
+    print(markdown_table(report))
 
 
 def markdown_table(report: dict) -> str:
@@ -175,27 +234,38 @@ def markdown_table(report: dict) -> str:
         f"# Speed ({report['date']}; {report['machine']})", "",
         f"Command: `{report['command']}`. Machine f32 matmul peak (2048^3): "
         f"{report['matmul_peak_gflops_f32_2048']} GFLOP/s.", "",
-        "| dataset | train s/epoch | eval s (valid+test) | targets/s | N-wide GFLOP/s (share of peak) "
-        "| step ms: N-wide matmuls / softmax passes / encoder / rest |",
+        "One epoch: training, then the full validation and test ranking (all users, all items). "
+        "The release's seconds come from `release-bench/run.sh DATASET 1`, run right after ours "
+        "on the same machine; the speedup divides the two totals.", "",
+        "| dataset | release s (train + eval) | mqsa-jax s (train + eval) | speedup | targets/s "
+        "| compile s |",
         "|---|---|---|---|---|---|",
     ]
-    for name, r in report["datasets"].items():
+    for name, entry in report["datasets"].items():
+        r, release = entry["mqsa_jax"], entry.get("release")
+        theirs = (f"{release['total_seconds']} ({release['train_seconds']} + "
+                  f"{release['eval_seconds']})" if release else "not run")
+        speedup = f"**{entry['speedup']}x**" if release else "–"
+        lines.append(
+            f"| {name} | {theirs} | {r['total_seconds']} ({r['train_seconds_per_epoch']} + "
+            f"{r['eval_seconds_valid_and_test']}) | {speedup} | "
+            f"{r['train_targets_per_second']:,} | {r['compile_seconds']} |")
+    lines += ["", "| dataset | step ms | N-wide loss ms: products / elementwise | encoder ms "
+                  "| rest ms | N-wide products GFLOP/s (share of peak) |",
+              "|---|---|---|---|---|---|"]
+    for name, entry in report["datasets"].items():
+        r = entry["mqsa_jax"]
         b = r["step_breakdown"]
         lines.append(
-            f"| {name} | {r['train_seconds_per_epoch']} | {r['eval_seconds_valid_and_test']} | "
-            f"{r['train_targets_per_second']:,} | {b['nwide_matmul_gflops']} "
-            f"({r['nwide_matmul_fraction_of_peak']:.0%}) | {b['step_ms']}: "
-            f"{b['nwide_matmuls_ms']} / {b['nwide_softmax_passes_ms']} / "
-            f"{b['encoder_fwd_bwd_ms']} / {b['rest_ms']} |")
-    lines += ["", "The step's parts are timed in isolation on the median batch; inside the whole step "
-                  "XLA fuses across them, so `rest` (the step minus the parts: gathers, L2, Adam) "
-                  "can come out slightly negative.  `softmax passes` are the elementwise work of "
-                  "the N-wide loss (exp, log(p + 1e-24), the gathers at observed successors and "
-                  "their scatter in the backward pass) beside its three matmuls."]
-    beauty = report["datasets"].get("beauty", {})
-    if "speedup_vs_release_epoch_plus_eval" in beauty:
-        lines += ["", f"Beauty, one epoch plus full evaluation, against the release's 225 s + 115 s "
-                      f"on this machine kind: {beauty['speedup_vs_release_epoch_plus_eval']}x."]
+            f"| {name} | {b['step_ms']} | {b['nwide_loss_ms']}: {b['nwide_matmuls_ms']} / "
+            f"{b['nwide_softmax_passes_ms']} | {b['encoder_fwd_bwd_ms']} | {b['rest_ms']} | "
+            f"{b['nwide_matmul_gflops']} ({r['nwide_matmul_fraction_of_peak']:.0%}) |")
+    lines += ["", "The step's parts are timed in isolation on the epoch's median batch; inside the "
+                  "whole step XLA fuses across them, so `rest` (the step minus the parts: gathers, "
+                  "L2, Adam) can come out slightly negative.  `products` are the blocked loss's "
+                  "four rows x d x N products alone (forward logits, their recomputation, the two "
+                  "gradients); `elementwise` the rest of the N-wide loss (exp, the clamp's "
+                  "correction, the teacher pairs).  `compile s`: the first epoch's extra seconds."]
     return "\n".join(lines) + "\n"
 
 

@@ -65,7 +65,7 @@ def run_case(num_items: int, model: int, chunk: int, steps: int, budget_gb: floa
 
     from mqsa_jax.config import Config
     from mqsa_jax.partitioning import Partitioner
-    from mqsa_jax.train import Trainer, epoch_batches
+    from mqsa_jax.train import Trainer
 
     config = Config(logits_chunk=chunk)
     data = synthetic_data(num_items, num_users=4 * config.batch_size)
@@ -75,13 +75,11 @@ def run_case(num_items: int, model: int, chunk: int, steps: int, budget_gb: floa
     moments = [leaf for leaf in jax.tree.leaves(state.opt_state) if leaf.shape == table.shape]
     table_mb = sum(x.addressable_shards[0].data.nbytes for x in [table, *moments]) / 2**20
 
-    users, long_rows, capacity, _ = next(epoch_batches(
-        np.arange(config.batch_size), config.batch_size, trainer.targets_per_user,
-        trainer.short_width))
-    users = trainer.partitioner.place_batch(users)
+    batch, _ = next(trainer.packing.batches(np.arange(config.batch_size)))
+    batch = trainer.place(batch)
+    capacity = batch.capacity
     start = time.perf_counter()
-    compiled = trainer.train_step.lower(state, trainer.arrays, users, capacity, long_rows,
-                                        trainer.short_width).compile()
+    compiled = trainer.train_step.lower(state, trainer.arrays, batch).compile()
     compile_s = time.perf_counter() - start
     evaluator = trainer.evaluators[0]
     eval_compiled = evaluator._step.lower(state.params, *evaluator._batches[-1]).compile()
@@ -98,7 +96,7 @@ def run_case(num_items: int, model: int, chunk: int, steps: int, budget_gb: floa
         result["not_run"] = f"needs about {needed_gb:.0f} GB of host memory for {model} devices"
         return result
     result["step_s"], state, losses = median_step_seconds(
-        lambda s: compiled(s, trainer.arrays, users), state, steps)
+        lambda s: compiled(s, trainer.arrays, batch), state, steps)
     result["loss"] = float(losses["loss"])
     result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result

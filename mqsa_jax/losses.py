@@ -1,16 +1,20 @@
-"""Losses (reference, section Losses), computed without dense N-wide targets.
+"""Losses (reference, section Losses), computed without dense N-wide arrays.
 
 - Recommendation: ``CE_t = logaddexp(lse(s_t E^T), 0) - s_t . E[target_t]``, the ``0`` being the
   padding column's fixed logit, which the release keeps in the softmax.
 - TED: ``-sum_j y_ij log(p_ij + 1e-24)``.  The teacher row ``y_i`` (a softmax of the normalised
   transition counts) is uniform except at the observed successors of ``i``, so
   ``y_ij = uniform_i + extra_ij`` with ``extra`` sparse, and the loss is
-  ``-(uniform_i * sum_j log(p_ij + 1e-24) + sum_{observed j} extra_ij log(p_ij + 1e-24))``:
-  a row sum taken in the same pass as the softmax, plus a gather at the observed successors.
-  The 1e-24 is kept: once the student gives an item a probability below ~1e-20 it changes both
-  the loss and its gradient (the release's clamp stops pushing such items up).
+  ``-(uniform_i * sum_j log(p_ij + 1e-24) + sum_{observed j} extra_ij log(p_ij + 1e-24))``.
+  The first sum is ``sum_j z_ij - N lse_i`` (one product with the table's column sum) plus the
+  clamp's correction, which only matters, and is only computed, when some ``p_ij`` falls below
+  about 1e-15 (:func:`mqsa_jax.blocked.catalogue_sums`).  The second is taken exactly, at the
+  batch's packed (row, successor) pairs.  The 1e-24 is kept: once the student gives an item a
+  probability below ~1e-20 it changes both the loss and its gradient (the release's clamp stops
+  pushing such items up).
 
-The recommendation and distillation rows share one ``[rows, d] x [d, N]`` matmul.
+The recommendation and distillation rows share one blocked log-sum-exp over the catalogue
+(:mod:`mqsa_jax.blocked`): no ``[rows, N]`` array is written to memory.
 """
 
 from __future__ import annotations
@@ -20,11 +24,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mqsa_jax.chunked import catalogue_sums
+from mqsa_jax import blocked
 from mqsa_jax.data.arrays import Transitions
-from mqsa_jax.model import Lookup, lookup_rows
+from mqsa_jax.model import Lookup, lookup_items, lookup_rows
 
-_LOG_EPSILON = 1e-24
+
+@flax.struct.dataclass
+class TeacherRows:
+    """The teacher rows of a batch's packed positions: each row's uniform weight, and its
+    observed successors as (row, item, extra) pairs packed in row order (``extra`` 0 past the
+    batch's pairs)."""
+
+    uniform: jax.Array  # [C]
+    pair_rows: jax.Array  # [P], sorted
+    pair_items: jax.Array  # [P]
+    pair_extra: jax.Array  # [P]
 
 
 @flax.struct.dataclass
@@ -40,7 +54,6 @@ class TeacherWeights:
     indptr: np.ndarray  # [N + 1]
     tails: np.ndarray  # [nnz]
     extra: np.ndarray  # [nnz]
-    max_successors: int = flax.struct.field(pytree_node=False)
 
     @classmethod
     def from_transitions(cls, transitions: Transitions, tau: float) -> "TeacherWeights":
@@ -59,7 +72,6 @@ class TeacherWeights:
             indptr=transitions.indptr.astype(np.int32),
             tails=transitions.indices.astype(np.int32),
             extra=((observed - background[heads]) / norm[heads]).astype(np.float32),
-            max_successors=max(int(lengths.max(initial=0)), 1),
         )
 
     def dense(self) -> np.ndarray:
@@ -70,15 +82,42 @@ class TeacherWeights:
         np.add.at(y, (heads, self.tails), self.extra)
         return y
 
-    def rows(self, heads: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """For each head: ``uniform`` [C], successor ids [C, R] and their ``extra`` [C, R]
-        (0 past the row's end), R being the longest row of the catalogue."""
+    @property
+    def successor_counts(self) -> np.ndarray:
+        """[N] observed successors of each item (host-side, for packing)."""
+        return np.diff(np.asarray(self.indptr))
+
+    def rows(self, heads: jax.Array, weights: jax.Array, pair_capacity: int) -> TeacherRows:
+        """The teacher rows of ``heads`` [C] (rows with ``weights`` 0 get none), their pairs
+        packed into ``pair_capacity`` slots, which must hold them all (see ``mqsa_jax.packing``).
+        """
         start = self.indptr[heads]
-        length = self.indptr[heads + 1] - start
-        slot = jnp.arange(self.max_successors)
-        present = slot[None, :] < length[:, None]
-        index = jnp.where(present, start[:, None] + slot[None, :], 0)
-        return self.uniform[heads], self.tails[index], jnp.where(present, self.extra[index], 0.0)
+        length = jnp.where(weights > 0, self.indptr[heads + 1] - start, 0)
+        ends = jnp.cumsum(length)
+        slot = jnp.arange(pair_capacity)
+        row = jnp.minimum(jnp.searchsorted(ends, slot, side="right"), len(heads) - 1)
+        present = slot < ends[-1]
+        index = jnp.where(present, start[row] + slot - (ends[row] - length[row]), 0)
+        return TeacherRows(uniform=self.uniform[heads], pair_rows=row.astype(jnp.int32),
+                           pair_items=self.tails[index],
+                           pair_extra=jnp.where(present, self.extra[index], 0.0))
+
+
+def ted_students(head_rows: jax.Array, key: jax.Array, dropout: float, tau: float) -> jax.Array:
+    """The student rows of TED: ``dropout(E[head] * sqrt(d)) / tau``, as in the release.
+
+    Args:
+      head_rows: [C, d] the item table's rows at the positions' input items.
+      key: the dropout key.
+
+    Returns:
+      [C, d].
+    """
+    scaled = head_rows * np.sqrt(head_rows.shape[-1])
+    if dropout:
+        keep = jax.random.bernoulli(key, 1.0 - dropout, scaled.shape)
+        scaled = jnp.where(keep, scaled / (1.0 - dropout), 0.0)
+    return scaled / tau
 
 
 def fused_losses(
@@ -87,46 +126,53 @@ def fused_losses(
     weights: jax.Array,
     table: jax.Array,
     students: jax.Array | None = None,
-    teacher_rows: tuple[jax.Array, jax.Array, jax.Array] | None = None,
-    chunk: int = 0,
-    lookup: Lookup = lookup_rows,
+    teacher: TeacherRows | None = None,
+    block: int = 0,
+    lookup: Lookup | None = None,
     catalogue_slices: int = 1,
 ) -> tuple[jax.Array, jax.Array]:
     """Mean recommendation and TED losses over packed rows with ``weights`` 1 (real) or 0.
 
-    ``states`` [C, d] are the fused states at positions with a real target; ``students`` [C, d]
-    are ``dropout(E[head] * sqrt(d)) / tau`` for the same positions' input items, and
-    ``teacher_rows`` their :meth:`TeacherWeights.rows`.  Without students the TED loss is 0.
-    ``chunk`` > 0 scans the catalogue in chunks of that many items (``mqsa_jax.chunked``)
-    instead of building the ``[rows, N]`` logits; on a table split into ``catalogue_slices``
-    row slices over devices, each device takes its share of a chunk from its own slice.
-    ``lookup`` reads the targets' rows of the table (the partitioner's, so that a table split
-    over devices is read where it lives).
+    Args:
+      states: [C, d] fused states at positions with a real target.
+      targets: [C] their target items.
+      weights: [C] 1 for a real position, 0 for packing.
+      table: [N, d] the item table.
+      students: [C, d] :func:`ted_students` of the same positions' input items, or None: then
+        the TED loss is 0.
+      teacher: their :meth:`TeacherWeights.rows`.
+      block: items per block of the catalogue scan, over all slices (0: the default).
+      lookup: reads the targets' and successors' rows of the table on a mesh (the
+        partitioner's, so that a table split over devices is read where it lives); None on one
+        device.
+      catalogue_slices: the table's row split over devices (1 on one device).
+
+    Returns:
+      The recommendation loss and the TED loss, scalars.
     """
     rows = states if students is None else jnp.concatenate([states, students])
-    uniform, successors, extra = teacher_rows if students is not None else (None, None, None)
-    if chunk:
-        if students is None:
-            successors, extra = jnp.zeros((0, 1), jnp.int32), jnp.zeros((0, 1), table.dtype)
-        # ``chunk`` items per scan step in all: each slice's device takes its share of them.
-        rec_lse, log_sum, observed = catalogue_sums(len(states), -(-chunk // catalogue_slices),
-                                                    catalogue_slices, rows, table, extra,
-                                                    successors)
-    else:
-        logits = rows @ table.T
-        rec_lse = jax.nn.logsumexp(logits[: len(states)], axis=-1)
-        if students is not None:
-            log_probs = jnp.log(jax.nn.softmax(logits[len(states):], axis=-1) + _LOG_EPSILON)
-            log_sum = log_probs.sum(axis=-1)
-            observed = jnp.sum(extra * jnp.take_along_axis(log_probs, successors, axis=1), -1)
+    block = -(-block // catalogue_slices) if block else blocked.DEFAULT_BLOCK
+    lse, correction = blocked.catalogue_sums(rows, table, len(states), block, catalogue_slices)
     count = jnp.maximum(weights.sum(), 1.0)
-    target_logits = jnp.sum(states * lookup(table, targets), axis=-1)
-    rec = jnp.logaddexp(rec_lse, 0.0) - target_logits
+    target_logits = jnp.sum(states * (lookup or lookup_rows)(table, targets), axis=-1)
+    rec = jnp.logaddexp(lse[: len(states)], 0.0) - target_logits
     rec_loss = jnp.sum(rec * weights) / count
     if students is None:
         return rec_loss, jnp.zeros((), rec_loss.dtype)
-    kd = -(uniform * log_sum + observed)
+    student_lse = lse[len(states):]
+    # sum_j log(p_j + 1e-24) = sum_j z_j - N lse + the clamp's correction.
+    log_sum = students @ table.sum(axis=0) - len(table) * student_lse + correction
+    kd = -(teacher.uniform * log_sum + _observed_log_probs(students, table, student_lse, teacher,
+                                                          lookup or lookup_items))
     return rec_loss, jnp.sum(kd * weights) / count
+
+
+def _observed_log_probs(students, table, student_lse, teacher: TeacherRows, lookup) -> jax.Array:
+    """[C]: ``sum_k extra_ik log(p_i,succ_k + 1e-24)`` over each row's packed pairs."""
+    logits = jnp.sum(students[teacher.pair_rows] * lookup(table, teacher.pair_items), axis=-1)
+    log_probs = jnp.log(jnp.exp(logits - student_lse[teacher.pair_rows]) + blocked.LOG_EPSILON)
+    return jax.ops.segment_sum(teacher.pair_extra * log_probs, teacher.pair_rows,
+                               num_segments=len(students), indices_are_sorted=True)
 
 
 def l2_penalty(params) -> jax.Array:

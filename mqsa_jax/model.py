@@ -102,6 +102,11 @@ def lookup_rows(table: jax.Array, ids: jax.Array) -> jax.Array:
     return jnp.take(table, ids, axis=0, mode="fill", fill_value=0)
 
 
+def lookup_items(table: jax.Array, ids: jax.Array) -> jax.Array:
+    """Rows of ``table`` at ``ids``, all of them real items: no padding id, so no mask."""
+    return jnp.take(table, ids, axis=0, mode="clip")
+
+
 class MQSA(nn.Module):
     """Encodes left-padded item sequences (padding id ``num_items``) into fused states [B, T, d].
 

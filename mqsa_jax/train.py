@@ -6,7 +6,6 @@ import contextlib
 import fcntl
 import functools
 import json
-import math
 import os
 import sys
 import time
@@ -28,16 +27,11 @@ from mqsa_jax.data.arrays import SequenceData, build_sequence_data
 from mqsa_jax.errors import UserError
 from mqsa_jax.evaluation import RankingEvaluator
 from mqsa_jax.io import write_json_atomic, write_text_atomic
-from mqsa_jax.losses import TeacherWeights, fused_losses, l2_penalty
+from mqsa_jax.losses import TeacherWeights, fused_losses, l2_penalty, ted_students
 from mqsa_jax.model import MQSA, item_table, lookup_rows
+from mqsa_jax.packing import Batch, Packing, split_rows
 from mqsa_jax.partitioning import Partitioner
 
-# Packed-row buffers are rounded up to a multiple of this, so an epoch compiles a handful of
-# shapes while wasting at most this many rows per step.
-CAPACITY_QUANTUM = 256
-# Likewise for the number of rows a batch runs at full width (see `choose_short_width`).
-LONG_ROWS_QUANTUM = 16
-SHORT_WIDTH_CHOICES = (4, 8, 12, 16, 24, 32)
 SELECTION_METRIC = "NDCG@20"
 
 
@@ -80,23 +74,15 @@ def train_arrays(data: SequenceData, config: Config) -> TrainArrays:
     )
 
 
-def _dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
-    if rate == 0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0)
-
-
 def make_loss_fn(model: MQSA, config: Config, partitioner: Partitioner | None = None):
     """The loss of a batch; the partitioner says how the item table is split over devices."""
-    packed_lookup, slices = lookup_rows, 1
-    if partitioner is not None:
+    packed_lookup, slices = None, 1
+    if partitioner is not None and partitioner.model > 1:
         packed_lookup = functools.partial(partitioner.item_lookup, split=False)
         slices = partitioner.model
     distill = config.lambda_kd > 0
-    scale = math.sqrt(config.hidden)
 
-    def loss_fn(params, row_groups, positions, weights, key, teacher):
+    def loss_fn(params, row_groups, positions, weights, key, teacher, pair_capacity):
         """``row_groups``: (inputs, targets) pairs of equal-width rows; ``positions`` index the
         real targets in all of them, flattened and concatenated."""
         student_key, *group_keys = jax.random.split(key, 1 + len(row_groups))
@@ -111,22 +97,15 @@ def make_loss_fn(model: MQSA, config: Config, partitioner: Partitioner | None = 
         students = teacher_rows = None
         if distill:
             heads = inputs[positions]
-            students = _dropout(student_key, packed_lookup(table, heads) * scale,
-                                config.dropout) / config.tau
-            teacher_rows = teacher.rows(heads)
+            students = ted_students((packed_lookup or lookup_rows)(table, heads), student_key,
+                                    config.dropout, config.tau)
+            teacher_rows = teacher.rows(heads, weights, pair_capacity)
         rec, kd = fused_losses(states, targets[positions], weights, table, students,
                                teacher_rows, config.logits_chunk, packed_lookup, slices)
         loss = rec + config.lambda_kd * kd + config.l2_reg * l2_penalty(params)
         return loss, {"loss": loss, "loss_rec": rec, "loss_kd": kd}
 
     return loss_fn
-
-
-def split_rows(rows: jax.Array, long_rows: int, short_width: int) -> list[jax.Array]:
-    """A batch sorted by length -> its short rows' last ``short_width`` columns and its
-    ``long_rows`` longest rows at full width (either group left out when empty)."""
-    split = rows.shape[0] - long_rows
-    return ([rows[:split, -short_width:]] if split else []) + ([rows[split:]] if long_rows else [])
 
 
 def make_train_step(model: MQSA, optimizer, config: Config,
@@ -137,23 +116,20 @@ def make_train_step(model: MQSA, optimizer, config: Config,
     padding_id = model.num_items
     out_shardings = None if partitioner is None else (state_shardings, partitioner.replicated)
 
-    @functools.partial(jax.jit, static_argnames=("capacity", "long_rows", "short_width"),
-                       donate_argnums=0, out_shardings=out_shardings)
-    def train_step(state: TrainState, arrays: TrainArrays, users: jax.Array, capacity: int,
-                   long_rows: int, short_width: int):
-        """One Adam step on a batch of users sorted by length, the last ``long_rows`` longest.
-
-        Most rows are mostly padding, and a real position's state depends only on the real items
-        up to it, so the short rows run on their last ``short_width`` columns only.
-        """
-        row_groups = list(zip(split_rows(arrays.inputs[users], long_rows, short_width),
-                              split_rows(arrays.targets[users], long_rows, short_width)))
+    @functools.partial(jax.jit, donate_argnums=0, out_shardings=out_shardings)
+    def train_step(state: TrainState, arrays: TrainArrays, batch: Batch):
+        """One Adam step on a packed batch (``mqsa_jax.packing``): its rows in two widths, its
+        real targets packed into ``batch.capacity`` positions."""
+        row_groups = list(zip(
+            split_rows(arrays.inputs[batch.users], batch.long_rows, batch.short_width),
+            split_rows(arrays.targets[batch.users], batch.long_rows, batch.short_width)))
         real = jnp.concatenate([x.reshape(-1) for x, _ in row_groups]) != padding_id
-        positions = jnp.nonzero(real, size=capacity, fill_value=0)[0]
-        weights = (jnp.arange(capacity) < real.sum()).astype(jnp.float32)
+        positions = jnp.nonzero(real, size=batch.capacity, fill_value=0)[0]
+        weights = (jnp.arange(batch.capacity) < real.sum()).astype(jnp.float32)
         key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
         grads, losses = jax.grad(loss_fn, has_aux=True)(
-            state.params, row_groups, positions, weights, key, arrays.teacher)
+            state.params, row_groups, positions, weights, key, arrays.teacher,
+            batch.pair_capacity)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), losses
@@ -177,39 +153,6 @@ def make_evaluators(model: MQSA, data: SequenceData, config: Config,
                              **placement) for split in splits]
 
 
-def _round_up(value: int, quantum: int) -> int:
-    return -(-value // quantum) * quantum
-
-
-def choose_short_width(targets_per_user: np.ndarray, max_len: int, batch_size: int) -> int:
-    """The width that minimises the expected rows x columns a batch runs (see `train_step`)."""
-    def cost(width):
-        long_rows = batch_size * np.mean(targets_per_user > width)
-        return batch_size * width + _round_up(int(np.ceil(long_rows)), LONG_ROWS_QUANTUM) * max_len
-
-    return min((w for w in SHORT_WIDTH_CHOICES if w < max_len), key=cost, default=max_len)
-
-
-def epoch_batches(order: np.ndarray, batch_size: int, targets_per_user: np.ndarray,
-                  short_width: int):
-    """Yields (users, long_rows, capacity, real targets) for each batch of ``order``.
-
-    Users are padded to ``batch_size`` with the all-padding row and sorted by length within the
-    batch (which users share a batch is unchanged), so the longest ``long_rows`` come last.
-    """
-    padding_user = len(targets_per_user)
-    lengths = np.append(targets_per_user, 0)
-    for start in range(0, len(order), batch_size):
-        users = order[start:start + batch_size]
-        users = np.pad(users, (0, batch_size - len(users)), constant_values=padding_user)
-        users = users[np.argsort(lengths[users], kind="stable")]
-        count = int(lengths[users].sum())
-        long_count = int((lengths[users] > short_width).sum())  # real inputs = targets
-        long_rows = min(batch_size, _round_up(long_count, LONG_ROWS_QUANTUM))
-        capacity = max(CAPACITY_QUANTUM, _round_up(count, CAPACITY_QUANTUM))
-        yield users.astype(np.int32), long_rows, capacity, count
-
-
 class Trainer:
     """Owns the data, model, step functions and evaluators of one run."""
 
@@ -223,23 +166,25 @@ class Trainer:
             jax.eval_shape(lambda: init_state(self.model, self.optimizer, config)))
         self.train_step = make_train_step(self.model, self.optimizer, config, partitioner,
                                           self.state_shardings)
-        self.arrays = partitioner.replicate(train_arrays(data, config))
-        self.targets_per_user = (data.train_targets != data.padding_id).sum(axis=1)
-        self.short_width = choose_short_width(self.targets_per_user, config.max_len,
-                                              config.batch_size)
+        host_arrays = train_arrays(data, config)
+        self.arrays = partitioner.replicate(host_arrays)
+        self.packing = Packing(*_targets_and_pairs(data, host_arrays.teacher, config),
+                               config.max_len, config.batch_size)
         self.evaluators = make_evaluators(self.model, data, config, partitioner)
 
     def init_state(self) -> TrainState:
         host_state = jax.device_get(init_state(self.model, self.optimizer, self.config))
         return self.partitioner.place(host_state, self.state_shardings)
 
+    def place(self, batch: Batch) -> Batch:
+        """A host batch with its users split over the mesh's ``data`` axis."""
+        return batch.replace(users=self.partitioner.place_batch(batch.users))
+
     def train_epoch(self, state: TrainState, order: np.ndarray, progress: tqdm | None = None):
         """One pass over the users in ``order``; returns the state and the mean batch losses."""
         totals, steps, seen, start = None, 0, 0, time.perf_counter()
-        for users, long_rows, capacity, count in epoch_batches(
-                order, self.config.batch_size, self.targets_per_user, self.short_width):
-            state, losses = self.train_step(state, self.arrays, self.partitioner.place_batch(users),
-                                            capacity, long_rows, self.short_width)
+        for batch, count in self.packing.batches(order):
+            state, losses = self.train_step(state, self.arrays, self.place(batch))
             totals = losses if totals is None else jax.tree.map(jnp.add, totals, losses)
             steps, seen = steps + 1, seen + count
             if progress is not None:
@@ -250,6 +195,17 @@ class Trainer:
 
     def evaluate(self, params) -> dict[str, dict[str, float]]:
         return {e.split: e.evaluate(params) for e in self.evaluators}
+
+
+def _targets_and_pairs(data: SequenceData, teacher: TeacherWeights,
+                       config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """[U] real training targets of each user, and [U] TED teacher pairs (the successors of
+    the items at those positions; zeros without TED)."""
+    real = data.train_targets != data.padding_id
+    if config.lambda_kd == 0:
+        return real.sum(axis=1), np.zeros(len(real), np.int64)
+    successors = np.append(teacher.successor_counts, 0)  # the padding id has none
+    return real.sum(axis=1), np.where(real, successors[data.train_inputs], 0).sum(axis=1)
 
 
 def prepare_data(config: Config, data_dir: Path | None = None) -> SequenceData:

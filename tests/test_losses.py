@@ -31,6 +31,12 @@ def _reference_kd(table, heads, dropout_mask, tau, transitions):
     return np.mean(losses)
 
 
+def _teacher_rows(teacher, heads, weights):
+    """Teacher rows with exactly as many pair slots as the real rows need, plus a few spare."""
+    pairs = int(teacher.successor_counts[np.asarray(heads)][np.asarray(weights) > 0].sum())
+    return teacher.rows(jnp.asarray(heads), jnp.asarray(weights), pairs + 3)
+
+
 def test_teacher_weights_are_the_reference_softmax():
     transitions = _transitions()
     teacher = TeacherWeights.from_transitions(transitions, tau=0.1)
@@ -54,8 +60,9 @@ def test_sparse_ted_equals_the_dense_reference():
             teacher = jax.device_put(TeacherWeights.from_transitions(transitions, tau))
             students = table[heads] * scale * np.sqrt(D) * keep / tau
             states = jnp.zeros((len(heads), D))
-            _, kd = fused_losses(states, jnp.zeros(len(heads), jnp.int32), jnp.ones(len(heads)),
-                                 table, students, teacher.rows(jnp.asarray(heads)))
+            weights = jnp.ones(len(heads))
+            _, kd = fused_losses(states, jnp.zeros(len(heads), jnp.int32), weights, table,
+                                 students, _teacher_rows(teacher, heads, weights))
             expected = _reference_kd(table, heads, keep * scale, tau, transitions)
             np.testing.assert_allclose(float(kd), expected, rtol=1e-5)
 
@@ -89,36 +96,62 @@ def test_l2_covers_every_array():
     assert float(l2_penalty(params)) == (6 + 16) / 2
 
 
-def test_chunked_losses_and_gradients_equal_the_plain_ones():
+def _dense_losses(states, targets, weights, table, students, heads, teacher_dense):
+    """Both losses written plainly with [rows, N] arrays, differentiated by JAX: the reference
+    for the blocked forms' values and gradients."""
+    logits = jnp.concatenate([states @ table.T, jnp.zeros((len(states), 1))], axis=1)
+    ce = jax.nn.logsumexp(logits, axis=1) - jnp.take_along_axis(logits, targets[:, None], 1)[:, 0]
+    count = weights.sum()
+    rec = jnp.sum(ce * weights) / count
+    log_p = jnp.log(jax.nn.softmax(students @ table.T, axis=1) + 1e-24)
+    kd = -jnp.sum(teacher_dense[heads] * log_p, axis=1)
+    return rec, jnp.sum(kd * weights) / count
+
+
+def test_blocked_losses_and_gradients_equal_the_dense_ones():
     transitions = _transitions(seed=4)
-    teacher = jax.device_put(TeacherWeights.from_transitions(transitions, 0.1))
+    host_teacher = TeacherWeights.from_transitions(transitions, 0.1)
+    teacher, teacher_dense = jax.device_put(host_teacher), jnp.asarray(host_teacher.dense())
     rng = np.random.default_rng(5)
     table = jnp.asarray(rng.normal(size=(N, D)) * 0.4, jnp.float32)
-    heads = jnp.asarray(rng.integers(0, N, 9))
+    heads = jnp.asarray(rng.integers(0, N - 5, 9))
     states = jnp.asarray(rng.normal(size=(9, D)), jnp.float32)
     targets = jnp.asarray(rng.integers(0, N, 9))
     weights = jnp.asarray([1.0] * 7 + [0.0] * 2)
-    rows = teacher.rows(heads)
+    rows = _teacher_rows(teacher, heads, weights)
 
-    def total(states, students, table, chunk, slices):
-        rec, kd = fused_losses(states, targets, weights, table, students, rows, chunk,
+    def blocked_total(states, students, table, block, slices):
+        rec, kd = fused_losses(states, targets, weights, table, students, rows, block,
                                catalogue_slices=slices)
         return rec + 0.3 * kd, (rec, kd)
 
-    for scale in (0.3, 3.0):  # the second scale makes the 1e-24 clamp matter
-        students = table[heads] * scale * np.sqrt(D)
-        grad = jax.grad(total, argnums=(0, 1, 2), has_aux=True)
-        plain, plain_losses = grad(states, students, table, 0, 1)
-        # A partial last chunk, one chunk, a chunk past the end; the table as one slice, or as
-        # a model-split mesh's slices, each chunked on its own (partial chunks in each).
-        for chunk, slices in ((4, 1), (7, 1), (N, 1), (64, 1), (2, 5), (3, 5), (N // 5, 5)):
-            chunked, chunked_losses = grad(states, students, table, chunk, slices)
-            np.testing.assert_allclose(chunked_losses, plain_losses, rtol=1e-5)
-            for a, b in zip(chunked, plain):
+    def dense_total(states, students, table):
+        rec, kd = _dense_losses(states, targets, weights, table, students, heads, teacher_dense)
+        return rec + 0.3 * kd, (rec, kd)
+
+    # Students at scale 0.3 keep every probability far above the 1e-24 clamp; at 10 each has
+    # some below 1e-15, far below the clamp too, and the clamp's correction is computed: for
+    # no row, for two of the nine (gathered), and for all of them.
+    for scales, clamped_rows in (([0.3] * 9, 0), ([10.0] * 2 + [0.3] * 7, 2), ([10.0] * 9, 9)):
+        students = table[heads] * jnp.asarray(scales)[:, None] * np.sqrt(D)
+        log_p = jax.nn.log_softmax(students @ table.T, axis=1)
+        assert int(jnp.sum(log_p.min(axis=1) < np.log(1e-15))) == clamped_rows
+        dense, dense_losses = jax.grad(dense_total, argnums=(0, 1, 2), has_aux=True)(
+            states, students, table)
+        # The default block (one tail), partial last blocks, one block, a block past the end;
+        # the table as one slice, or as a model-split mesh's slices, each blocked on its own.
+        for block, slices in ((0, 1), (4, 1), (7, 1), (N, 1), (64, 1), (2, 5), (3, 5),
+                              (N // 5, 5)):
+            grads, losses = jax.grad(blocked_total, argnums=(0, 1, 2), has_aux=True)(
+                states, students, table, block, slices)
+            np.testing.assert_allclose(losses, dense_losses, rtol=1e-5)
+            for a, b in zip(grads, dense):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # Without distillation, too.
-    rec_only = lambda t, c, s=1: fused_losses(states, targets, weights, t, chunk=c,
+    rec_only = lambda t, b, s=1: fused_losses(states, targets, weights, t, block=b,
                                               catalogue_slices=s)[0]
-    for chunk, slices in ((5, 1), (3, 5)):
-        np.testing.assert_allclose(jax.grad(rec_only)(table, chunk, slices),
-                                   jax.grad(rec_only)(table, 0), rtol=1e-5, atol=1e-6)
+    dense_rec = lambda t: _dense_losses(states, targets, weights, t, table[heads], heads,
+                                        teacher_dense)[0]
+    for block, slices in ((0, 1), (5, 1), (3, 5)):
+        np.testing.assert_allclose(jax.grad(rec_only)(table, block, slices),
+                                   jax.grad(dense_rec)(table), rtol=1e-5, atol=1e-6)

@@ -120,7 +120,7 @@ import numpy as np
 from mqsa_jax.config import Config
 from mqsa_jax.data.arrays import build_sequence_data
 from mqsa_jax.partitioning import Partitioner
-from mqsa_jax.train import Trainer, epoch_batches
+from mqsa_jax.train import Trainer
 from tests.helpers import random_dataset
 
 MOVES = ("all-gather", "all-to-all", "collective-permute")  # data that changes devices
@@ -131,10 +131,8 @@ for data_size, model, chunk in ((1, 1, 0), (1, 8, 0), (4, 2, 0), (1, 8, 256)):
     trainer = Trainer(Config(max_len=16, batch_size=96, eval_batch_size=48, logits_chunk=chunk),
                       data, Partitioner(data_size, model))
     state = trainer.init_state()
-    users, long_rows, capacity, _ = next(epoch_batches(
-        np.arange(96), 96, trainer.targets_per_user, trainer.short_width))
-    args = (trainer.arrays, trainer.partitioner.place_batch(users), capacity, long_rows,
-            trainer.short_width)
+    batch, _ = next(trainer.packing.batches(np.arange(96)))
+    args = (trainer.arrays, trainer.place(batch))
     train_hlo = trainer.train_step.lower(state, *args).compile().as_text()
     evaluator = trainer.evaluators[0]
     eval_hlo = evaluator._step.lower(state.params, *evaluator._batches[0]).compile().as_text()

@@ -8,7 +8,7 @@ from mqsa_jax.config import Config
 from mqsa_jax.data import registry
 from mqsa_jax.data.arrays import build_sequence_data
 from mqsa_jax.losses import TeacherWeights, l2_penalty
-from mqsa_jax.train import Trainer, epoch_batches
+from mqsa_jax.train import Trainer
 from tests.conftest import run_cli, tiny_train_args
 from tests.helpers import first_users, small_data
 
@@ -43,11 +43,10 @@ def test_packed_two_tier_step_equals_the_dense_reference(windows, weights, chunk
     trainer = Trainer(config, data)
     state = trainer.init_state()
     params = jax.tree.map(np.array, state.params)  # the step donates the state
-    users, long_rows, capacity, count = next(epoch_batches(
-        np.arange(data.num_users), 32, trainer.targets_per_user, trainer.short_width))
-    assert 0 < long_rows < 32 and capacity >= count  # both row groups are exercised
-    _, losses = trainer.train_step(state, trainer.arrays, users, capacity, long_rows,
-                                   trainer.short_width)
+    batch, count = next(trainer.packing.batches(np.arange(data.num_users)))
+    assert 0 < batch.long_rows < 32 and batch.capacity >= count  # both row groups are exercised
+    _, losses = trainer.train_step(state, trainer.arrays, batch)
+    users = batch.users
     rec, kd, total = _dense_reference_losses(trainer, params, users[users < data.num_users],
                                              config)
     np.testing.assert_allclose(float(losses["loss_rec"]), rec, rtol=1e-5)

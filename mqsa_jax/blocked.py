@@ -1,0 +1,258 @@
+"""Catalogue-wide reductions, block by block: no ``[rows, N]`` array is ever written to memory.
+
+Both losses reduce logits ``z = rows @ E^T`` over all N items.  Written plainly, XLA writes the
+whole ``[rows, N]`` logits, then reads and writes them again for every elementwise pass (softmax,
+``log(p + 1e-24)``, their gradients): on a CPU those passes cost more than the products.  Here the
+table is scanned in blocks of a few hundred items, so each block's logits stay in cache, and the
+backward pass recomputes them block by block (a custom VJP) instead of keeping them.
+
+:func:`catalogue_sums` gives what both losses need (see :mod:`mqsa_jax.losses`): each row's
+``lse = log sum_j exp(z_j)``, and for TED's student rows the release's clamp inside
+``log(p + 1e-24)``: ``sum_j log(p_j + 1e-24) - log p_j``.  The clamp matters (the student gives
+items probabilities below 1e-15) from the second or third epoch on, and then it costs one more
+forward pass over the student rows; its gradient shares the one backward pass.
+
+On a mesh whose ``model`` axis splits the table by rows, the table is viewed as ``slices`` row
+slices; every block holds one block of each slice, each read on the device that holds it, and
+partial results stay per slice until the end, so no collective runs inside the scans.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+# The release's clamp: TED takes log(p + 1e-24).
+LOG_EPSILON = 1e-24
+# Items per block when the config leaves it open: beauty epochs ran 3-5% faster than with 512
+# (experiments/results/bench.md), and rows x 1024 floats stay small on any accelerator.
+DEFAULT_BLOCK = 1024
+# Below this log-probability the clamp moves a log by more than float32 resolution allows to
+# ignore: log(p + eps) - log(p) < eps / p = 1e-9 for p above 1e-15.
+_CLAMP_FREE_LOG_PROB = math.log(LOG_EPSILON) + math.log(1e9)
+# The clamp's pass runs on the rows that need it, gathered, while they are at most this share
+# (1 / _CLAMPED_SHARE) of the student rows.
+_CLAMPED_SHARE = 4
+
+
+def _blocks(table: jax.Array, block: int, slices: int) -> tuple[jax.Array, jax.Array]:
+    """The table as full blocks ``[count, slices, block, d]`` and a tail ``[slices, rest, d]``.
+
+    Each of the ``slices`` equal row slices (a model-split mesh's, 1 on one device) is cut into
+    ``count`` blocks and a shorter tail (``rest`` may be 0): no padding, so no masking.
+    """
+    n, d = table.shape
+    local = n // slices
+    count = local // block
+    per_slice = table.reshape(slices, local, d)
+    body = per_slice[:, : count * block].reshape(slices, count, block, d).swapaxes(0, 1)
+    return body, per_slice[:, count * block:]
+
+
+def _table_grad(table: jax.Array, block: int, slices: int, d_body: jax.Array | None,
+                d_tail: jax.Array | None) -> jax.Array:
+    """[N, d] from the blocks' gradients, laid out ``[count, d, slices * block]`` and
+    ``[d, slices * rest]`` (the layout of the products that compute them, see
+    :func:`_backward_products`); ``None`` where there was no such block."""
+    n, d = table.shape
+    local = n // slices
+    parts = []
+    if d_body is not None:
+        count = d_body.shape[0]
+        parts.append(d_body.reshape(count, d, slices, block).transpose(2, 0, 3, 1)
+                     .reshape(slices, count * block, d))
+    if d_tail is not None:
+        parts.append(d_tail.reshape(d, slices, local % block).transpose(1, 2, 0))
+    return jnp.concatenate(parts, axis=1).reshape(n, d)
+
+
+def _scan_blocks(step, carry, table: jax.Array, block: int, slices: int):
+    """Runs ``carry, out = step(carry, block)`` over the full blocks and then the tail; returns
+    the carry and the outputs of both (``None`` where there was no such block)."""
+    body, tail = _blocks(table, block, slices)
+    body_out = tail_out = None
+    if body.shape[0]:
+        carry, body_out = jax.lax.scan(step, carry, body)
+    if tail.shape[1]:
+        carry, tail_out = step(carry, tail)
+    return carry, body_out, tail_out
+
+
+def _flat(block: jax.Array) -> jax.Array:
+    """``[slices, b, d] -> [slices * b, d]``: one 2-D product serves every slice."""
+    return block.reshape(-1, block.shape[-1])
+
+
+def _logits(rows: jax.Array, block: jax.Array) -> jax.Array:
+    """``[rows, d] x [slices, b, d] -> [rows, slices, b]``."""
+    return (rows @ _flat(block).T).reshape(rows.shape[0], *block.shape[:2])
+
+
+def _backward_products(rows_t: jax.Array, weight: jax.Array, block: jax.Array):
+    """For ``weight`` = dLoss/dz ``[rows, slices, b]``: ``weight @ block`` [rows, d] and the
+    block's gradient ``rows.T @ weight`` [d, slices * b] (the layout that ran fastest on
+    XLA:CPU; the transposes are undone once, after the scan)."""
+    weight = weight.reshape(weight.shape[0], weight.shape[1] * weight.shape[2])
+    return weight @ _flat(block), rows_t @ weight
+
+
+def _forward_lse(rows, table, num_rec, block, slices):
+    """Per row, the log-sum-exp, and per student row (after the first ``num_rec``) the
+    smallest logit, online over the blocks."""
+    def step(carry, items):
+        top, total, low = carry  # [rows, slices] each; low [students, slices]
+        z = _logits(rows, items)
+        new_top = jnp.maximum(top, z.max(axis=2))
+        total = total * jnp.exp(top - new_top) + jnp.exp(z - new_top[..., None]).sum(axis=2)
+        return (new_top, total, jnp.minimum(low, z[num_rec:].min(axis=2))), None
+
+    shape = (rows.shape[0], slices)
+    init = (jnp.full(shape, -jnp.inf, rows.dtype), jnp.zeros(shape, rows.dtype),
+            jnp.full((rows.shape[0] - num_rec, slices), jnp.inf, rows.dtype))
+    (top, total, low), _, _ = _scan_blocks(step, init, table, block, slices)
+    peak = top.max(axis=1)
+    lse = peak + jnp.log(jnp.sum(total * jnp.exp(top - peak[:, None]), axis=1))
+    return lse, low.min(axis=1)
+
+
+def _forward_clamp(students, table, lse, block, slices):
+    """Per student row, the clamp's correction ``sum_j softplus(x_j)`` and its slope
+    ``sum_j sigmoid(x_j)``, ``x_j = log 1e-24 - log p_j``, over the blocks."""
+    def step(carry, items):
+        correction, slope = carry
+        x = jnp.log(LOG_EPSILON) - (_logits(students, items) - lse[:, None, None])
+        small = jnp.exp(-jnp.abs(x))  # one exp serves both: softplus and sigmoid
+        softplus = jnp.maximum(x, 0.0) + jnp.log1p(small)
+        sigmoid = jnp.where(x >= 0, 1.0, small) / (1.0 + small)
+        return (correction + softplus.sum(axis=(1, 2)), slope + sigmoid.sum(axis=(1, 2))), None
+
+    zeros = jnp.zeros_like(lse)
+    (correction, slope), _, _ = _scan_blocks(step, (zeros, zeros), table, block, slices)
+    return correction, slope
+
+
+def _backward_clamp(students, table, lse, g, block, slices):
+    """The clamp's own part of the gradient, ``-g_i sigmoid(x_ij)`` on the logits (its part
+    through lse joins lse's gradient): [rows, d] and [N, d]."""
+    students_t = students.T
+
+    def step(d_students, items):
+        p = jnp.exp(_logits(students, items) - lse[:, None, None])
+        weight = -g[:, None, None] * LOG_EPSILON / (p + LOG_EPSILON)  # sigmoid(x) = eps/(p+eps)
+        d_items_rows, d_block = _backward_products(students_t, weight, items)
+        return d_students + d_items_rows, d_block
+
+    d_students, d_body, d_tail = _scan_blocks(step, jnp.zeros_like(students), table, block,
+                                              slices)
+    return d_students, _table_grad(table, block, slices, d_body, d_tail)
+
+
+def _clamped_rows(students, lse, low):
+    """Which student rows need the clamp's correction, and how to run it: a branch (0: none,
+    1: the rows gathered at ``index``, 2: every row) and the gather ``index``.
+
+    The correction is below float32 resolution for rows whose probabilities all stay above
+    1e-15.  The others (none early in training, a few percent later) are gathered into a
+    buffer of a quarter of the rows, or all rows are taken when more need it.
+    """
+    clamped = low - lse < _CLAMP_FREE_LOG_PROB
+    count = clamped.sum()
+    size = max(1, len(students) // _CLAMPED_SHARE)
+    index = jnp.nonzero(clamped, size=size, fill_value=len(students))[0]
+    branch = jnp.where(count == 0, 0, jnp.where(count <= size, 1, 2))
+    return clamped, branch, index
+
+
+def _gathered(index, values):
+    return jnp.take(values, index, axis=0, mode="clip")
+
+
+def _scattered(index, values, length):
+    return jnp.zeros((length, *values.shape[1:]), values.dtype).at[index].set(values, mode="drop")
+
+
+def _forward(rows, table, num_rec, block, slices):
+    lse, low = _forward_lse(rows, table, num_rec, block, slices)
+    students, student_lse = rows[num_rec:], lse[num_rec:]
+    zeros = jnp.zeros_like(student_lse)
+    if not len(students):
+        return (lse, zeros), (zeros, zeros > 0, jnp.zeros((), jnp.int32), jnp.zeros(1, jnp.int32))
+    clamped, branch, index = _clamped_rows(students, student_lse, low)
+
+    def gathered():
+        sums = _forward_clamp(_gathered(index, students), table, _gathered(index, student_lse),
+                              block, slices)
+        return tuple(_scattered(index, x, len(students)) for x in sums)
+
+    def every_row():
+        sums = _forward_clamp(students, table, student_lse, block, slices)
+        return tuple(jnp.where(clamped, x, 0.0) for x in sums)
+
+    correction, slope = jax.lax.switch(branch, [lambda: (zeros, zeros), gathered, every_row])
+    return (lse, correction), (slope, clamped, branch, index)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def catalogue_sums(rows: jax.Array, table: jax.Array, num_rec: int, block: int = DEFAULT_BLOCK,
+                   slices: int = 1) -> tuple[jax.Array, jax.Array]:
+    """Per row, the log-sum-exp of its logits over the catalogue; per student row, the clamp.
+
+    Args:
+      rows: [R, d] query rows: ``num_rec`` recommendation rows, then the TED student rows.
+      table: [N, d] item rows; ``slices`` must divide N.
+      num_rec: how many of the rows come before the student rows.
+      block: items per block and slice.
+      slices: the table's row slices (the ``model`` axis of a mesh that splits it; 1 otherwise).
+
+    Returns:
+      ``lse`` [R] = ``log sum_j exp(z_j)``, ``z = rows @ table.T``, and for the student rows
+      ``correction`` [R - num_rec] = ``sum_j log(p_j + 1e-24) - log p_j`` with ``p = softmax(z)``
+      (0 for a row whose ``p_j`` are all above 1e-15: there it is below float32 resolution).
+    """
+    return _forward(rows, table, num_rec, block, slices)[0]
+
+
+def _catalogue_sums_fwd(rows, table, num_rec, block, slices):
+    outputs, clamp = _forward(rows, table, num_rec, block, slices)
+    return outputs, (rows, table, outputs[0], *clamp)
+
+
+def _catalogue_sums_bwd(num_rec, block, slices, residuals, cotangents):
+    rows, table, lse, slope, clamped, branch, index = residuals
+    g_lse, g_correction = cotangents
+    # dlse/dz = p.  d correction/dz = slope * p - sigmoid(x): the part through lse joins lse's
+    # own coefficient (slope is 0 where there is no correction); the rest is computed for the
+    # rows that have a correction only, as in the forward pass.
+    coefficient = g_lse.at[num_rec:].add(g_correction * slope)
+    rows_t = rows.T
+
+    def step(d_rows, items):
+        p = jnp.exp(_logits(rows, items) - lse[:, None, None]) * coefficient[:, None, None]
+        d_items_rows, d_block = _backward_products(rows_t, p, items)
+        return d_rows + d_items_rows, d_block
+
+    d_rows, d_body, d_tail = _scan_blocks(step, jnp.zeros_like(rows), table, block, slices)
+    d_table = _table_grad(table, block, slices, d_body, d_tail)
+    students, student_lse = rows[num_rec:], lse[num_rec:]
+    if not len(students):
+        return d_rows, d_table
+
+    def gathered():
+        g = jnp.where(index < len(students), _gathered(index, g_correction), 0.0)
+        d_students, d_clamp_table = _backward_clamp(
+            _gathered(index, students), table, _gathered(index, student_lse), g, block, slices)
+        return _scattered(index, d_students, len(students)), d_clamp_table
+
+    def every_row():
+        g = jnp.where(clamped, g_correction, 0.0)
+        return _backward_clamp(students, table, student_lse, g, block, slices)
+
+    d_students, d_clamp_table = jax.lax.switch(
+        branch, [lambda: (jnp.zeros_like(students), jnp.zeros_like(table)), gathered, every_row])
+    return d_rows.at[num_rec:].add(d_students), d_table + d_clamp_table
+
+
+catalogue_sums.defvjp(_catalogue_sums_fwd, _catalogue_sums_bwd)
