@@ -28,48 +28,74 @@ def mask_items(scores: jax.Array, items: jax.Array) -> jax.Array:
     return scores.at[rows, items].set(-jnp.inf, mode="drop")
 
 
+def _beats(scores: jax.Array, ids: jax.Array, label_scores: jax.Array,
+           labels: jax.Array) -> jax.Array:
+    """Whether items ``ids`` with ``scores`` rank above the label: a higher score, or the same
+    score and a lower id (``lax.top_k``'s order).  Shapes broadcast against ``[B, 1]``."""
+    return (scores > label_scores) | ((scores == label_scores) & (ids < labels))
+
+
+def _history_beats(scores_at, labels, label_scores, history, num_items):
+    """Per row, how many distinct history items (the label's own entries aside) rank above the
+    label; ``scores_at(ids)`` gives the scores at history ids, 0 where it cannot."""
+    real = (history < num_items) & (history != labels)
+    position = jnp.arange(history.shape[1])
+    repeated = jnp.any((history[:, :, None] == history[:, None, :])
+                       & (position[None, :, None] > position[None, None, :]), axis=2)
+    beats = _beats(scores_at(history), history, label_scores, labels)
+    return jnp.sum(real & ~repeated & beats, axis=1)
+
+
 def label_ranks(scores: jax.Array, labels: jax.Array, history: jax.Array, top: int) -> jax.Array:
     """0-based rank of each label among the unmasked items, or ``top`` if it is not in the top.
 
-    ``history`` holds item ids to exclude, padded with any id >= N.
-    Ties are broken as ``lax.top_k`` does: the lower item id ranks first.
+    ``history`` [B, H] holds item ids to exclude, padded with any id >= N.  Ties are broken as
+    ``lax.top_k`` does: the lower item id ranks first.  The rank is a count (the items that
+    beat the label, less the excluded ones among them), so no row is sorted.
     """
-    scores = mask_items(scores, history)
-    _, best = jax.lax.top_k(scores, top)
-    hits = best == labels[:, None]
-    # A masked label is never found, even where so much is masked that the top holds -inf.
-    masked = jnp.take_along_axis(scores, labels[:, None], axis=1)[:, 0] == -jnp.inf
-    return jnp.where(hits.any(axis=1) & ~masked, jnp.argmax(hits, axis=1), top)
+    num_items = scores.shape[1]
+    labels = labels[:, None]
+    label_scores = jnp.take_along_axis(scores, labels, axis=1)
+    count = jnp.sum(_beats(scores, jnp.arange(num_items), label_scores, labels), axis=1)
+    count -= _history_beats(
+        lambda ids: jnp.take_along_axis(scores, jnp.minimum(ids, num_items - 1), axis=1),
+        labels, label_scores, history, num_items)
+    masked = jnp.any(history == labels, axis=1)  # a masked label is never found
+    return jnp.where(masked, top, jnp.minimum(count, top))
 
 
 def sliced_label_ranks(mesh, scores, labels, history, top: int) -> jax.Array:
     """:func:`label_ranks` for scores split by item slices over the mesh's ``model`` axis.
 
-    Each device masks and ranks its own slice, and only the ``top`` best of every slice are
-    gathered and merged, so no device ever holds a whole N-wide row.  Candidates are merged in
-    slice order, so ties still go to the lower item id, exactly as in :func:`label_ranks`.
+    Each device counts, in its own slice, the items that beat the label and the excluded ones
+    among them; the counts and the label's score are summed over ``model``, so no device ever
+    holds a whole N-wide row.
     """
     from jax.sharding import PartitionSpec as P
 
     def local(scores, labels, history):
         width = scores.shape[1]
         offset = jax.lax.axis_index("model") * width
-        inside = (history >= offset) & (history < offset + width)
-        scores = mask_items(scores, jnp.where(inside, history - offset, width))
-        values, best = jax.lax.top_k(scores, min(top, width))  # a slice may hold fewer items
-        values = jax.lax.all_gather(values, "model", axis=1, tiled=True)
-        best = jax.lax.all_gather(best + offset, "model", axis=1, tiled=True)
-        _, merged = jax.lax.top_k(values, top)
-        best = jnp.take_along_axis(best, merged, axis=1)
+        labels = labels[:, None]
         own = (labels >= offset) & (labels < offset + width)
-        label_scores = jnp.take_along_axis(scores, jnp.clip(labels - offset, 0, width - 1)[:, None],
-                                           axis=1)[:, 0]
-        masked = jax.lax.psum((own & (label_scores == -jnp.inf)).astype(jnp.int32), "model") > 0
-        hits = best == labels[:, None]
-        return jnp.where(hits.any(axis=1) & ~masked, jnp.argmax(hits, axis=1), top)
+        label_scores = jax.lax.psum(jnp.where(own, jnp.take_along_axis(
+            scores, jnp.clip(labels - offset, 0, width - 1), axis=1), 0.0), "model")
+        count = jnp.sum(_beats(scores, offset + jnp.arange(width), label_scores, labels), axis=1)
 
-    # The ranks are the same on every device of a model group (they come from gathered and
-    # summed values), which shard_map cannot infer: check_vma=False.
+        def scores_at(ids):
+            inside = (ids >= offset) & (ids < offset + width)
+            local_scores = jnp.take_along_axis(scores, jnp.clip(ids - offset, 0, width - 1), 1)
+            # Items of other slices cannot beat the label here: they are counted where they live.
+            return jnp.where(inside, local_scores, -jnp.inf)
+
+        num_items = width * jax.lax.psum(1, "model")
+        count -= _history_beats(scores_at, labels, label_scores, history, num_items)
+        count = jax.lax.psum(count, "model")
+        masked = jnp.any(history == labels, axis=1)
+        return jnp.where(masked, top, jnp.minimum(count, top))
+
+    # The ranks are the same on every device of a model group (they come from summed values),
+    # which shard_map cannot infer: check_vma=False.
     return jax.shard_map(local, mesh=mesh, in_specs=(P("data", "model"), P("data"), P("data")),
                          out_specs=P("data"), check_vma=False)(scores, labels, history)
 
