@@ -3,14 +3,14 @@
 Both losses reduce logits ``z = rows @ E^T`` over all N items.  Written plainly, XLA writes the
 whole ``[rows, N]`` logits, then reads and writes them again for every elementwise pass (softmax,
 ``log(p + 1e-24)``, their gradients): on a CPU those passes cost more than the products.  Here the
-table is scanned in blocks of a few hundred items, so each block's logits stay in cache, and the
-backward pass recomputes them block by block (a custom VJP) instead of keeping them.
+table is scanned in blocks of about a thousand items, so each block's logits stay in cache, and
+the backward pass recomputes them block by block (a custom VJP) instead of keeping them.
 
 :func:`catalogue_sums` gives what both losses need (see :mod:`mqsa_jax.losses`): each row's
 ``lse = log sum_j exp(z_j)``, and for TED's student rows the release's clamp inside
-``log(p + 1e-24)``: ``sum_j log(p_j + 1e-24) - log p_j``.  The clamp matters (the student gives
-items probabilities below 1e-15) from the second or third epoch on, and then it costs one more
-forward pass over the student rows; its gradient shares the one backward pass.
+``log(p + 1e-24)``: ``sum_j log(p_j + 1e-24) - log p_j``.  The clamp matters for a row once the
+student gives some item a probability below 1e-15, which starts in the second or third epoch on
+beauty; only such rows get one more blocked pass forward and one backward.
 
 On a mesh whose ``model`` axis splits the table by rows, the table is viewed as ``slices`` row
 slices; every block holds one block of each slice, each read on the device that holds it, and
