@@ -35,6 +35,7 @@ from mqsa_jax.config import Config
 from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax import blocked
 from mqsa_jax.losses import fused_losses, ted_students
+from mqsa_jax.model import lookup_rows
 from mqsa_jax.packing import Batch, split_rows
 from mqsa_jax.train import Trainer, prepare_data
 
@@ -95,23 +96,33 @@ def step_breakdown(trainer: Trainer, state, batch: Batch) -> dict:
     # The step donates its state: time it on a copy, which the caller's state outlives.
     step_s, _, _ = median_step_seconds(step, jax.tree.map(jnp.copy, state))
 
+    # The N-wide loss alone, on this batch's real positions (their states, targets and input
+    # items, so that the teacher pairs and the clamp are those of the step), padded as the
+    # step pads them.
     table = state.params["params"]["item_embedding"]
     key = jax.random.key(0)
-    states = jax.random.normal(key, (capacity, d)) * 0.1
-    heads = jax.random.randint(key, (capacity,), 0, n)
-    weights = jnp.ones(capacity)
+    inputs = np.asarray(trainer.arrays.inputs)[batch.users]
+    positions = np.flatnonzero(np.asarray(trainer.arrays.targets)[batch.users].ravel() != n)
+    pad = capacity - len(positions)
+    weights = jnp.asarray(np.pad(np.ones(len(positions), np.float32), (0, pad)))
+    targets = jnp.asarray(np.pad(np.asarray(trainer.arrays.targets)[batch.users].ravel()[positions],
+                                 (0, pad), constant_values=n))
+    heads = jnp.asarray(np.pad(inputs.ravel()[positions], (0, pad), constant_values=n))
+    states = trainer.model.apply(state.params, inputs, deterministic=True).reshape(-1, d)
+    states = jnp.pad(states[positions], ((0, pad), (0, 0)))
     distill = config.lambda_kd > 0
     teacher = trainer.arrays.teacher.rows(heads, weights, batch.pair_capacity) if distill else None
-    students = ted_students(table[heads], key, config.dropout, config.tau) if distill else None
+    students = (ted_students(lookup_rows(table, heads), key, config.dropout, config.tau)
+                if distill else None)
 
-    def nwide(states, students, table, heads, teacher):
-        rec, kd = fused_losses(states, heads, weights, table, students, teacher,
+    def nwide(states, students, table, targets, teacher):
+        rec, kd = fused_losses(states, targets, weights, table, students, teacher,
                                config.logits_chunk)
         return rec + kd
 
     # Every input is an argument, so that nothing is constant-folded at compile time.
     nwide_grad = jax.jit(jax.grad(nwide, argnums=(0, 1, 2) if distill else (0, 2)))
-    nwide_s = median_seconds(lambda: nwide_grad(states, students, table, heads, teacher))
+    nwide_s = median_seconds(lambda: nwide_grad(states, students, table, targets, teacher))
     x = jax.random.normal(key, (rows, d))
     products = jax.jit(blocked_products, static_argnums=2)
     matmul_s = median_seconds(lambda: products(x, table, config.logits_chunk
