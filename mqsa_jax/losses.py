@@ -26,6 +26,7 @@ import numpy as np
 
 from mqsa_jax import blocked
 from mqsa_jax.data.arrays import Transitions
+from mqsa_jax.dropout import dropout as apply_dropout
 from mqsa_jax.model import Lookup, lookup_items, lookup_rows
 
 
@@ -113,11 +114,7 @@ def ted_students(head_rows: jax.Array, key: jax.Array, dropout: float, tau: floa
     Returns:
       [C, d].
     """
-    scaled = head_rows * np.sqrt(head_rows.shape[-1])
-    if dropout:
-        keep = jax.random.bernoulli(key, 1.0 - dropout, scaled.shape)
-        scaled = jnp.where(keep, scaled / (1.0 - dropout), 0.0)
-    return scaled / tau
+    return apply_dropout(head_rows * np.sqrt(head_rows.shape[-1]), key, dropout) / tau
 
 
 def fused_losses(

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from mqsa_jax.config import Config
+from mqsa_jax.dropout import Dropout
 
 # The release masks attention scores with this value, not -inf.
 _MASK_VALUE = -(2.0**32) + 1
@@ -66,14 +67,14 @@ class QueryBlock(nn.Module):
         causal = jnp.tril(jnp.ones((length, length), dtype=bool))
         visible = causal[None, None] & (mask[:, None, None, :] > 0)
         weights = jax.nn.softmax(jnp.where(visible, scores, _MASK_VALUE), axis=-1)
-        weights = nn.Dropout(self.dropout)(weights, deterministic=self.deterministic)
+        weights = Dropout(self.dropout)(weights, deterministic=self.deterministic)
         attended = jnp.einsum("bhqk,bkhd->bqhd", weights, values).reshape(batch, length, -1)
 
         o = _layer_norm()(attended + q)  # the residual goes to the normalised query
         inner = nn.relu(nn.Dense(self.hidden, kernel_init=_dense_init, name="ffn_in")(o))
-        inner = nn.Dropout(self.dropout)(inner, deterministic=self.deterministic)
+        inner = Dropout(self.dropout)(inner, deterministic=self.deterministic)
         outer = nn.Dense(self.hidden, kernel_init=_dense_init, name="ffn_out")(inner)
-        o = o + nn.Dropout(self.dropout)(outer, deterministic=self.deterministic)
+        o = o + Dropout(self.dropout)(outer, deterministic=self.deterministic)
         return o * mask[..., None]
 
 
@@ -140,7 +141,7 @@ class MQSA(nn.Module):
         mask = (sequences != self.num_items).astype(items.dtype)
         x = (self.lookup(items, sequences) * jnp.sqrt(float(self.hidden))
              + positions[-sequences.shape[1]:])
-        x = nn.Dropout(self.dropout)(x, deterministic=deterministic) * mask[..., None]
+        x = Dropout(self.dropout)(x, deterministic=deterministic) * mask[..., None]
 
         branches = nn.vmap(
             Branch,

@@ -131,8 +131,10 @@ def test_blocked_losses_and_gradients_equal_the_dense_ones():
 
     # Students at scale 0.3 keep every probability far above the 1e-24 clamp; at 10 each has
     # some below 1e-15, far below the clamp too, and the clamp's correction is computed: for
-    # no row, for two of the nine (gathered), and for all of them.
-    for scales, clamped_rows in (([0.3] * 9, 0), ([10.0] * 2 + [0.3] * 7, 2), ([10.0] * 9, 9)):
+    # no row, for one or two of the nine (gathered into the buffers of one and of two rows that
+    # nine student rows get), and for all of them.
+    for scales, clamped_rows in (([0.3] * 9, 0), ([10.0] + [0.3] * 8, 1),
+                                 ([10.0] * 2 + [0.3] * 7, 2), ([10.0] * 9, 9)):
         students = table[heads] * jnp.asarray(scales)[:, None] * np.sqrt(D)
         log_p = jax.nn.log_softmax(students @ table.T, axis=1)
         assert int(jnp.sum(log_p.min(axis=1) < np.log(1e-15))) == clamped_rows
