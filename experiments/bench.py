@@ -36,7 +36,7 @@ from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax import blocked
 from mqsa_jax.losses import fused_losses, ted_students
 from mqsa_jax.model import lookup_rows
-from mqsa_jax.packing import Batch, split_rows
+from mqsa_jax.packing import Batch
 from mqsa_jax.train import Trainer, prepare_data
 
 from measure import machine_line, median_seconds, median_step_seconds  # experiments/measure.py
@@ -101,15 +101,16 @@ def step_breakdown(trainer: Trainer, state, batch: Batch) -> dict:
     # step pads them.
     table = state.params["params"]["item_embedding"]
     key = jax.random.key(0)
-    inputs = np.asarray(trainer.arrays.inputs)[batch.users]
-    positions = np.flatnonzero(np.asarray(trainer.arrays.targets)[batch.users].ravel() != n)
+    packed = dict(segments=batch.segments, positions=batch.positions)
+    positions = np.flatnonzero(np.asarray(batch.segments).ravel() > 0)
     pad = capacity - len(positions)
     weights = jnp.asarray(np.pad(np.ones(len(positions), np.float32), (0, pad)))
-    targets = jnp.asarray(np.pad(np.asarray(trainer.arrays.targets)[batch.users].ravel()[positions],
-                                 (0, pad), constant_values=n))
-    heads = jnp.asarray(np.pad(inputs.ravel()[positions], (0, pad), constant_values=n))
-    states = trainer.model.apply(state.params, inputs, deterministic=True).reshape(-1, d)
-    states = jnp.pad(states[positions], ((0, pad), (0, 0)))
+    targets = jnp.asarray(np.pad(np.asarray(batch.targets).ravel()[positions], (0, pad),
+                                 constant_values=n))
+    heads = jnp.asarray(np.pad(np.asarray(batch.items).ravel()[positions], (0, pad),
+                               constant_values=n))
+    states = trainer.model.apply(state.params, batch.items, deterministic=True, **packed)
+    states = jnp.pad(states.reshape(-1, d)[positions], ((0, pad), (0, 0)))
     distill = config.lambda_kd > 0
     teacher = trainer.arrays.teacher.rows(heads, weights, batch.pair_capacity) if distill else None
     students = (ted_students(lookup_rows(table, heads), key, config.dropout, config.tau)
@@ -128,17 +129,15 @@ def step_breakdown(trainer: Trainer, state, batch: Batch) -> dict:
     matmul_s = median_seconds(lambda: products(x, table, config.logits_chunk
                                                or blocked.DEFAULT_BLOCK))
 
-    groups = split_rows(trainer.arrays.inputs[batch.users], batch.long_rows, batch.short_width)
-
     def encoder(params):
-        return sum(jnp.sum(trainer.model.apply(params, x, deterministic=False,
-                                               rngs={"dropout": key}) ** 2) for x in groups)
+        return jnp.sum(trainer.model.apply(params, batch.items, deterministic=False,
+                                           rngs={"dropout": key}, **packed) ** 2)
 
     encoder_grad = jax.jit(jax.grad(encoder))
     encoder_s = median_seconds(lambda: encoder_grad(state.params))
     flops = nwide_flops(rows, d, n)
     return {
-        "capacity": capacity, "long_rows": batch.long_rows, "short_width": batch.short_width,
+        "capacity": capacity, "packed_rows": batch.items.shape[0],
         "pair_capacity": batch.pair_capacity,
         "step_ms": round(step_s * 1e3, 1),
         "nwide_loss_ms": round(nwide_s * 1e3, 1),

@@ -30,18 +30,38 @@ def _layer_norm(name: str | None = None) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=_LN_EPSILON, use_fast_variance=False, name=name)
 
 
-def window_average(h: jax.Array, mask: jax.Array, window: jax.Array) -> jax.Array:
-    """Mean of the real items among the last ``window`` positions (0 where there are none).
+def window_average(h: jax.Array, mask: jax.Array, segments: jax.Array | None,
+                   window: jax.Array) -> jax.Array:
+    """Mean of the real items among the last ``window`` positions of the same segment (0 where
+    there are none).
 
-    ``window`` may be traced (it differs between vmapped branches): a ``[T, T]`` band matrix
-    selects, for each position t, the positions t - window < s <= t.
+    ``window`` may be traced (it differs between vmapped branches): a band matrix selects, for
+    each position t, the positions t - window < s <= t of t's segment.
+
+    Args:
+      h: [B, T, d], zero at padding.
+      mask: [B, T], 1 at real items.
+      segments: [B, T], which sequence each position belongs to when rows hold several; None
+        when each row holds one.
+      window: the window length.
+
+    Returns:
+      [B, T, d].
     """
     positions = jnp.arange(h.shape[1])
     offset = positions[:, None] - positions[None, :]
-    band = ((offset >= 0) & (offset < window)).astype(h.dtype)
-    total = jnp.einsum("ts,bsd->btd", band, h)
-    count = jnp.einsum("ts,bs->bt", band, mask)
+    band, subscripts = (offset >= 0) & (offset < window), "ts"  # one band for every row
+    if segments is not None:  # or one per row, within segments
+        band, subscripts = band[None] & _same_segment(segments), "bts"
+    band = band.astype(h.dtype)
+    total = jnp.einsum(f"{subscripts},bsd->btd", band, h)
+    count = jnp.einsum(f"{subscripts},bs->bt", band, mask)
     return total / (count + 1e-24)[..., None]
+
+
+def _same_segment(segments: jax.Array) -> jax.Array:
+    """[B, T] -> [B, T, T]: whether two positions of a row belong to the same sequence."""
+    return segments[:, :, None] == segments[:, None, :]
 
 
 class QueryBlock(nn.Module):
@@ -53,10 +73,11 @@ class QueryBlock(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, h: jax.Array, mask: jax.Array, window: jax.Array) -> jax.Array:
+    def __call__(self, h: jax.Array, mask: jax.Array, segments: jax.Array | None,
+                 window: jax.Array) -> jax.Array:
         batch, length, _ = h.shape
         head_dim = self.hidden // self.num_heads
-        q = _layer_norm()(window_average(h, mask, window))
+        q = _layer_norm()(window_average(h, mask, segments, window))
 
         def project(x, name):
             y = nn.Dense(self.hidden, kernel_init=_dense_init, name=name)(x)
@@ -66,6 +87,8 @@ class QueryBlock(nn.Module):
         scores = jnp.einsum("bqhd,bkhd->bhqk", queries, keys) / jnp.sqrt(head_dim)
         causal = jnp.tril(jnp.ones((length, length), dtype=bool))
         visible = causal[None, None] & (mask[:, None, None, :] > 0)
+        if segments is not None:
+            visible = visible & _same_segment(segments)[:, None]
         weights = jax.nn.softmax(jnp.where(visible, scores, _MASK_VALUE), axis=-1)
         weights = Dropout(self.dropout)(weights, deterministic=self.deterministic)
         attended = jnp.einsum("bhqk,bkhd->bqhd", weights, values).reshape(batch, length, -1)
@@ -88,10 +111,11 @@ class Branch(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, h: jax.Array, mask: jax.Array, window: jax.Array) -> jax.Array:
+    def __call__(self, h: jax.Array, mask: jax.Array, segments: jax.Array | None,
+                 window: jax.Array) -> jax.Array:
         for index in range(self.num_blocks):
             h = QueryBlock(self.hidden, self.num_heads, self.dropout, self.deterministic,
-                           name=f"block_{index}")(h, mask, window)
+                           name=f"block_{index}")(h, mask, segments, window)
         return _layer_norm(name="final_norm")(h)
 
 
@@ -135,23 +159,36 @@ class MQSA(nn.Module):
                    window_weights=tuple(config.window_weights), lookup=lookup)
 
     @nn.compact
-    def __call__(self, sequences: jax.Array, *, deterministic: bool) -> jax.Array:
+    def __call__(self, sequences: jax.Array, *, deterministic: bool,
+                 segments: jax.Array | None = None,
+                 positions: jax.Array | None = None) -> jax.Array:
+        """Fused states [B, T, d] of ``sequences`` [B, T].
+
+        Rows are left-padded sequences, one per row, unless ``segments`` [B, T] (0 at padding)
+        says which sequence each position belongs to and ``positions`` [B, T] gives each
+        position's index in the position table (that of its place in a left-padded row of
+        ``max_len``): then a row may hold several (``mqsa_jax.packing``).
+        """
         items = self.param("item_embedding", _embedding_init, (self.num_items, self.hidden))
-        positions = self.param("position_embedding", _embedding_init, (self.max_len, self.hidden))
+        position_table = self.param("position_embedding", _embedding_init,
+                                    (self.max_len, self.hidden))
+        if segments is None:
+            position_rows = position_table[-sequences.shape[1]:]
+        else:
+            position_rows = position_table[positions]
         mask = (sequences != self.num_items).astype(items.dtype)
-        x = (self.lookup(items, sequences) * jnp.sqrt(float(self.hidden))
-             + positions[-sequences.shape[1]:])
+        x = self.lookup(items, sequences) * jnp.sqrt(float(self.hidden)) + position_rows
         x = Dropout(self.dropout)(x, deterministic=deterministic) * mask[..., None]
 
         branches = nn.vmap(
             Branch,
-            in_axes=(None, None, 0),
+            in_axes=(None, None, None, 0),
             variable_axes={"params": 0},
             split_rngs={"params": True, "dropout": True},
             axis_size=len(self.windows),
         )(self.hidden, self.num_heads, self.num_blocks, self.dropout, deterministic,
           name="branches")
-        states = branches(x, mask, jnp.asarray(self.windows))  # [branches, B, T, d]
+        states = branches(x, mask, segments, jnp.asarray(self.windows))  # [branches, B, T, d]
         return jnp.einsum("n,nbtd->btd", jnp.asarray(self.window_weights, states.dtype), states)
 
 

@@ -29,7 +29,7 @@ from mqsa_jax.evaluation import RankingEvaluator
 from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax.losses import TeacherWeights, fused_losses, l2_penalty, ted_students
 from mqsa_jax.model import MQSA, item_table, lookup_rows
-from mqsa_jax.packing import Batch, Packing, split_rows
+from mqsa_jax.packing import Batch, Packing
 from mqsa_jax.partitioning import Partitioner
 
 SELECTION_METRIC = "NDCG@20"
@@ -45,10 +45,8 @@ class TrainState:
 
 @flax.struct.dataclass
 class TrainArrays:
-    """Device-resident training rows; the last row is all padding, for filling partial batches."""
+    """Device-resident training data besides the batches: the TED teacher's rows."""
 
-    inputs: jax.Array  # [U + 1, T]
-    targets: jax.Array  # [U + 1, T]
     teacher: TeacherWeights
 
 
@@ -66,12 +64,7 @@ def init_state(model: MQSA, optimizer, config: Config) -> TrainState:
 
 
 def train_arrays(data: SequenceData, config: Config) -> TrainArrays:
-    pad_row = np.full((1, data.max_len), data.padding_id, np.int32)
-    return TrainArrays(
-        inputs=np.concatenate([data.train_inputs, pad_row]),
-        targets=np.concatenate([data.train_targets, pad_row]),
-        teacher=TeacherWeights.from_transitions(data.transitions, config.tau),
-    )
+    return TrainArrays(teacher=TeacherWeights.from_transitions(data.transitions, config.tau))
 
 
 def make_loss_fn(model: MQSA, config: Config, partitioner: Partitioner | None = None):
@@ -82,26 +75,24 @@ def make_loss_fn(model: MQSA, config: Config, partitioner: Partitioner | None = 
         slices = partitioner.model
     distill = config.lambda_kd > 0
 
-    def loss_fn(params, row_groups, positions, weights, key, teacher, pair_capacity):
-        """``row_groups``: (inputs, targets) pairs of equal-width rows; ``positions`` index the
-        real targets in all of them, flattened and concatenated."""
-        student_key, *group_keys = jax.random.split(key, 1 + len(row_groups))
-        states = jnp.concatenate([
-            model.apply(params, inputs, deterministic=False, rngs={"dropout": k}).reshape(
-                -1, config.hidden)
-            for (inputs, _), k in zip(row_groups, group_keys)
-        ])[positions]
-        inputs = jnp.concatenate([x.reshape(-1) for x, _ in row_groups])
-        targets = jnp.concatenate([y.reshape(-1) for _, y in row_groups])
+    def loss_fn(params, batch: Batch, key, teacher):
+        """The mean losses of a packed batch's real targets (``mqsa_jax.packing``)."""
+        real = batch.segments.reshape(-1) > 0
+        positions = jnp.nonzero(real, size=batch.capacity, fill_value=0)[0]
+        weights = (jnp.arange(batch.capacity) < real.sum()).astype(jnp.float32)
+        student_key, model_key = jax.random.split(key)
+        states = model.apply(params, batch.items, deterministic=False, rngs={"dropout": model_key},
+                             segments=batch.segments, positions=batch.positions)
+        states = states.reshape(-1, config.hidden)[positions]
         table = item_table(params)
         students = teacher_rows = None
         if distill:
-            heads = inputs[positions]
+            heads = batch.items.reshape(-1)[positions]
             students = ted_students((packed_lookup or lookup_rows)(table, heads), student_key,
                                     config.dropout, config.tau)
-            teacher_rows = teacher.rows(heads, weights, pair_capacity)
-        rec, kd = fused_losses(states, targets[positions], weights, table, students,
-                               teacher_rows, config.logits_chunk, packed_lookup, slices)
+            teacher_rows = teacher.rows(heads, weights, batch.pair_capacity)
+        rec, kd = fused_losses(states, batch.targets.reshape(-1)[positions], weights, table,
+                               students, teacher_rows, config.logits_chunk, packed_lookup, slices)
         loss = rec + config.lambda_kd * kd + config.l2_reg * l2_penalty(params)
         return loss, {"loss": loss, "loss_rec": rec, "loss_kd": kd}
 
@@ -113,23 +104,13 @@ def make_train_step(model: MQSA, optimizer, config: Config,
     """The jitted step; with a partitioner, its output state keeps the input state's
     placement (``state_shardings``)."""
     loss_fn = make_loss_fn(model, config, partitioner)
-    padding_id = model.num_items
     out_shardings = None if partitioner is None else (state_shardings, partitioner.replicated)
 
     @functools.partial(jax.jit, donate_argnums=0, out_shardings=out_shardings)
     def train_step(state: TrainState, arrays: TrainArrays, batch: Batch):
-        """One Adam step on a packed batch (``mqsa_jax.packing``): its rows in two widths, its
-        real targets packed into ``batch.capacity`` positions."""
-        row_groups = list(zip(
-            split_rows(arrays.inputs[batch.users], batch.long_rows, batch.short_width),
-            split_rows(arrays.targets[batch.users], batch.long_rows, batch.short_width)))
-        real = jnp.concatenate([x.reshape(-1) for x, _ in row_groups]) != padding_id
-        positions = jnp.nonzero(real, size=batch.capacity, fill_value=0)[0]
-        weights = (jnp.arange(batch.capacity) < real.sum()).astype(jnp.float32)
+        """One Adam step on a packed batch (``mqsa_jax.packing``)."""
         key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
-        grads, losses = jax.grad(loss_fn, has_aux=True)(
-            state.params, row_groups, positions, weights, key, arrays.teacher,
-            batch.pair_capacity)
+        grads, losses = jax.grad(loss_fn, has_aux=True)(state.params, batch, key, arrays.teacher)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), losses
@@ -168,8 +149,9 @@ class Trainer:
                                           self.state_shardings)
         host_arrays = train_arrays(data, config)
         self.arrays = partitioner.replicate(host_arrays)
-        self.packing = Packing(*_targets_and_pairs(data, host_arrays.teacher, config),
-                               config.max_len, config.batch_size)
+        self.packing = Packing(data.train_inputs, data.train_targets,
+                               _pairs_per_user(data, host_arrays.teacher, config),
+                               data.padding_id, config.batch_size, partitioner.data)
         self.evaluators = make_evaluators(self.model, data, config, partitioner)
 
     def init_state(self) -> TrainState:
@@ -177,8 +159,8 @@ class Trainer:
         return self.partitioner.place(host_state, self.state_shardings)
 
     def place(self, batch: Batch) -> Batch:
-        """A host batch with its users split over the mesh's ``data`` axis."""
-        return batch.replace(users=self.partitioner.place_batch(batch.users))
+        """A host batch with its rows split over the mesh's ``data`` axis."""
+        return jax.tree.map(self.partitioner.place_batch, batch)
 
     def train_epoch(self, state: TrainState, order: np.ndarray, progress: tqdm | None = None):
         """One pass over the users in ``order``; returns the state and the mean batch losses."""
@@ -197,15 +179,14 @@ class Trainer:
         return {e.split: e.evaluate(params) for e in self.evaluators}
 
 
-def _targets_and_pairs(data: SequenceData, teacher: TeacherWeights,
-                       config: Config) -> tuple[np.ndarray, np.ndarray]:
-    """[U] real training targets of each user, and [U] TED teacher pairs (the successors of
-    the items at those positions; zeros without TED)."""
-    real = data.train_targets != data.padding_id
+def _pairs_per_user(data: SequenceData, teacher: TeacherWeights, config: Config) -> np.ndarray:
+    """[U] TED teacher pairs of each user: the successors of the items at its real target
+    positions (zeros without TED)."""
     if config.lambda_kd == 0:
-        return real.sum(axis=1), np.zeros(len(real), np.int64)
+        return np.zeros(data.num_users, np.int64)
+    real = data.train_targets != data.padding_id
     successors = np.append(teacher.successor_counts, 0)  # the padding id has none
-    return real.sum(axis=1), np.where(real, successors[data.train_inputs], 0).sum(axis=1)
+    return np.where(real, successors[data.train_inputs], 0).sum(axis=1)
 
 
 def prepare_data(config: Config, data_dir: Path | None = None) -> SequenceData:
@@ -294,7 +275,7 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: 
     shuffler = np.random.default_rng(config.seed)
     history, best, stale, first_epoch = [], None, 0, 1
     if resume and checkpoints.latest_epoch() is not None:
-        state, saved = checkpoints.restore(LATEST, state)
+        state, saved = checkpoints.restore(LATEST, state, fallback=True)
         shuffler.bit_generator.state = saved["shuffler"]
         history, best, stale = saved["history"], saved["best"], saved["stale"]
         first_epoch = saved["epoch"] + 1

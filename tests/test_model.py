@@ -1,3 +1,5 @@
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,15 +31,46 @@ def _sequences(rng, rows=6):
 def test_window_average_against_a_loop():
     rng = np.random.default_rng(0)
     mask = (rng.random((3, T)) < 0.7).astype(np.float32)
+    segments = np.sort(rng.integers(1, 4, (3, T)), axis=1) * (mask > 0)  # up to 3 a row
     h = rng.normal(size=(3, T, 4)).astype(np.float32) * mask[..., None]
-    for window in (1, 2, 3, 5):
-        got = np.asarray(window_average(jnp.asarray(h), jnp.asarray(mask), jnp.asarray(window)))
+    for window, packed in itertools.product((1, 2, 3, 5), (True, False)):
+        got = np.asarray(window_average(jnp.asarray(h), jnp.asarray(mask),
+                                        jnp.asarray(segments) if packed else None,
+                                        jnp.asarray(window)))
         for b in range(3):
             for t in range(T):
-                span = range(max(0, t - window + 1), t + 1)
+                span = [s for s in range(max(0, t - window + 1), t + 1)
+                        if not packed or segments[b, s] == segments[b, t]]
                 count = sum(mask[b, s] for s in span)
                 expected = sum(h[b, s] for s in span) / count if count else np.zeros(4)
                 np.testing.assert_allclose(got[b, t], expected, atol=1e-6)
+
+
+def test_packed_rows_give_each_sequence_its_own_states():
+    """Several sequences in one row (``mqsa_jax.packing``) get the states of their own rows."""
+    model, params = _model()
+    seqs = _sequences(np.random.default_rng(7), rows=5)
+    lengths = (seqs != N).sum(axis=1)
+    alone = np.asarray(model.apply(params, seqs, deterministic=True))
+    # Row 0 holds sequences 0 and 1 (if they fit), row 1 the others as far as they fit, each
+    # segment starting where the previous one ends.
+    items = np.full((5, T), N, np.int32)
+    segments, positions = np.zeros((5, T), np.int32), np.zeros((5, T), np.int32)
+    row, column, placed = 0, 0, []
+    for k, length in enumerate(lengths):
+        if column + length > T:
+            row, column = row + 1, 0
+        items[row, column:column + length] = seqs[k, T - length:]
+        segments[row, column:column + length] = k + 1
+        positions[row, column:column + length] = np.arange(T - length, T)
+        placed.append((row, column))
+        column += length
+    assert any(np.count_nonzero(np.unique(r)) > 1 for r in segments)  # some row is shared
+    packed = np.asarray(model.apply(params, items, deterministic=True, segments=segments,
+                                    positions=positions))
+    for k, (row, column) in enumerate(placed):
+        np.testing.assert_allclose(packed[row, column:column + lengths[k]],
+                                   alone[k, T - lengths[k]:], atol=1e-5)
 
 
 def test_causality():
@@ -74,8 +107,9 @@ def test_vmapped_branches_equal_branches_one_by_one(windows, weights):
     mask = (seqs != N).astype(np.float32)
     x = (table[seqs] * 4.0 + p["position_embedding"]) * mask[..., None]
     branch = Branch(16, 2, 2, 0.5, True)
+    segments = (seqs != N).astype(np.int32)
     states = [branch.apply({"params": jax.tree.map(lambda v: v[b], p["branches"])},
-                           x, mask, jnp.asarray(w)) for b, w in enumerate(windows)]
+                           x, mask, segments, jnp.asarray(w)) for b, w in enumerate(windows)]
     expected = sum(w * s for w, s in zip(weights, states))
     np.testing.assert_allclose(fused, np.asarray(expected), atol=1e-5)
 
