@@ -6,10 +6,20 @@ the data-order generator's state, the metrics history, the best-so-far record an
 config.  Orbax writes each checkpoint into a temporary directory and renames it when complete,
 so a process killed during a save leaves the previous checkpoint intact, and only complete ones
 are listed.
+
+Each complete checkpoint also gets ``checksums.json``, the SHA-256 of each of its files, and a
+checkpoint is verified against it before it is read: a damaged file (a bad disk, a truncated
+copy) is named instead of being read as garbage.  ``train --resume`` then falls back to the
+older of the two latest checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +27,10 @@ import jax
 import orbax.checkpoint as ocp
 
 from mqsa_jax.errors import UserError
+from mqsa_jax.io import write_json_atomic
 
 LATEST, BEST = "latest", "best"
+CHECKSUMS = "checksums.json"
 
 
 def _manager(directory: Path, keep: int, read_only: bool) -> ocp.CheckpointManager:
@@ -43,30 +55,76 @@ class RunCheckpoints:
                           BEST: _manager(root / BEST, 1, read_only)}
 
     def save(self, epoch: int, state: Any, progress: dict, is_best: bool) -> None:
+        """Saves ``epoch`` as the latest checkpoint (and as the best one), each complete with
+        its checksums when this returns.  A failed write (a full disk) leaves the previous
+        checkpoints as they were and ends in a :class:`UserError`."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   progress=ocp.args.JsonSave(progress))
         for name in (LATEST, BEST) if is_best else (LATEST,):
-            self._managers[name].save(epoch, args=args, force=True)
-            self._managers[name].wait_until_finished()
+            manager = self._managers[name]
+            try:
+                if epoch in manager.all_steps():
+                    # A resume that fell back past a damaged checkpoint trains this epoch again.
+                    manager.delete(epoch)
+                with _quiet_orbax():
+                    manager.save(epoch, args=args, force=True)
+                    manager.wait_until_finished()
+                if jax.process_index() == 0:
+                    directory = self._step_dir(name, epoch)
+                    write_json_atomic(directory / CHECKSUMS, _file_digests(directory))
+            except (OSError, ValueError) as e:
+                # TensorStore reports a failed write (a full disk) as a ValueError.
+                reason = e.strerror if isinstance(e, OSError) else str(e).rsplit(": ", 1)[-1]
+                if isinstance(e, ValueError) and "Error writing" not in str(e):
+                    raise
+                raise UserError(f"{manager.directory}: could not save checkpoint {epoch} "
+                                f"({reason}); the previous checkpoints are intact, continue "
+                                "with train --resume once the disk has room") from None
 
     def latest_epoch(self, which: str = LATEST) -> int | None:
         return self._managers[which].latest_step()
 
-    def restore(self, which: str, template: Any) -> tuple[Any, dict]:
-        """The state (shaped like ``template``) and progress of the newest complete checkpoint."""
+    def restore(self, which: str, template: Any, fallback: bool = False) -> tuple[Any, dict]:
+        """The state (shaped like ``template``) and progress of the newest complete checkpoint.
+
+        A damaged checkpoint is an error naming it, or with ``fallback``, the next older intact
+        one is read instead (a line on stderr says so).
+        """
         manager = self._managers[which]
-        epoch = manager.latest_step()
-        if epoch is None:
+        epochs = sorted(manager.all_steps(), reverse=True)
+        if not epochs:
             raise UserError(f"{manager.directory}: no complete checkpoint")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-        try:
-            restored = manager.restore(epoch, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
-        except (ValueError, KeyError, FileNotFoundError, OSError) as e:
-            reason = str(e).split(":", 1)[0][:80]  # tensorstore's messages run to kilobytes
-            raise UserError(f"{manager.directory}: checkpoint {epoch} is unreadable, truncated "
-                            f"or damaged ({type(e).__name__}: {reason})") from None
-        return restored.state, restored.progress
+        problems = []
+        for epoch in epochs if fallback else epochs[:1]:
+            problem = _damage(self._step_dir(which, epoch))
+            if problem is None:
+                try:
+                    restored = manager.restore(epoch, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract),
+                        progress=ocp.args.JsonRestore()))
+                except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+                    # tensorstore's messages run to kilobytes
+                    problem = f"unreadable: {type(e).__name__}: {str(e).split(':', 1)[0][:80]}"
+            if problem is None:
+                if problems and jax.process_index() == 0:
+                    print(f"{manager.directory}: {'; '.join(problems)}; using checkpoint "
+                          f"{epoch}", file=sys.stderr)
+                return restored.state, restored.progress
+            problems.append(f"checkpoint {epoch} is damaged ({problem})")
+        raise UserError(f"{manager.directory}: {'; '.join(problems)}; {self._intact_left()}")
+
+    def _step_dir(self, which: str, epoch: int) -> Path:
+        return Path(self._managers[which].directory) / str(epoch)
+
+    def _intact_left(self) -> str:
+        """Which checkpoints of the run are still intact, for an error message."""
+        intact = [f"{which} {epoch}" for which, manager in self._managers.items()
+                  for epoch in sorted(manager.all_steps(), reverse=True)
+                  if _damage(self._step_dir(which, epoch)) is None]
+        if not intact:
+            return "no intact checkpoint is left"
+        return f"intact: {', '.join(intact)} (choose one with --checkpoint best|latest)"
 
     def close(self) -> None:
         for manager in self._managers.values():
@@ -77,3 +135,48 @@ class RunCheckpoints:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax's writer threads log a failed write with its traceback before the save raises it;
+    the save's own error says what happened, in one line."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _file_digests(directory: Path) -> dict[str, str]:
+    """The SHA-256 of every file under ``directory`` (but the checksums themselves)."""
+    return {str(path.relative_to(directory)): _sha256(path)
+            for path in sorted(directory.rglob("*"))
+            if path.is_file() and path.name != CHECKSUMS}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _damage(directory: Path) -> str | None:
+    """What is wrong with a complete checkpoint's files, or None if they match their checksums.
+
+    A checkpoint without checksums (saved by an older version, or by a process killed between
+    Orbax's commit and the checksums) is left to Orbax's own checks.
+    """
+    try:
+        recorded = json.loads((directory / CHECKSUMS).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return f"its {CHECKSUMS} is unreadable"
+    for name, digest in recorded.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != digest:
+            return f"{name} does not match its checksum"
+    return None

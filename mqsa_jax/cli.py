@@ -51,7 +51,7 @@ def _data_import(args) -> None:
         raise UserError(
             f"dataset {args.name!r} already exists in {root}; pass --replace to overwrite")
     columns = importers.Columns(user=args.user_col, item=args.item_col, time=args.time_col)
-    log = importers.read_log(Path(args.path), args.format, columns, args.delimiter)
+    log = importers.read_log(Path(args.path), args.format, columns, args.delimiter, args.encoding)
     dataset, summary = importers.build_dataset(args.name, log, args.min_count)
     save_store(dataset, store)  # atomic: the store is the commit point
     tfds_dataset.prepare(store, args.name, root / "tfds")
@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--item-col", default="item_id", help="csv/recbole item column")
     p.add_argument("--time-col", default="timestamp", help="csv/recbole time column")
     p.add_argument("--delimiter", help="csv field delimiter (default: tab for .tsv, else comma)")
+    p.add_argument("--encoding", default="utf-8",
+                   help="the file's text encoding, e.g. latin-1 or cp1252 (default utf-8)")
     p.add_argument("--replace", action="store_true", help="overwrite an existing dataset")
     _add_data_dir(p)
     p.set_defaults(run=_data_import)
@@ -242,6 +244,10 @@ def _ignore_closed_event_loop(unraisable) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+def _ignore_unraisable(unraisable) -> None:
+    pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sys.unraisablehook = _ignore_closed_event_loop
@@ -249,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         args.run(args)
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
+        # What the failed operation left behind (an abandoned Orbax write's coroutines, say)
+        # would otherwise be reported at exit, after the one line that says what went wrong.
+        sys.unraisablehook = _ignore_unraisable
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -59,12 +59,16 @@ class Config:
             problems.append(f"hidden ({self.hidden}) must be divisible by num_heads")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
-        for name in ("max_len", "hidden", "num_blocks", "num_heads", "batch_size",
+        for name in ("max_len", "hidden", "num_blocks", "num_heads", "batch_size", "epochs",
                      "eval_batch_size", "eval_every", "time_span"):
             if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1")
-        if self.epochs < 0 or self.patience < 0 or self.logits_chunk < 0 or self.tau <= 0:
-            problems.append("epochs, patience and logits_chunk must be >= 0, and tau > 0")
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("patience", "logits_chunk", "lambda_kd", "l2_reg"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be at least 0, got {getattr(self, name)}")
+        for name in ("tau", "learning_rate"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be above 0, got {getattr(self, name)}")
         if problems:
             raise UserError(f"invalid config: {problems[0]}")
 

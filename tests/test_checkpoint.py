@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -96,6 +97,82 @@ def test_kill_during_a_checkpoint_save_keeps_the_last_complete_one(tiny_dataset,
     done = _resume(tiny_dataset, run)
     assert "after epoch 2" in done.stderr
     assert (run / "results.json").read_bytes() == (uninterrupted / "results.json").read_bytes()
+
+
+def _damage_data_files(checkpoint) -> None:
+    """Flips one byte of each array data file: the sizes stay, the contents do not."""
+    for path in (checkpoint / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            path.write_bytes(bytes(data))
+
+
+def test_resume_falls_back_past_a_damaged_latest_checkpoint(tiny_dataset, uninterrupted):
+    run = tiny_dataset / "damaged_latest"
+    shutil.copytree(uninterrupted, run)
+    _damage_data_files(run / "checkpoints" / "latest" / str(EPOCHS))
+    done = _resume(tiny_dataset, run)
+    assert f"checkpoint {EPOCHS} is damaged (state/d/" in done.stderr
+    assert f"using checkpoint {EPOCHS - 1}" in done.stderr
+    assert f"after epoch {EPOCHS - 1}" in done.stderr
+    # The epoch is trained again, to the same results, and its checkpoint is whole again.
+    assert (run / "results.json").read_bytes() == (uninterrupted / "results.json").read_bytes()
+    assert (run / "metrics.jsonl").read_text().count("\n") == EPOCHS
+    code = subprocess.run(_cli("evaluate", str(run), "--checkpoint", "latest", "--data-dir",
+                               str(tiny_dataset / "data")), cwd=REPO, capture_output=True)
+    assert code.returncode == 0, code.stderr
+
+
+def test_a_damaged_best_checkpoint_is_named_with_what_is_left(tiny_dataset, uninterrupted,
+                                                              tmp_path):
+    run = tmp_path / "damaged_best"
+    shutil.copytree(uninterrupted, run)
+    best = run / "checkpoints" / "best"
+    (epoch,) = [p.name for p in best.iterdir() if p.name.isdigit()]
+    _damage_data_files(best / epoch)
+    data = ["--data-dir", str(tiny_dataset / "data")]
+    for command in (["evaluate", str(run)], ["recommend", str(run), "--user", "1"]):
+        done = subprocess.run(_cli(*command, *data), cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 2 and done.stdout == "", done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert f"checkpoint {epoch} is damaged (state/d/" in done.stderr, done.stderr
+        assert f"intact: latest {EPOCHS}, latest {EPOCHS - 1}" in done.stderr, done.stderr
+
+
+# Runs the CLI with files limited to ``limit`` bytes (a full disk, as the writer sees it: writes
+# past it fail with EFBIG).
+_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+from mqsa_jax.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_failed_save_loses_nothing_and_the_run_resumes(tiny_dataset, uninterrupted, tmp_path):
+    run = tmp_path / "disk_full"
+    shutil.copytree(uninterrupted, run)
+    latest = run / "checkpoints" / "latest"
+    before = {p: p.read_bytes() for p in latest.rglob("*") if p.is_file()}
+    largest = max(len(data) for data in before.values())
+    resume = ["train", "--resume", str(run), "--data-dir", str(tiny_dataset / "data"),
+              "--epochs", str(EPOCHS + 1), "--no-progress"]
+    env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}
+    # Every file of the run directory but the checkpoints' array data fits under the limit.
+    done = subprocess.run([sys.executable, "-c", _FILE_SIZE_LIMIT, str(largest // 2), *resume],
+                          cwd=REPO, capture_output=True, text=True, env=env)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"could not save checkpoint {EPOCHS + 1}" in last and "intact" in last, done.stderr
+    assert "Traceback" not in done.stderr
+    assert {p: p.read_bytes() for p in before} == before  # the saved checkpoints are untouched
+    done = subprocess.run(_cli(*resume), cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0 and f"after epoch {EPOCHS}" in done.stderr, done.stderr
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == list(range(1, EPOCHS + 2))
+    assert lines[:EPOCHS] == (uninterrupted / "metrics.jsonl").read_text().splitlines()
 
 
 def test_resume_refuses_a_changed_config_but_allows_more_epochs(tiny_dataset, uninterrupted,
@@ -210,7 +287,7 @@ def test_faulty_run_directories(tiny_dataset, uninterrupted, tmp_path):
     cases = [(tmp_path / "missing", "not a training run directory"),
              (empty, "not a training run directory"),
              (no_checkpoints, "no checkpoints"),
-             (truncated, "unreadable"),
+             (truncated, "is damaged"),
              (bad_config, "unreadable run config")]
     for run_dir, message in cases:
         # A separate process, as a user runs it: nothing may follow the one line at exit.

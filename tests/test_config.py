@@ -6,6 +6,7 @@ import pytest
 
 from mqsa_jax.config import Config, build_config, load_config_file, parse_overrides
 from mqsa_jax.errors import UserError
+from tests.conftest import run_cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 DATASETS = ("beauty", "sports", "toys", "yelp")
@@ -61,3 +62,22 @@ def test_bad_config_files_name_the_file_and_the_problem(tmp_path, text, message)
 def test_inconsistent_values_are_refused():
     with pytest.raises(UserError, match="invalid config: window_weights must sum to 1"):
         build_config({"window_weights": (0.6, 0.6)})
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("epochs", "0", "epochs must be at least 1, got 0"),
+    ("batch_size", "-3", "batch_size must be at least 1, got -3"),
+    ("learning_rate", "0", "learning_rate must be above 0, got 0.0"),
+    ("lambda_kd", "-0.1", "lambda_kd must be at least 0, got -0.1"),
+    ("tau", "0", "tau must be above 0, got 0.0"),
+])
+def test_meaningless_values_are_refused(key, value, message):
+    with pytest.raises(UserError, match=f"invalid config: {message}$"):
+        build_config({}, parse_overrides([f"{key}={value}"]))
+
+
+def test_train_refuses_zero_epochs_in_one_line(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "train", "--dataset", "toys", "--epochs", "0",
+                             "--run-dir", str(tmp_path / "run"))
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "epochs must be at least 1, got 0" in err and not (tmp_path / "run").exists()

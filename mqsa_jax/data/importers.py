@@ -6,6 +6,8 @@ entry per event, ids kept as the strings of the file); :func:`build_dataset` doe
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import dataclasses
 from pathlib import Path
@@ -38,11 +40,43 @@ class Columns:
     time: str = "timestamp"
 
 
-def _open_text(path: Path):
+DEFAULT_ENCODING = "utf-8"
+
+
+@contextlib.contextmanager
+def _open_text(path: Path, encoding: str):
+    """``path`` as text; a byte that does not decode ends in one line naming its line."""
     try:
-        return open(path, newline="", encoding="utf-8")
+        codecs.lookup(encoding)
+    except LookupError:
+        raise UserError(f"--encoding {encoding!r}: not a known text encoding") from None
+    try:
+        f = open(path, newline="", encoding=encoding)
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    with f:
+        try:
+            yield f
+        except UnicodeDecodeError as e:
+            raise UserError(_undecodable(path, encoding, e)) from None
+
+
+def _undecodable(path: Path, encoding: str, error: UnicodeDecodeError) -> str:
+    """Where the file stops decoding: its first line that does not decode, and the byte."""
+    hint = "pass --encoding (for example --encoding latin-1)"
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode(encoding)
+            except UnicodeDecodeError as e:
+                return (f"{path}:{number}: byte 0x{raw[e.start]:02x} at column {e.start + 1} "
+                        f"is not {encoding} text (a binary file?); {hint}")
+    return f"{path}: not {encoding} text ({error.reason}); {hint}"
+
+
+def _check_no_nul(path: Path, line: int, *fields: str) -> None:
+    if any("\0" in field for field in fields):
+        raise UserError(f"{path}:{line}: NUL byte in the text (a binary file?)")
 
 
 def _parse_times(path: Path, values: list[str], lines: list[int]) -> np.ndarray:
@@ -69,37 +103,45 @@ def _check_ids(path: Path, users: list[str], items: list[str], lines: list[int])
             raise UserError(f"{path}:{lines[empty[0]]}: empty {kind} id")
 
 
-def _read_table(path: Path, delimiter: str, header_columns, columns: Columns, need_time: bool):
+def _read_table(path: Path, delimiter: str, header_columns, columns: Columns, need_time: bool,
+                encoding: str):
     """Reads a delimited file with a header; ``header_columns`` maps header fields to names."""
-    with _open_text(path) as f:
+    with _open_text(path, encoding) as f:
         rows = csv.reader(f, delimiter=delimiter)
-        header = next((r for r in rows if r), None)
-        if header is None:
-            raise UserError(f"{path}: empty file, expected a header line naming the columns")
-        names = header_columns(path, header)
-        wanted = [columns.user, columns.item] + ([columns.time] if need_time else [])
-        for column in wanted:
-            if column not in names:
-                raise UserError(
-                    f"{path}:{rows.line_num}: no column {column!r} in the header "
-                    f"(found: {', '.join(names)})"
-                )
-        u, i = names.index(columns.user), names.index(columns.item)
-        t = names.index(columns.time) if columns.time in names else None
-        width = len(names)
-        users, items, times, lines = [], [], [], []
-        for row in rows:
-            if not row:
-                continue
-            if len(row) != width:
-                raise UserError(
-                    f"{path}:{rows.line_num}: expected {width} fields, found {len(row)}"
-                )
-            users.append(row[u].strip())
-            items.append(row[i].strip())
-            if t is not None:
-                times.append(row[t].strip())
-            lines.append(rows.line_num)
+        try:
+            return _parse_table(path, rows, header_columns, columns, need_time)
+        except csv.Error as e:  # a NUL byte, a field past the csv module's size limit
+            raise UserError(f"{path}:{rows.line_num}: unreadable line ({e})") from None
+
+
+def _parse_table(path: Path, rows, header_columns, columns: Columns,
+                 need_time: bool) -> EventLog:
+    header = next((r for r in rows if r), None)
+    if header is None:
+        raise UserError(f"{path}: empty file, expected a header line naming the columns")
+    names = header_columns(path, header)
+    wanted = [columns.user, columns.item] + ([columns.time] if need_time else [])
+    for column in wanted:
+        if column not in names:
+            raise UserError(
+                f"{path}:{rows.line_num}: no column {column!r} in the header "
+                f"(found: {', '.join(names)})"
+            )
+    u, i = names.index(columns.user), names.index(columns.item)
+    t = names.index(columns.time) if columns.time in names else None
+    width = len(names)
+    users, items, times, lines = [], [], [], []
+    for row in rows:
+        if not row:
+            continue
+        if len(row) != width:
+            raise UserError(f"{path}:{rows.line_num}: expected {width} fields, found {len(row)}")
+        _check_no_nul(path, rows.line_num, row[u], row[i])
+        users.append(row[u].strip())
+        items.append(row[i].strip())
+        if t is not None:
+            times.append(row[t].strip())
+        lines.append(rows.line_num)
     if not lines:
         raise UserError(f"{path}: no events after the header line")
     _check_ids(path, users, items, lines)
@@ -114,12 +156,13 @@ def _read_table(path: Path, delimiter: str, header_columns, columns: Columns, ne
     )
 
 
-def read_csv(path: Path, columns: Columns = Columns(), delimiter: str | None = None) -> EventLog:
+def read_csv(path: Path, columns: Columns = Columns(), delimiter: str | None = None,
+             encoding: str = DEFAULT_ENCODING) -> EventLog:
     """CSV/TSV with a header; the delimiter defaults to a tab for .tsv/.tab files, else a comma."""
     if delimiter is None:
         delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     return _read_table(path, delimiter, lambda _p, header: [h.strip() for h in header],
-                       columns, need_time=True)
+                       columns, need_time=True, encoding=encoding)
 
 
 def _recbole_header(path: Path, header: list[str]) -> list[str]:
@@ -134,19 +177,21 @@ def _recbole_header(path: Path, header: list[str]) -> list[str]:
     return names
 
 
-def read_recbole(path: Path, columns: Columns = Columns()) -> EventLog:
+def read_recbole(path: Path, columns: Columns = Columns(),
+                 encoding: str = DEFAULT_ENCODING) -> EventLog:
     """RecBole atomic ``.inter`` file: tab-separated, ``name:type`` header fields.
 
     The time column is optional there; without it the file order is taken as the time order.
     """
-    return _read_table(path, "\t", _recbole_header, columns, need_time=False)
+    return _read_table(path, "\t", _recbole_header, columns, need_time=False, encoding=encoding)
 
 
-def read_sasrec(path: Path) -> EventLog:
+def read_sasrec(path: Path, encoding: str = DEFAULT_ENCODING) -> EventLog:
     """SASRec-style text: one ``user item`` pair a line, already in time order."""
     users, items, lines = [], [], []
-    with _open_text(path) as f:
+    with _open_text(path, encoding) as f:
         for line_number, line in enumerate(f, 1):
+            _check_no_nul(path, line_number, line)
             fields = line.split()
             if not fields:
                 continue
@@ -166,13 +211,16 @@ def read_sasrec(path: Path) -> EventLog:
     )
 
 
-def read_log(path: Path, fmt: str, columns: Columns = Columns(), delimiter: str | None = None):
+def read_log(path: Path, fmt: str, columns: Columns = Columns(), delimiter: str | None = None,
+             encoding: str = DEFAULT_ENCODING) -> EventLog:
+    """Reads an interaction log of format ``fmt`` (one of :data:`FORMATS`), decoded with
+    ``encoding``."""
     if fmt == "csv":
-        return read_csv(path, columns, delimiter)
+        return read_csv(path, columns, delimiter, encoding)
     if fmt == "sasrec":
-        return read_sasrec(path)
+        return read_sasrec(path, encoding)
     if fmt == "recbole":
-        return read_recbole(path, columns)
+        return read_recbole(path, columns, encoding)
     raise UserError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 

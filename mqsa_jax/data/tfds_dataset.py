@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import shutil
@@ -103,7 +104,9 @@ def prepare(store: Path, dataset_name: str, tfds_root: Path) -> Path:
         return target
     shutil.rmtree(target, ignore_errors=True)
     builder = SequenceBuilder(store=store, dataset_name=dataset_name, data_dir=tfds_root)
-    with contextlib.redirect_stdout(sys.stderr):  # TFDS prints progress; stdout is for results
+    print(f"preparing dataset {dataset_name} in {tfds_root}", file=sys.stderr, flush=True)
+    # TFDS prints its own lines about downloading, which never happens here: they are dropped.
+    with contextlib.redirect_stdout(io.StringIO()):
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False)
         )
