@@ -35,7 +35,7 @@ DEFAULT_BLOCK = 1024
 _CLAMP_FREE_LOG_PROB = math.log(LOG_EPSILON) + math.log(1e9)
 # The clamp's pass runs on the rows that need it, gathered into the smallest of these shares of
 # the student rows (1/64, 1/8, 1/4) that holds them, or on every row when more need it.  On
-# beauty about 7% of the rows need it around epoch 5 and 0.04% by epoch 150: a pass costs in
+# beauty 4-7% of the rows needed it around epoch 5 and 0.04% at epoch 150: a pass costs in
 # proportion to its buffer, so small buffers serve most steps.
 _GATHER_DIVISORS = (64, 8, 4)
 

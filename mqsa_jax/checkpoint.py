@@ -74,9 +74,9 @@ class RunCheckpoints:
                     write_json_atomic(directory / CHECKSUMS, _file_digests(directory))
             except (OSError, ValueError) as e:
                 # TensorStore reports a failed write (a full disk) as a ValueError.
-                reason = e.strerror if isinstance(e, OSError) else str(e).rsplit(": ", 1)[-1]
                 if isinstance(e, ValueError) and "Error writing" not in str(e):
                     raise
+                reason = e.strerror if isinstance(e, OSError) else str(e).rsplit(": ", 1)[-1]
                 raise UserError(f"{manager.directory}: could not save checkpoint {epoch} "
                                 f"({reason}); the previous checkpoints are intact, continue "
                                 "with train --resume once the disk has room") from None

@@ -1,11 +1,11 @@
 """Dropout whose masks cost a few random bits each, not a 32-bit uniform draw.
 
-``jax.random.bernoulli`` turns one 32-bit threefry word into one uniform number per element.
-On a CPU that is the dropout's whole cost: a beauty step draws about 1.7 million of them, 24 ms
-of a 230 ms step.  A mask element needs only ``k`` bits when the keep probability is a multiple
-of ``2^-k`` (one bit for the reference's rate 0.5): each threefry word then gives ``32 / k``
-independent mask elements, each kept with exactly the same probability.  Other rates keep the
-32-bit draw.
+``jax.random.bernoulli`` turns one 32-bit threefry word into one uniform number per element,
+and on a CPU generating those words is the dropout's whole cost: timed in turn in one process,
+these masks made a beauty step 12 ms (of 206 ms) shorter.  A mask element needs only ``k`` bits
+when the keep probability is a multiple of ``2^-k`` (one bit for the reference's rate 0.5):
+each threefry word then gives ``32 / k`` independent mask elements, each kept with exactly the
+same probability.  Other rates keep the 32-bit draw.
 """
 
 from __future__ import annotations
