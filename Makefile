@@ -10,7 +10,7 @@ CONFIG ?= experiments/configs/mqsa_ted.py:$(DATASET)
 DATASETS ?= beauty toys sports yelp
 SEEDS ?= 2023 2024 2025
 PARAM ?= L
-REPRODUCE = $(BIN)/python experiments/reproduce.py
+REPRODUCE = $(BIN)/python -m experiments.reproduce
 
 .PHONY: venv train test bench datasets reproduce ablation sweep summary clean
 
@@ -28,10 +28,11 @@ train: venv
 		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(RUN_DIR),--run-dir $(RUN_DIR))
 
 test: venv
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 bench: venv
-	$(BIN)/python experiments/bench.py $(BENCH_ARGS)
+	$(BIN)/python -m experiments.bench $(BENCH_ARGS)
 
 # The paper's comparison (MQSA-TED, SASRec, MQSA without TED), its ablations and its sweeps;
 # each resumes where an interrupted one stopped.  Results: experiments/results/summary.md.

@@ -1,6 +1,6 @@
 """Training and evaluation speed per dataset against the authors' release, measured together.
 
-    python experiments/bench.py [--datasets beauty yelp] [--out experiments/results/bench]
+    python -m experiments.bench [--datasets beauty yelp] [--out experiments/results/bench]
                                 [--release ../shared/tools/release-bench/run.sh | --no-release]
 
 For each dataset, with the reference hyperparameters: one warm-up epoch (compiles the step's
@@ -30,16 +30,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mqsa_jax.checkpoint import RunCheckpoints
-from mqsa_jax.config import Config
-from mqsa_jax.io import write_json_atomic, write_text_atomic
+from experiments.markdown import table
+from experiments.measure import machine_line, median_seconds, median_step_seconds
 from mqsa_jax import blocked
+from mqsa_jax.checkpoint import RunCheckpoints
+from mqsa_jax.config import build_config
+from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax.losses import fused_losses, ted_students
-from mqsa_jax.model import lookup_rows
+from mqsa_jax.model import item_table, lookup_rows
 from mqsa_jax.packing import Batch
-from mqsa_jax.train import Trainer, prepare_data
-
-from measure import machine_line, median_seconds, median_step_seconds  # experiments/measure.py
+from mqsa_jax.runs import prepare_data
+from mqsa_jax.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASE_BENCH = REPO.parent / "shared" / "tools" / "release-bench" / "run.sh"
@@ -90,16 +91,17 @@ def blocked_products(rows: jax.Array, table: jax.Array, block: int) -> jax.Array
 
 def step_breakdown(trainer: Trainer, state, batch: Batch) -> dict:
     config, data = trainer.config, trainer.data
-    d, n, capacity = config.hidden, data.num_items, batch.capacity
-    rows = 2 * capacity if config.lambda_kd > 0 else capacity
-    step = lambda s: trainer.train_step(s, trainer.arrays, batch)
+    d, n, capacity = config.model.hidden, data.num_items, batch.capacity
+    rows = 2 * capacity if config.loss.lambda_kd > 0 else capacity
+    def step(s):
+        return trainer.train_step(s, trainer.arrays, batch)
     # The step donates its state: time it on a copy, which the caller's state outlives.
     step_s, _, _ = median_step_seconds(step, jax.tree.map(jnp.copy, state))
 
     # The N-wide loss alone, on this batch's real positions (their states, targets and input
     # items, so that the teacher pairs and the clamp are those of the step), padded as the
     # step pads them.
-    table = state.params["params"]["item_embedding"]
+    table = item_table(state.params)
     key = jax.random.key(0)
     packed = dict(segments=batch.segments, positions=batch.positions)
     positions = np.flatnonzero(np.asarray(batch.segments).ravel() > 0)
@@ -111,14 +113,14 @@ def step_breakdown(trainer: Trainer, state, batch: Batch) -> dict:
                                constant_values=n))
     states = trainer.model.apply(state.params, batch.items, deterministic=True, **packed)
     states = jnp.pad(states.reshape(-1, d)[positions], ((0, pad), (0, 0)))
-    distill = config.lambda_kd > 0
+    distill = config.loss.lambda_kd > 0
     teacher = trainer.arrays.teacher.rows(heads, weights, batch.pair_capacity) if distill else None
-    students = (ted_students(lookup_rows(table, heads), key, config.dropout, config.tau)
+    students = (ted_students(lookup_rows(table, heads), key, config.model.dropout, config.loss.tau)
                 if distill else None)
 
     def nwide(states, students, table, targets, teacher):
         rec, kd = fused_losses(states, targets, weights, table, students, teacher,
-                               config.logits_chunk)
+                               config.loss.logits_chunk)
         return rec + kd
 
     # Every input is an argument, so that nothing is constant-folded at compile time.
@@ -126,7 +128,7 @@ def step_breakdown(trainer: Trainer, state, batch: Batch) -> dict:
     nwide_s = median_seconds(lambda: nwide_grad(states, students, table, targets, teacher))
     x = jax.random.normal(key, (rows, d))
     products = jax.jit(blocked_products, static_argnums=2)
-    matmul_s = median_seconds(lambda: products(x, table, config.logits_chunk
+    matmul_s = median_seconds(lambda: products(x, table, config.loss.logits_chunk
                                                or blocked.DEFAULT_BLOCK))
 
     def encoder(params):
@@ -150,7 +152,7 @@ def step_breakdown(trainer: Trainer, state, batch: Batch) -> dict:
 
 
 def bench_dataset(name: str, peak: float, warmup_epochs: int) -> dict:
-    config = Config(dataset=name)
+    config = build_config({"dataset": name})
     start = time.perf_counter()
     trainer = Trainer(config, prepare_data(config))
     setup_s = time.perf_counter() - start
@@ -182,9 +184,9 @@ def bench_dataset(name: str, peak: float, warmup_epochs: int) -> dict:
 
     batches = list(trainer.packing.batches(order))
     targets = sum(count for _, count in batches)
-    rows_factor = 2 if config.lambda_kd > 0 else 1
-    flops = sum(nwide_flops(rows_factor * batch.capacity, config.hidden, trainer.data.num_items)
-                for batch, _ in batches)
+    rows_factor = 2 if config.loss.lambda_kd > 0 else 1
+    flops = sum(nwide_flops(rows_factor * batch.capacity, config.model.hidden,
+                            trainer.data.num_items) for batch, _ in batches)
     median_batch = sorted(batches, key=lambda b: b[0].capacity)[len(batches) // 2][0]
     breakdown = step_breakdown(trainer, state, median_batch)
     result = {
@@ -220,7 +222,7 @@ def main() -> None:
         sys.exit(f"{args.release}: release-bench not found; pass --release PATH or --no-release")
     peak = matmul_peak_gflops()
     report = {
-        "command": "python experiments/bench.py " + " ".join(sys.argv[1:]),
+        "command": "python -m experiments.bench " + " ".join(sys.argv[1:]),
         "machine": f"{machine_line()}, backend {jax.devices()[0].platform}",
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "matmul_peak_gflops_f32_2048": round(peak, 1),
@@ -247,29 +249,28 @@ def markdown_table(report: dict) -> str:
         "One epoch: training, then the full validation and test ranking (all users, all items). "
         "The release's seconds come from `release-bench/run.sh DATASET 1`, run right after ours "
         "on the same machine; the speedup divides the two totals.", "",
-        "| dataset | release s (train + eval) | mqsa-jax s (train + eval) | speedup | targets/s "
-        "| compile s |",
-        "|---|---|---|---|---|---|",
     ]
+    rows = []
     for name, entry in report["datasets"].items():
         r, release = entry["mqsa_jax"], entry.get("release")
         theirs = (f"{release['total_seconds']} ({release['train_seconds']} + "
                   f"{release['eval_seconds']})" if release else "not run")
-        speedup = f"**{entry['speedup']}x**" if release else "–"
-        lines.append(
-            f"| {name} | {theirs} | {r['total_seconds']} ({r['train_seconds_per_epoch']} + "
-            f"{r['eval_seconds_valid_and_test']}) | {speedup} | "
-            f"{r['train_targets_per_second']:,} | {r['compile_seconds']} |")
-    lines += ["", "| dataset | step ms | N-wide loss ms: products / elementwise | encoder ms "
-                  "| rest ms | N-wide products GFLOP/s (share of peak) |",
-              "|---|---|---|---|---|---|"]
+        rows.append([name, theirs, f"{r['total_seconds']} ({r['train_seconds_per_epoch']} + "
+                     f"{r['eval_seconds_valid_and_test']})",
+                     f"**{entry['speedup']}x**" if release else "–",
+                     f"{r['train_targets_per_second']:,}", r["compile_seconds"]])
+    lines += table(["dataset", "release s (train + eval)", "mqsa-jax s (train + eval)",
+                    "speedup", "targets/s", "compile s"], rows)
+    rows = []
     for name, entry in report["datasets"].items():
         r = entry["mqsa_jax"]
         b = r["step_breakdown"]
-        lines.append(
-            f"| {name} | {b['step_ms']} | {b['nwide_loss_ms']}: {b['nwide_matmuls_ms']} / "
-            f"{b['nwide_softmax_passes_ms']} | {b['encoder_fwd_bwd_ms']} | {b['rest_ms']} | "
-            f"{b['nwide_matmul_gflops']} ({r['nwide_matmul_fraction_of_peak']:.0%}) |")
+        rows.append([name, b["step_ms"], f"{b['nwide_loss_ms']}: {b['nwide_matmuls_ms']} / "
+                     f"{b['nwide_softmax_passes_ms']}", b["encoder_fwd_bwd_ms"], b["rest_ms"],
+                     f"{b['nwide_matmul_gflops']} ({r['nwide_matmul_fraction_of_peak']:.0%})"])
+    lines += ["", *table(["dataset", "step ms", "N-wide loss ms: products / elementwise",
+                          "encoder ms", "rest ms", "N-wide products GFLOP/s (share of peak)"],
+                         rows)]
     lines += ["", "The step's parts are timed in isolation on the epoch's median batch; inside the "
                   "whole step XLA fuses across them, so `rest` (the step minus the parts: gathers, "
                   "L2, Adam) can come out slightly negative.  `products` are the blocked loss's "

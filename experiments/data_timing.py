@@ -1,6 +1,6 @@
 """Times the data layer: built-in dataset -> training arrays, and importing a 300,000-line log.
 
-    python experiments/data_timing.py [--out experiments/results/data_timing.json]
+    python -m experiments.data_timing [--out experiments/results/data_timing.json]
 
 Each figure is the wall time of a fresh `mqsa-jax` process (interpreter start included), so it
 is what a user waits for.  The built-in figures are measured twice: with an empty data directory
@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.measure import machine_line
 from mqsa_jax.io import write_json_atomic
-
-from measure import machine_line  # experiments/measure.py
 
 PREPARE = (
     "import sys; from mqsa_jax.data import registry; from mqsa_jax.data.arrays import "
@@ -57,7 +56,8 @@ def main() -> None:
         for name in ("beauty", "sports", "toys", "yelp"):
             cold = _timed([sys.executable, "-c", PREPARE, name], env)
             warm = _timed([sys.executable, "-c", PREPARE, name], env)
-            results["prepare_to_training_arrays_s"][name] = {"empty_data_dir": cold, "prepared": warm}
+            results["prepare_to_training_arrays_s"][name] = {"empty_data_dir": cold,
+                                                             "prepared": warm}
         log = Path(tmp) / "log.csv"
         write_synthetic_log(log, 300_000)
         results["import_300k_line_csv_s"] = _timed(

@@ -1,6 +1,6 @@
 """Compares a beauty run's validation NDCG@20 per epoch with the release's curve.
 
-    python experiments/fidelity.py RUN_DIR [--out experiments/results/fidelity_beauty]
+    python -m experiments.fidelity RUN_DIR [--out experiments/results/fidelity_beauty]
 
 The acceptance rule (issue 3): from epoch 5 on, ours is not lower than the release's by more
 than 5 percent (relative).
@@ -12,6 +12,7 @@ import argparse
 import csv
 from pathlib import Path
 
+from experiments.markdown import table
 from mqsa_jax.io import read_json_lines, write_json_atomic, write_text_atomic
 
 OFFICIAL = Path(__file__).parent / "reference" / "official-beauty-curve.csv"
@@ -48,12 +49,11 @@ def main() -> None:
     args = parser.parse_args()
     report = compare(args.run_dir)
     write_json_atomic(Path(f"{args.out}.json"), report)
-    lines = ["| epoch | release valid NDCG@20 | ours | relative | release loss (total, rec, kd) "
-             "| ours | release train s | ours train s |", "|---|---|---|---|---|---|---|---|"]
-    for r in report["epochs"]:
-        lines.append(f"| {r['epoch']} | {r['release_valid']} | {r['ours_valid']} | "
-                     f"{r['relative']:+.1%} | {r['release_loss']} | {r['ours_loss']} | "
-                     f"{r['release_train_seconds']} | {r['ours_train_seconds']} |")
+    lines = table(["epoch", "release valid NDCG@20", "ours", "relative",
+                   "release loss (total, rec, kd)", "ours", "release train s", "ours train s"],
+                  [[r["epoch"], r["release_valid"], r["ours_valid"], f"{r['relative']:+.1%}",
+                    r["release_loss"], r["ours_loss"], r["release_train_seconds"],
+                    r["ours_train_seconds"]] for r in report["epochs"]])
     verdict = "holds" if report["passes"] else "does NOT hold"
     lines += ["", f"Rule (not lower than the release by more than {TOLERANCE:.0%} from epoch "
                   f"{FROM_EPOCH} on): {verdict}."]

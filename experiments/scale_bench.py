@@ -1,6 +1,6 @@
 """Step time and memory per device on synthetic catalogues, one device against model=8.
 
-    python experiments/scale_bench.py [--items 10000 100000 1000000] [--models 1 8]
+    python -m experiments.scale_bench [--items 10000 100000 1000000] [--models 1 8]
                                       [--out experiments/results/scale_bench]
 
 Each (catalogue, mesh) case runs in its own process on 8 host-platform devices
@@ -25,9 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+from experiments.markdown import table
+from experiments.measure import machine_line, median_step_seconds
 from mqsa_jax.io import write_json_atomic, write_text_atomic
-
-from measure import machine_line, median_step_seconds  # experiments/measure.py
 
 DEVICES = 8
 
@@ -63,29 +63,31 @@ def run_case(num_items: int, model: int, chunk: int, steps: int, budget_gb: floa
     import jax
     import numpy as np
 
-    from mqsa_jax.config import Config
+    from mqsa_jax.config import build_config
+    from mqsa_jax.model import item_table
     from mqsa_jax.partitioning import Partitioner
     from mqsa_jax.train import Trainer
 
-    config = Config(logits_chunk=chunk)
-    data = synthetic_data(num_items, num_users=4 * config.batch_size)
+    config = build_config({"logits_chunk": chunk})
+    data = synthetic_data(num_items, num_users=4 * config.train.batch_size)
     trainer = Trainer(config, data, Partitioner(1, model))
     state = trainer.init_state()
-    table = state.params["params"]["item_embedding"]
+    table = item_table(state.params)
     moments = [leaf for leaf in jax.tree.leaves(state.opt_state) if leaf.shape == table.shape]
     table_mb = sum(x.addressable_shards[0].data.nbytes for x in [table, *moments]) / 2**20
 
-    batch, _ = next(trainer.packing.batches(np.arange(config.batch_size)))
+    batch, _ = next(trainer.packing.batches(np.arange(config.train.batch_size)))
     batch = trainer.place(batch)
     capacity = batch.capacity
     start = time.perf_counter()
     compiled = trainer.train_step.lower(state, trainer.arrays, batch).compile()
     compile_s = time.perf_counter() - start
     evaluator = trainer.evaluators[0]
-    eval_compiled = evaluator._step.lower(state.params, *evaluator._batches[-1]).compile()
+    eval_compiled = evaluator.lowered(state.params).compile()
     train_memory = _memory(compiled)
     result = {"items": num_items, "mesh": f"data=1,model={model}", "devices": model,
-              "logits_chunk": chunk, "rows_per_step": capacity * (2 if config.lambda_kd else 1),
+              "logits_chunk": chunk,
+              "rows_per_step": capacity * (2 if config.loss.lambda_kd else 1),
               "table_and_moments_mb_per_device": table_mb,
               "train_step_mb_per_device": train_memory,
               "eval_step_mb_per_device": _memory(eval_compiled),
@@ -109,18 +111,17 @@ def markdown(results: list[dict], command: str, machine: str) -> str:
              "accelerators.", "",
              "Memory is per device, from XLA's analysis of the compiled steps (peak = arguments "
              "+ outputs + temporaries - aliased). The train step's arguments include the "
-             "state; its temporaries, the N-wide logits (or one chunk of them).", "",
-             "| items | mesh | logits_chunk | table + Adam moments MB | train step peak MB | "
-             "train temporaries MB | eval step peak MB | step s | compile s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        step = f"{r['step_s']:.2f}" if r.get("step_s") else f"not run ({r.get('not_run')})"
-        lines.append(
-            f"| {r['items']:,} | {r['mesh']} | {r['logits_chunk'] or '–'} | "
-            f"{r['table_and_moments_mb_per_device']:.1f} | "
-            f"{r['train_step_mb_per_device']['peak_mb']:.0f} | "
-            f"{r['train_step_mb_per_device']['temporaries_mb']:.0f} | "
-            f"{r['eval_step_mb_per_device']['peak_mb']:.0f} | {step} | {r['compile_s']:.1f} |")
+             "state; its temporaries, the N-wide logits (or one chunk of them).", ""]
+    rows = [[f"{r['items']:,}", r["mesh"], r["logits_chunk"] or "–",
+             f"{r['table_and_moments_mb_per_device']:.1f}",
+             f"{r['train_step_mb_per_device']['peak_mb']:.0f}",
+             f"{r['train_step_mb_per_device']['temporaries_mb']:.0f}",
+             f"{r['eval_step_mb_per_device']['peak_mb']:.0f}",
+             f"{r['step_s']:.2f}" if r.get("step_s") else f"not run ({r.get('not_run')})",
+             f"{r['compile_s']:.1f}"] for r in results]
+    lines += table(["items", "mesh", "logits_chunk", "table + Adam moments MB",
+                    "train step peak MB", "train temporaries MB", "eval step peak MB", "step s",
+                    "compile s"], rows)
     return "\n".join(lines) + "\n"
 
 
@@ -147,14 +148,15 @@ def main() -> None:
         chunk = args.chunk if items > args.chunk_above else 0
         for model in args.models:
             done = subprocess.run(
-                [sys.executable, __file__, "--case", f"{items},{model},{chunk}", "--steps",
-                 str(args.steps), "--host-budget-gb", str(args.host_budget_gb)],
+                [sys.executable, "-m", "experiments.scale_bench", "--case",
+                 f"{items},{model},{chunk}", "--steps", str(args.steps),
+                 "--host-budget-gb", str(args.host_budget_gb)],
                 env=env, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"case {items} items, model={model} failed:\n{done.stderr[-3000:]}")
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), flush=True)
-    command = " ".join(["python experiments/scale_bench.py", *sys.argv[1:]])
+    command = " ".join(["python -m experiments.scale_bench", *sys.argv[1:]])
     machine = machine_line()
     write_json_atomic(args.out.with_suffix(".json"),
                       {"command": command, "machine": machine, "results": results})

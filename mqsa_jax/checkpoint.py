@@ -130,7 +130,7 @@ class RunCheckpoints:
         for manager in self._managers.values():
             manager.close()
 
-    def __enter__(self) -> "RunCheckpoints":
+    def __enter__(self) -> RunCheckpoints:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -43,6 +43,7 @@ def _data_info(args) -> None:
 def _data_import(args) -> None:
     from mqsa_jax.data import importers, registry, tfds_dataset
     from mqsa_jax.data.dataset import save_store
+    from mqsa_jax.data.from_log import build_dataset
 
     root = registry.data_dir(args.data_dir)
     registry.check_new_name(args.name)
@@ -52,7 +53,7 @@ def _data_import(args) -> None:
             f"dataset {args.name!r} already exists in {root}; pass --replace to overwrite")
     columns = importers.Columns(user=args.user_col, item=args.item_col, time=args.time_col)
     log = importers.read_log(Path(args.path), args.format, columns, args.delimiter, args.encoding)
-    dataset, summary = importers.build_dataset(args.name, log, args.min_count)
+    dataset, summary = build_dataset(args.name, log, args.min_count)
     save_store(dataset, store)  # atomic: the store is the commit point
     tfds_dataset.prepare(store, args.name, root / "tfds")
     print(json.dumps(summary))
@@ -76,39 +77,29 @@ def _data_convert_release(args) -> None:
 def _train(args) -> None:
     import time
 
-    from mqsa_jax import config as config_lib
+    from mqsa_jax.config import resolve
     from mqsa_jax.partitioning import Partitioner, maybe_initialize_distributed, parse_mesh
 
     maybe_initialize_distributed()  # before anything touches the devices
-    from mqsa_jax.train import run_config, train
+    from mqsa_jax.train import train
 
-    if args.resume:
-        run_dir = Path(args.resume)
-        file_values = run_config(run_dir).to_json()
-        source = str(run_dir / "config.json")
-    else:
-        file_values, source = {}, args.config or "config"
-    if args.config:
-        path, _, arg = args.config.partition(":")
-        file_values.update(config_lib.load_config_file(Path(path), arg or None))
-    overrides = config_lib.parse_overrides(args.set)
-    if args.dataset:
-        overrides["dataset"] = args.dataset
-    if args.epochs is not None:
-        overrides["epochs"] = str(args.epochs)
-    config = config_lib.build_config(file_values, overrides, source=source)
-    if not args.resume:
+    resume = Path(args.resume) if args.resume else None
+    config = resolve(args.config, args.set, resume=resume, dataset=args.dataset,
+                     epochs=args.epochs)
+    if resume is None:
         run_dir = Path(args.run_dir or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    elif args.run_dir and Path(args.run_dir) != run_dir:
+    elif args.run_dir and Path(args.run_dir) != resume:
         raise UserError("--resume names the run directory; do not also give --run-dir")
+    else:
+        run_dir = resume
     partitioner = Partitioner(*parse_mesh(args.mesh))
     results = train(config, run_dir, args.data_dir, progress=False if args.no_progress else None,
-                    resume=bool(args.resume), partitioner=partitioner)
+                    resume=resume is not None, partitioner=partitioner)
     print(json.dumps(results))
 
 
 def _evaluate(args) -> None:
-    from mqsa_jax.train import evaluate_run
+    from mqsa_jax.runs import evaluate_run
 
     splits = (args.split,) if args.split else ("valid", "test")
     print(json.dumps(evaluate_run(Path(args.run_dir), args.checkpoint, splits, args.data_dir)))

@@ -1,8 +1,15 @@
-"""One configuration dataclass: the reference's hyperparameters and the run's settings.
+"""The configuration: the reference's hyperparameters and the run's settings, in four parts.
 
+``Config`` holds the dataset and seed, and one frozen part per concern: ``model`` (what
+:class:`mqsa_jax.model.MQSA` receives whole), ``loss``, ``train`` (optimisation) and ``eval``.
+Every field name is unique across the parts, so a value may be named by its field alone
+(``tau``) or with its part (``loss.tau``), in config files and ``--set`` alike.
+
+:func:`resolve` is the one way a run's config is made, by the CLI and the reproduction alike.
 Values come, last one winning, from the defaults below (the release's beauty command, the
-reference's section Hyperparameters), a config file (plain Python defining ``get_config()``
-that returns a dict, as in ``experiments/configs/``), and ``--set key=value`` overrides.
+reference's section Hyperparameters), a resumed run's ``config.json``, a config file (plain
+Python defining ``get_config()`` that returns a dict, as in ``experiments/configs/``), and
+``--set key=value`` overrides.
 """
 
 from __future__ import annotations
@@ -11,16 +18,31 @@ import dataclasses
 import importlib.util
 import json
 import sys
+import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 
 from mqsa_jax.errors import UserError
 
 
+def _at_least(part, names: Sequence[str], low: int) -> list[str]:
+    return [f"{name} must be at least {low}, got {getattr(part, name)}"
+            for name in names if getattr(part, name) < low]
+
+
+def _above_zero(part, names: Sequence[str]) -> list[str]:
+    return [f"{name} must be above 0, got {getattr(part, name)}"
+            for name in names if not getattr(part, name) > 0]
+
+
+def _refuse(problems: list[str]) -> None:
+    if problems:
+        raise UserError(f"invalid config: {problems[0]}")
+
+
 @dataclasses.dataclass(frozen=True)
-class Config:
-    dataset: str = "beauty"
-    # Model.
+class ModelConfig:
     max_len: int = 50  # T: each training list is cut to its last T items
     hidden: int = 64  # d (num_factor)
     num_blocks: int = 1
@@ -28,24 +50,6 @@ class Config:
     dropout: float = 0.5
     windows: tuple[int, ...] = (1, 3)  # one branch per query window: short (1) and long (L)
     window_weights: tuple[float, ...] = (0.5, 0.5)  # fusion weights: (alpha, 1 - alpha)
-    # Losses.
-    lambda_kd: float = 0.1  # weight of the TED distillation term; 0 turns it off
-    tau: float = 0.1  # distillation temperature
-    time_span: int = 1  # transitions count pairs up to this many steps apart
-    l2_reg: float = 1e-4
-    # Scan the catalogue in chunks of this many items in the N-wide loss, so that memory does not
-    # grow with rows x N (for large catalogues); on a model-split mesh each device scans its own
-    # slice, logits_chunk / model items at a time.  0: all at once, the fastest when it fits.
-    logits_chunk: int = 0
-    # Optimisation.
-    learning_rate: float = 1e-3
-    batch_size: int = 256
-    epochs: int = 200
-    seed: int = 2023
-    # Evaluation.
-    eval_batch_size: int = 1024
-    eval_every: int = 1  # evaluate every k epochs (and after the last)
-    patience: int = 0  # stop after this many evaluations without a better valid NDCG@20; 0: never
 
     def __post_init__(self):
         problems = []
@@ -59,29 +63,81 @@ class Config:
             problems.append(f"hidden ({self.hidden}) must be divisible by num_heads")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
-        for name in ("max_len", "hidden", "num_blocks", "num_heads", "batch_size", "epochs",
-                     "eval_batch_size", "eval_every", "time_span"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("patience", "logits_chunk", "lambda_kd", "l2_reg"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be at least 0, got {getattr(self, name)}")
-        for name in ("tau", "learning_rate"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be above 0, got {getattr(self, name)}")
-        if problems:
-            raise UserError(f"invalid config: {problems[0]}")
+        _refuse(problems + _at_least(self, ("max_len", "hidden", "num_blocks", "num_heads"), 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    lambda_kd: float = 0.1  # weight of the TED distillation term; 0 turns it off
+    tau: float = 0.1  # distillation temperature
+    time_span: int = 1  # transitions count pairs up to this many steps apart
+    l2_reg: float = 1e-4
+    # Scan the catalogue in chunks of this many items in the N-wide loss, so that memory does not
+    # grow with rows x N (for large catalogues); on a model-split mesh each device scans its own
+    # slice, logits_chunk / model items at a time.  0: all at once, the fastest when it fits.
+    logits_chunk: int = 0
+
+    def __post_init__(self):
+        _refuse(_at_least(self, ("time_span",), 1)
+                + _at_least(self, ("logits_chunk", "lambda_kd", "l2_reg"), 0)
+                + _above_zero(self, ("tau",)))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    learning_rate: float = 1e-3
+    batch_size: int = 256
+    epochs: int = 200
+
+    def __post_init__(self):
+        _refuse(_at_least(self, ("batch_size", "epochs"), 1)
+                + _above_zero(self, ("learning_rate",)))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    eval_batch_size: int = 1024
+    eval_every: int = 1  # evaluate every k epochs (and after the last)
+    # Stop after this many evaluations without a better valid selection metric; 0: never.
+    patience: int = 0
+
+    def __post_init__(self):
+        _refuse(_at_least(self, ("eval_batch_size", "eval_every"), 1)
+                + _at_least(self, ("patience",), 0))
+
+
+PARTS = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    dataset: str = "beauty"
+    seed: int = 2023
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
+    def flat(self) -> dict:
+        """Every value by its field name alone: ``{"dataset": ..., "tau": ..., ...}``."""
+        values = {"dataset": self.dataset, "seed": self.seed}
+        for part in PARTS:
+            values.update(dataclasses.asdict(getattr(self, part)))
+        return values
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-_TYPES = typing.get_type_hints(Config)
+
+# Field name -> (part or None for the top level, type).
+_FIELDS = {"dataset": (None, str), "seed": (None, int)}
+for _part, _cls in PARTS.items():
+    _FIELDS.update({f: (_part, t) for f, t in typing.get_type_hints(_cls).items()})
 
 
-def _parse_value(key: str, text: str):
-    kind = _TYPES[key]
+def _parse_value(key: str, name: str, text: str):
+    """``text`` (a ``--set`` value) as field ``name``'s type; ``key`` is how it was named."""
+    kind = _FIELDS[name][1]
     is_tuple = typing.get_origin(kind) is tuple
     element = typing.get_args(kind)[0] if is_tuple else kind
     try:
@@ -93,24 +149,45 @@ def _parse_value(key: str, text: str):
         raise UserError(f"--set {key}={text}: expected {expected}") from None
 
 
-def _coerce(key: str, value, source: str):
-    if key not in _FIELDS:
-        raise UserError(f"{source}: unknown config key {key!r} (known: {', '.join(_FIELDS)})")
-    if isinstance(value, str) and _TYPES[key] is not str:
-        return _parse_value(key, value)
-    if isinstance(value, list):
-        value = tuple(value)
-    return value
+def _field_name(key: str, source: str) -> str:
+    """``tau`` or ``loss.tau`` -> ``tau``; an unknown or misplaced key is a user error."""
+    part, _, name = key.rpartition(".")
+    if name not in _FIELDS or (part and _FIELDS[name][0] != part):
+        known = ", ".join(f"{p}.{f}" if p else f for f, (p, _) in _FIELDS.items())
+        raise UserError(f"{source}: unknown config key {key!r} (known: {known})")
+    return name
 
 
-def load_config_file(path: Path, arg: str | None = None) -> dict:
-    """Runs ``get_config()`` (or ``get_config(arg)``) of a plain-Python config file."""
+def _flatten(values: dict, source: str) -> dict:
+    """Nested (``{"loss": {"tau": 0.1}}``), dotted or bare keys -> bare field names, typed."""
+    flat = {}
+    for key, value in values.items():
+        if key in PARTS and isinstance(value, dict):
+            flat.update(_flatten({f"{key}.{k}": v for k, v in value.items()}, source))
+            continue
+        name = _field_name(key, source)
+        if isinstance(value, str) and _FIELDS[name][1] is not str:
+            value = _parse_value(key, name, value)
+        flat[name] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def build_config(file_values: dict | None = None, overrides: dict | None = None,
+                 source: str = "config") -> Config:
+    """A validated config from values (nested, dotted or bare keys), ``overrides`` winning."""
+    values = {**_flatten(file_values or {}, source), **_flatten(overrides or {}, "--set")}
+    parts = {part: cls(**{k: v for k, v in values.items() if _FIELDS[k][0] == part})
+             for part, cls in PARTS.items()}
+    return Config(**{k: v for k, v in values.items() if _FIELDS[k][0] is None}, **parts)
+
+
+def load_config_module(path: Path) -> types.ModuleType:
+    """Executes a plain-Python config file; it may import its siblings (``from mqsa_ted import
+    get_config``), as variants of one base config do."""
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     spec = importlib.util.spec_from_file_location(f"mqsa_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    # A config file may import its siblings (``from mqsa_ted import get_config``), as variants
-    # of one base config do.
     sys.path.insert(0, str(path.parent.resolve()))
     try:
         spec.loader.exec_module(module)
@@ -118,6 +195,12 @@ def load_config_file(path: Path, arg: str | None = None) -> dict:
         raise UserError(f"{path}: cannot load config ({type(e).__name__}: {e})") from None
     finally:
         sys.path.remove(str(path.parent.resolve()))
+    return module
+
+
+def load_config_file(path: Path, arg: str | None = None) -> dict:
+    """Runs ``get_config()`` (or ``get_config(arg)``) of a plain-Python config file."""
+    module = load_config_module(path)
     if not callable(getattr(module, "get_config", None)):
         raise UserError(f"{path}: a config file must define get_config() returning a dict")
     try:
@@ -128,7 +211,8 @@ def load_config_file(path: Path, arg: str | None = None) -> dict:
     return dict(values)
 
 
-def parse_overrides(items: list[str]) -> dict:
+def parse_overrides(items: Sequence[str]) -> dict:
+    """``["tau=0.05", "loss.lambda_kd=0"]`` -> ``{"tau": "0.05", "loss.lambda_kd": "0"}``."""
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -138,14 +222,44 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
-def build_config(file_values: dict | None = None, overrides: dict | None = None,
-                 source: str = "config") -> Config:
-    values = {}
-    for origin, mapping in ((source, file_values or {}), ("--set", overrides or {})):
-        for key, value in mapping.items():
-            values[key] = _coerce(key, value, origin)
-    return Config(**values)
-
-
 def config_from_json(path: Path) -> Config:
     return build_config(json.loads(path.read_text()), source=str(path))
+
+
+def read_run_config(run_dir: Path) -> Config:
+    """The resolved config of an existing run directory (its ``config.json``)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a training run directory (no config.json)")
+    try:
+        return config_from_json(path)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: unreadable run config ({e})") from None
+
+
+def resolve(config_file: str | None = None, sets: Sequence[str] = (), *,
+            resume: Path | None = None, dataset: str | None = None,
+            epochs: int | None = None) -> Config:
+    """The config of a run, as ``mqsa-jax train`` resolves it.
+
+    Args:
+      config_file: ``PATH`` or ``PATH:ARG`` of a config file (``get_config(ARG)``).
+      sets: ``key=value`` overrides (``--set``).
+      resume: a run directory whose ``config.json`` is the base.
+      dataset, epochs: the CLI's shorthands for ``--set dataset=...``, ``--set epochs=...``.
+
+    Returns:
+      The validated config; a bad file, key or value raises :class:`UserError`.
+    """
+    values, source = {}, config_file or "config"
+    if resume is not None:
+        values, source = read_run_config(resume).flat(), str(resume / "config.json")
+    if config_file:
+        path, _, arg = config_file.partition(":")
+        values.update(_flatten(load_config_file(Path(path), arg or None), path))
+    overrides = parse_overrides(sets)
+    if dataset:
+        overrides["dataset"] = dataset
+    if epochs is not None:
+        overrides["epochs"] = str(epochs)
+    return build_config(values, overrides, source=source)

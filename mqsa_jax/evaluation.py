@@ -14,8 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from mqsa_jax.data.arrays import SequenceData
+from mqsa_jax.model import item_scores
 
 KS = (5, 10, 20)
+# The reference selects the epoch (and the reproduction orders the variants) by valid NDCG@20.
+SELECTION_METRIC = "NDCG@20"
 
 
 def metric_names(ks=KS) -> list[str]:
@@ -150,9 +153,13 @@ class RankingEvaluator:
 
     @staticmethod
     def _batch_sums(encode_last, ranks, top, ks, params, inputs, labels, history, weights):
-        states = encode_last(params, inputs)  # [B, d]
-        scores = states @ params["params"]["item_embedding"].T
+        scores = item_scores(params, encode_last(params, inputs))  # [B, N]
         return metric_sums(ranks(scores, labels, history, top), weights, ks)
+
+    def lowered(self, params, index: int = -1):
+        """The batch step lowered for batch ``index``: its compiled HLO shows what moves
+        between devices."""
+        return self._step.lower(params, *self._batches[index])
 
     def evaluate(self, params) -> dict[str, float]:
         total = sum(self._step(params, *batch) for batch in self._batches)

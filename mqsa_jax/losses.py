@@ -27,7 +27,7 @@ import numpy as np
 from mqsa_jax import blocked
 from mqsa_jax.data.arrays import Transitions
 from mqsa_jax.dropout import dropout as apply_dropout
-from mqsa_jax.model import Lookup, lookup_items, lookup_rows
+from mqsa_jax.model import Lookup, lookup_items, lookup_rows, scale_embeddings
 
 
 @flax.struct.dataclass
@@ -57,7 +57,7 @@ class TeacherWeights:
     extra: np.ndarray  # [nnz]
 
     @classmethod
-    def from_transitions(cls, transitions: Transitions, tau: float) -> "TeacherWeights":
+    def from_transitions(cls, transitions: Transitions, tau: float) -> TeacherWeights:
         n = transitions.num_items
         lengths = transitions.row_lengths
         heads = np.repeat(np.arange(n), lengths)
@@ -89,8 +89,17 @@ class TeacherWeights:
         return np.diff(np.asarray(self.indptr))
 
     def rows(self, heads: jax.Array, weights: jax.Array, pair_capacity: int) -> TeacherRows:
-        """The teacher rows of ``heads`` [C] (rows with ``weights`` 0 get none), their pairs
-        packed into ``pair_capacity`` slots, which must hold them all (see ``mqsa_jax.packing``).
+        """The teacher rows of a batch's packed positions.
+
+        Args:
+          heads: [C] the positions' input items.
+          weights: [C] 1 at a real position, 0 at packing (which gets no pairs).
+          pair_capacity: P, the pair slots; they must hold every real position's successors
+            (:class:`mqsa_jax.packing.Packing` sizes them).
+
+        Returns:
+          :class:`TeacherRows`: ``uniform`` [C], and ``pair_rows``, ``pair_items``,
+          ``pair_extra`` [P].
         """
         start = self.indptr[heads]
         length = jnp.where(weights > 0, self.indptr[heads + 1] - start, 0)
@@ -114,7 +123,7 @@ def ted_students(head_rows: jax.Array, key: jax.Array, dropout: float, tau: floa
     Returns:
       [C, d].
     """
-    return apply_dropout(head_rows * np.sqrt(head_rows.shape[-1]), key, dropout) / tau
+    return apply_dropout(scale_embeddings(head_rows), key, dropout) / tau
 
 
 def fused_losses(
@@ -173,5 +182,12 @@ def _observed_log_probs(students, table, student_lse, teacher: TeacherRows, look
 
 
 def l2_penalty(params) -> jax.Array:
-    """``sum(v^2) / 2`` over every trainable array (tf.nn.l2_loss over all of them)."""
+    """``sum(v^2) / 2`` over every trainable array (tf.nn.l2_loss over all of them).
+
+    Args:
+      params: the model's parameter tree.
+
+    Returns:
+      A scalar.
+    """
     return sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(params)) / 2

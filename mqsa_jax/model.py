@@ -7,13 +7,13 @@ number of windows costs one fused computation.  SASRec is the one-branch case ``
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
-from mqsa_jax.config import Config
+from mqsa_jax.config import ModelConfig
 from mqsa_jax.dropout import Dropout
 
 # The release masks attention scores with this value, not -inf.
@@ -140,23 +140,9 @@ class MQSA(nn.Module):
     partitioner's, when the table is split over devices.
     """
 
+    config: ModelConfig
     num_items: int
-    max_len: int
-    hidden: int
-    num_heads: int
-    num_blocks: int
-    dropout: float
-    windows: tuple[int, ...]
-    window_weights: tuple[float, ...]
     lookup: Lookup = lookup_rows
-
-    @classmethod
-    def from_config(cls, config: Config, num_items: int,
-                    lookup: Lookup = lookup_rows) -> "MQSA":
-        return cls(num_items=num_items, max_len=config.max_len, hidden=config.hidden,
-                   num_heads=config.num_heads, num_blocks=config.num_blocks,
-                   dropout=config.dropout, windows=tuple(config.windows),
-                   window_weights=tuple(config.window_weights), lookup=lookup)
 
     @nn.compact
     def __call__(self, sequences: jax.Array, *, deterministic: bool,
@@ -169,28 +155,47 @@ class MQSA(nn.Module):
         position's index in the position table (that of its place in a left-padded row of
         ``max_len``): then a row may hold several (``mqsa_jax.packing``).
         """
-        items = self.param("item_embedding", _embedding_init, (self.num_items, self.hidden))
+        config = self.config
+        items = self.param("item_embedding", _embedding_init, (self.num_items, config.hidden))
         position_table = self.param("position_embedding", _embedding_init,
-                                    (self.max_len, self.hidden))
+                                    (config.max_len, config.hidden))
         if segments is None:
             position_rows = position_table[-sequences.shape[1]:]
         else:
             position_rows = position_table[positions]
         mask = (sequences != self.num_items).astype(items.dtype)
-        x = self.lookup(items, sequences) * jnp.sqrt(float(self.hidden)) + position_rows
-        x = Dropout(self.dropout)(x, deterministic=deterministic) * mask[..., None]
+        x = scale_embeddings(self.lookup(items, sequences)) + position_rows
+        x = Dropout(config.dropout)(x, deterministic=deterministic) * mask[..., None]
 
         branches = nn.vmap(
             Branch,
             in_axes=(None, None, None, 0),
             variable_axes={"params": 0},
             split_rngs={"params": True, "dropout": True},
-            axis_size=len(self.windows),
-        )(self.hidden, self.num_heads, self.num_blocks, self.dropout, deterministic,
+            axis_size=len(config.windows),
+        )(config.hidden, config.num_heads, config.num_blocks, config.dropout, deterministic,
           name="branches")
-        states = branches(x, mask, segments, jnp.asarray(self.windows))  # [branches, B, T, d]
-        return jnp.einsum("n,nbtd->btd", jnp.asarray(self.window_weights, states.dtype), states)
+        states = branches(x, mask, segments, jnp.asarray(config.windows))  # [branches, B, T, d]
+        return jnp.einsum("n,nbtd->btd", jnp.asarray(config.window_weights, states.dtype),
+                          states)
+
+    def encode_last(self, params, inputs: jax.Array) -> jax.Array:
+        """The state [B, d] at the last position of each row [B, T]: what the next item is
+        predicted from."""
+        return self.apply(params, inputs, deterministic=True)[:, -1]
+
+
+def scale_embeddings(rows: jax.Array) -> jax.Array:
+    """Item rows [..., d] times sqrt(d), as the release scales every embedding lookup (the
+    encoder's input and TED's students)."""
+    return rows * jnp.sqrt(float(rows.shape[-1]))
 
 
 def item_table(params) -> jax.Array:
+    """The item table E [N, d] of the model's parameters."""
     return params["params"]["item_embedding"]
+
+
+def item_scores(params, states: jax.Array) -> jax.Array:
+    """Every item's score [B, N] for states [B, d]: ``states . E^T``."""
+    return states @ item_table(params).T

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mqsa_jax.errors import UserError
 from mqsa_jax.model import lookup_rows
@@ -52,6 +53,7 @@ class Partitioner:
         return NamedSharding(self.mesh, P(DATA))
 
     def check_sizes(self, num_items: int, batch_size: int, eval_batch_size: int) -> None:
+        """Refuses, as a user error, sizes that the mesh's axes do not divide."""
         if num_items % self.model:
             raise UserError(f"the catalogue's {num_items} items do not split evenly over "
                             f"model={self.model}")
@@ -67,6 +69,14 @@ class Partitioner:
         ``[ids, d]``, never the table, however large the catalogue.  With ``split`` the ids'
         first axis (a batch's rows) is split over ``data``; without, every device reads all
         of them (the packed positions of the loss, whose rows the N-wide products split).
+
+        Args:
+          table: [N, d], its rows split over ``model``.
+          ids: [B, ...] item ids; N (the padding id) reads a zero row.
+          split: whether ``ids``' first axis is split over ``data``.
+
+        Returns:
+          [B, ..., d], placed as ``ids``.
         """
         if self.model == 1:
             return lookup_rows(table, ids)
@@ -83,7 +93,15 @@ class Partitioner:
                              out_specs=rows)(table, ids)
 
     def state_shardings(self, state):
-        """Rows of the item table, and of every optimizer array shaped like it, over ``model``."""
+        """Rows of the item table, and of every optimizer array shaped like it, over ``model``.
+
+        Args:
+          state: a train state (or its shapes, from ``jax.eval_shape``).
+
+        Returns:
+          A tree of ``NamedSharding`` like ``state``: ``P("model")`` for the table and its
+          moments [N, d], replicated for the rest.
+        """
         table_shape = None
 
         def find_table(path, leaf):
@@ -105,6 +123,13 @@ class Partitioner:
 
         Each process copies in only the slices its own devices hold, so with many hosts each one
         reads only its share of every batch.
+
+        Args:
+          tree: numpy arrays (any shapes).
+          shardings: one ``NamedSharding`` for all, or a tree of them like ``tree``.
+
+        Returns:
+          ``tree`` of global ``jax.Array``s.
         """
         def put(array, sharding):
             array = np.asarray(array)

@@ -12,20 +12,21 @@ file).  Like the evaluation, a history's items are excluded from its recommendat
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 import numpy as np
 
-from mqsa_jax.config import Config
+from mqsa_jax.config import Config, read_run_config
 from mqsa_jax.data import registry
 from mqsa_jax.data.arrays import build_sequence_data, right_aligned_tails
 from mqsa_jax.data.dataset import Dataset
 from mqsa_jax.errors import UserError
 from mqsa_jax.evaluation import mask_items
 from mqsa_jax.io import atomic_output, write_json_atomic
-from mqsa_jax.train import make_encode_last, restore_trained, run_config
+from mqsa_jax.model import item_scores, item_table
+from mqsa_jax.runs import restore_trained
 
 _ROW_QUANTUM = 8  # batches are padded to a power of two (at least this) to bound recompiles
 
@@ -38,12 +39,12 @@ class Recommender:
         self._user_index = {user: u for u, user in enumerate(dataset.user_ids.tolist())}
         self._integer_ids = bool(np.char.isdigit(np.char.lstrip(dataset.item_ids, "-")).all())
         self._data = None
-        self._ranked = jax.jit(functools.partial(_top_items, make_encode_last(model)),
+        self._ranked = jax.jit(functools.partial(_top_items, model.encode_last),
                                static_argnames="k")
 
     @classmethod
     def load(cls, run_dir: Path, checkpoint: str = "best", data_dir: Path | None = None):
-        config = run_config(Path(run_dir))
+        config = read_run_config(Path(run_dir))
         dataset = registry.load_dataset(config.dataset, registry.data_dir(data_dir))
         model, state, _ = restore_trained(Path(run_dir), checkpoint, config, dataset.num_items)
         return cls(config, model, state.params, dataset)
@@ -71,8 +72,9 @@ class Recommender:
         self._check_k(k)
         rows = len(inputs)
         padded = max(_ROW_QUANTUM, 1 << (rows - 1).bit_length())
-        pad = lambda x: np.concatenate(
-            [x, np.full((padded - rows,) + x.shape[1:], self.num_items, x.dtype)])
+        def pad(x):
+            return np.concatenate(
+                    [x, np.full((padded - rows,) + x.shape[1:], self.num_items, x.dtype)])
         scores, items = self._ranked(self.params, pad(inputs), pad(exclude), k=k)
         return np.asarray(items)[:rows], np.asarray(scores)[:rows]
 
@@ -84,7 +86,7 @@ class Recommender:
         lengths = np.array([len(h) for h in histories])
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         values = np.concatenate([np.asarray(h, np.int32) for h in histories])
-        inputs = right_aligned_tails(values, offsets, self.config.max_len, self.num_items)
+        inputs = right_aligned_tails(values, offsets, self.config.model.max_len, self.num_items)
         width = int(lengths.max()) if exclude_history else 1
         exclude = right_aligned_tails(values, offsets, width, self.num_items)
         if not exclude_history:
@@ -97,7 +99,7 @@ class Recommender:
         if unknown:
             raise UserError(f"unknown user ids: {', '.join(map(str, unknown))}")
         if self._data is None:
-            self._data = build_sequence_data(self.dataset, self.config.max_len)
+            self._data = build_sequence_data(self.dataset, self.config.model.max_len)
         index = [self._user_index[u] for u in users]
         exclude = self._data.test_history[index]
         if not exclude_history:
@@ -112,7 +114,7 @@ class Recommender:
 
 
 def _top_items(encode_last, params, inputs, exclude, k):
-    scores = encode_last(params, inputs) @ params["params"]["item_embedding"].T
+    scores = item_scores(params, encode_last(params, inputs))
     return jax.lax.top_k(mask_items(scores, exclude), k)
 
 
@@ -120,10 +122,10 @@ def export_embeddings(run_dir: Path, out_dir: Path, checkpoint: str = "best",
                       data_dir: Path | None = None) -> dict:
     """Writes ``item_embeddings.npz`` (table and source ids) and ``model_config.json``."""
     recommender = Recommender.load(run_dir, checkpoint, data_dir)
-    params = recommender.params["params"]
+    params = recommender.params
     with atomic_output(out_dir / "item_embeddings.npz") as f:
-        np.savez(f, item_embeddings=np.asarray(params["item_embedding"]),
-                 position_embeddings=np.asarray(params["position_embedding"]),
+        np.savez(f, item_embeddings=np.asarray(item_table(params)),
+                 position_embeddings=np.asarray(params["params"]["position_embedding"]),
                  item_ids=recommender.dataset.item_ids)
     description = {
         "config": recommender.config.to_json(),

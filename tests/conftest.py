@@ -1,9 +1,10 @@
+"""Fixtures: an isolated data directory per session, the authors' release, a tiny dataset."""
+
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-RELEASE_DIR = REPO.parent / "shared" / "data" / "mqsa-ted-release"
+from tests.helpers import RELEASE_DIR
 
 
 @pytest.fixture(scope="session")
@@ -24,22 +25,6 @@ def release_dir() -> Path:
     return RELEASE_DIR
 
 
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    import sys
-
-    from mqsa_jax.cli import main
-
-    hook = sys.unraisablehook  # main() silences it after a user error; the session keeps its own
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse exits on usage errors
-        code = e.code
-    finally:
-        sys.unraisablehook = hook
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A folder with a small imported dataset ``tiny`` in its ``data`` directory."""
@@ -53,8 +38,3 @@ def tiny_dataset(tmp_path_factory) -> Path:
     assert main(["data", "import", str(root / "log.txt"), "--format", "sasrec", "--name", "tiny",
                  "--min-count", "1", "--data-dir", str(root / "data")]) == 0
     return root
-
-
-def tiny_train_args(root: Path, run_dir: Path) -> list[str]:
-    return ["--dataset", "tiny", "--data-dir", str(root / "data"), "--run-dir", str(run_dir),
-            "--no-progress", "--set", "max_len=16", "--set", "batch_size=32"]

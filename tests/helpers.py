@@ -1,9 +1,15 @@
-"""Small datasets for fast model and training tests."""
+"""Shared test helpers: small datasets for fast model and training tests, and the CLI."""
+
+import sys
+from pathlib import Path
 
 import numpy as np
 
 from mqsa_jax.data.arrays import build_sequence_data
 from mqsa_jax.data.dataset import Dataset, from_full_sequences
+
+REPO = Path(__file__).resolve().parents[1]
+RELEASE_DIR = REPO.parent / "shared" / "data" / "mqsa-ted-release"
 
 
 def random_dataset(num_users=40, num_items=30, max_length=14, seed=0) -> Dataset:
@@ -29,3 +35,24 @@ def first_users(dataset: Dataset, count: int) -> Dataset:
 
 def small_data(max_len=10, **kwargs):
     return build_sequence_data(random_dataset(**kwargs), max_len=max_len)
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """Runs ``mqsa-jax argv...`` in this process: (exit code, stdout, stderr)."""
+    from mqsa_jax.cli import main
+
+    hook = sys.unraisablehook  # main() silences it after a user error; the session keeps its own
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse exits on usage errors
+        code = e.code
+    finally:
+        sys.unraisablehook = hook
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tiny_train_args(root: Path, run_dir: Path) -> list[str]:
+    """``train`` arguments for the ``tiny_dataset`` fixture's dataset: small and fast."""
+    return ["--dataset", "tiny", "--data-dir", str(root / "data"), "--run-dir", str(run_dir),
+            "--no-progress", "--set", "max_len=16", "--set", "batch_size=32"]

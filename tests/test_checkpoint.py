@@ -12,30 +12,11 @@ import pytest
 
 from mqsa_jax.data.arrays import build_sequence_data
 from mqsa_jax.evaluation import label_ranks
-from mqsa_jax.model import MQSA
+from mqsa_jax.model import MQSA, item_scores
 from mqsa_jax.recommend import Recommender
-from mqsa_jax.train import make_encode_last
-from tests.conftest import REPO, run_cli, tiny_train_args
+from tests.helpers import REPO, run_cli, tiny_train_args
 
 EPOCHS = 5
-
-# Runs the CLI, but hangs inside the Orbax save of the latest checkpoint of epoch 3, after
-# signalling that it got there: the test kills it there.
-_HANG_IN_SAVE = """
-import sys, time
-from pathlib import Path
-import orbax.checkpoint as ocp
-original = ocp.StandardCheckpointHandler.async_save
-def hanging(self, directory, *args, **kwargs):
-    if "latest" in str(directory) and "/3.orbax-checkpoint-tmp" in str(directory):
-        Path(sys.argv[1]).write_text("saving")
-        time.sleep(600)
-    return original(self, directory, *args, **kwargs)
-ocp.StandardCheckpointHandler.async_save = hanging
-from mqsa_jax.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
 
 def _cli(*args) -> list[str]:
     return [sys.executable, "-m", "mqsa_jax", *args]
@@ -86,7 +67,7 @@ def test_kill_during_a_checkpoint_save_keeps_the_last_complete_one(tiny_dataset,
     run = tiny_dataset / "killed_in_save"
     marker = tiny_dataset / "in_save"
     process = subprocess.Popen(
-        [sys.executable, "-c", _HANG_IN_SAVE, str(marker), "train",
+        [sys.executable, "-m", "tests.workers.hang_in_save", str(marker), "train",
          *tiny_train_args(tiny_dataset, run), "--epochs", str(EPOCHS)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for(marker.exists, process)
@@ -140,17 +121,6 @@ def test_a_damaged_best_checkpoint_is_named_with_what_is_left(tiny_dataset, unin
         assert f"intact: latest {EPOCHS}, latest {EPOCHS - 1}" in done.stderr, done.stderr
 
 
-# Runs the CLI with files limited to ``limit`` bytes (a full disk, as the writer sees it: writes
-# past it fail with EFBIG).
-_FILE_SIZE_LIMIT = """
-import resource, signal, sys
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
-from mqsa_jax.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
 def test_a_failed_save_loses_nothing_and_the_run_resumes(tiny_dataset, uninterrupted, tmp_path):
     run = tmp_path / "disk_full"
     shutil.copytree(uninterrupted, run)
@@ -161,7 +131,8 @@ def test_a_failed_save_loses_nothing_and_the_run_resumes(tiny_dataset, uninterru
               "--epochs", str(EPOCHS + 1), "--no-progress"]
     env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}
     # Every file of the run directory but the checkpoints' array data fits under the limit.
-    done = subprocess.run([sys.executable, "-c", _FILE_SIZE_LIMIT, str(largest // 2), *resume],
+    done = subprocess.run([sys.executable, "-m", "tests.workers.file_size_limit", str(largest // 2),
+                           *resume],
                           cwd=REPO, capture_output=True, text=True, env=env)
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
@@ -210,11 +181,10 @@ def test_evaluate_the_best_checkpoint_reproduces_results(tiny_dataset, uninterru
 def test_recommend_for_users_equals_the_evaluation_ranking(tiny_dataset, uninterrupted):
     recommender = Recommender.load(uninterrupted, data_dir=tiny_dataset / "data")
     dataset = recommender.dataset
-    data = build_sequence_data(dataset, recommender.config.max_len)
-    model = MQSA.from_config(recommender.config, dataset.num_items)
-    encode = make_encode_last(model)
-    scores = encode(recommender.params, data.test_inputs) @ \
-        recommender.params["params"]["item_embedding"].T
+    data = build_sequence_data(dataset, recommender.config.model.max_len)
+    model = MQSA(recommender.config.model, dataset.num_items)
+    scores = item_scores(recommender.params, model.encode_last(recommender.params,
+                                                               data.test_inputs))
     ranks = np.asarray(label_ranks(scores, jnp.asarray(data.test_labels),
                                    jnp.asarray(data.test_history), 20))
     items, _ = recommender.topk_for_users(dataset.user_ids.tolist(), k=20)

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from mqsa_jax.config import Config, build_config, load_config_file, parse_overrides
+from mqsa_jax.config import Config, build_config, load_config_file, parse_overrides, resolve
 from mqsa_jax.errors import UserError
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 DATASETS = ("beauty", "sports", "toys", "yelp")
@@ -21,15 +21,15 @@ def test_defaults_are_the_release_beauty_command():
     reference = dict(learning_rate=1e-3, l2_reg=1e-4, max_len=50, dropout=0.5, windows=(1, 3),
                      window_weights=(0.5, 0.5), lambda_kd=0.1, tau=0.1, hidden=64,
                      batch_size=256, num_blocks=1, num_heads=1, time_span=1, epochs=200)
-    assert {k: getattr(Config(), k) for k in reference} == reference
+    assert {k: Config().flat()[k] for k in reference} == reference
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_variants_differ_from_mqsa_ted_only_where_they_ablate(dataset):
     ted = _variant("mqsa_ted", dataset)
     assert ted == Config(dataset=dataset)
-    changed = {name: {k: v for k, v in _variant(name, dataset).to_json().items()
-                      if v != ted.to_json()[k]}
+    changed = {name: {k: v for k, v in _variant(name, dataset).flat().items()
+                      if v != ted.flat()[k]}
                for name in ("sasrec", "mqsa", "sasrec_ted")}
     assert changed == {
         "sasrec": {"windows": (1,), "window_weights": (1.0,), "lambda_kd": 0.0},
@@ -41,8 +41,26 @@ def test_variants_differ_from_mqsa_ted_only_where_they_ablate(dataset):
 def test_overrides_win_over_the_file_and_are_typed():
     config = build_config({"tau": 0.2, "windows": [1, 4]},
                           parse_overrides(["tau=0.05", "window_weights=0.3,0.7"]))
-    assert config.tau == 0.05 and config.windows == (1, 4)
-    assert config.window_weights == (0.3, 0.7)
+    assert config.loss.tau == 0.05 and config.model.windows == (1, 4)
+    assert config.model.window_weights == (0.3, 0.7)
+
+
+def test_a_key_may_name_its_part_and_the_json_is_nested():
+    config = build_config({"loss": {"tau": 0.2}}, parse_overrides(["model.hidden=32"]))
+    assert config.loss.tau == 0.2 and config.model.hidden == 32
+    assert config.to_json()["model"]["hidden"] == 32 and "hidden" not in config.to_json()
+    assert build_config(config.to_json()) == config == build_config(config.flat())
+    with pytest.raises(UserError, match="unknown config key 'loss.hidden'"):
+        build_config({}, parse_overrides(["loss.hidden=32"]))
+
+
+def test_resolve_layers_the_run_the_file_and_the_overrides(tmp_path):
+    base = resolve(f"{CONFIGS}/mqsa.py:toys", ["tau=0.05"], epochs=3)
+    assert (base.dataset, base.loss.lambda_kd, base.loss.tau, base.train.epochs) == (
+        "toys", 0.0, 0.05, 3)
+    (tmp_path / "config.json").write_text(__import__("json").dumps(base.to_json()))
+    resumed = resolve(sets=["epochs=5"], resume=tmp_path)
+    assert resumed.train.epochs == 5 and resumed.loss.tau == 0.05 and resumed.dataset == "toys"
 
 
 @pytest.mark.parametrize("text, message", [

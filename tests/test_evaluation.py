@@ -2,9 +2,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mqsa_jax.config import Config
+from mqsa_jax.config import build_config
 from mqsa_jax.evaluation import RankingEvaluator, label_ranks, metric_sums
-from mqsa_jax.train import Trainer, make_encode_last
+from mqsa_jax.model import item_table
+from mqsa_jax.train import Trainer
 from tests.helpers import small_data
 
 
@@ -26,7 +27,8 @@ def test_ranks_against_brute_force_with_ties_and_masks():
     # Up to 15 masked items of 30: the top 20 often holds masked (-inf) items.
     history = np.where(rng.random((rows, 15)) < 0.7, rng.integers(0, n, (rows, 15)), n)
     history[0, 0] = labels[0]  # a label in its own history can never be found
-    got = np.asarray(label_ranks(jnp.asarray(scores), jnp.asarray(labels), jnp.asarray(history), 20))
+    got = np.asarray(label_ranks(jnp.asarray(scores), jnp.asarray(labels), jnp.asarray(history),
+                                 20))
     expected = [_brute_force_rank(scores[r], labels[r], history[r], 20) for r in range(rows)]
     assert got.tolist() == expected
     assert got[0] == 20
@@ -36,7 +38,8 @@ def test_metric_sums():
     ranks = jnp.asarray([0, 4, 5, 9, 19, 20])
     weights = jnp.asarray([1, 1, 1, 1, 1, 0], jnp.float32)
     sums = np.asarray(metric_sums(ranks, weights))
-    ndcg = lambda r: 1 / np.log2(r + 2)
+    def ndcg(r):
+        return 1 / np.log2(r + 2)
     expected = [2, ndcg(0) + ndcg(4), 4, ndcg(0) + ndcg(4) + ndcg(5) + ndcg(9),
                 5, ndcg(0) + ndcg(4) + ndcg(5) + ndcg(9) + ndcg(19)]
     np.testing.assert_allclose(sums, expected, rtol=1e-6)
@@ -44,15 +47,16 @@ def test_metric_sums():
 
 def test_evaluator_equals_brute_force_full_width_ranking():
     data = small_data(max_len=40, num_users=70, max_length=30)
-    config = Config(max_len=40, hidden=16, eval_batch_size=16)
+    config = build_config({"max_len": 40, "hidden": 16, "eval_batch_size": 16})
     trainer = Trainer(config, data)
     params = trainer.init_state().params
-    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(2), p.shape), params)
-    encode = make_encode_last(trainer.model)
+    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(2), p.shape),
+                          params)
+    encode = trainer.model.encode_last
     for split in ("valid", "test"):
         inputs = getattr(data, f"{split}_inputs")
         states = np.asarray(encode(params, inputs))
-        scores = states @ np.asarray(params["params"]["item_embedding"]).T
+        scores = states @ np.asarray(item_table(params)).T
         ranks = np.array([
             _brute_force_rank(scores[u], getattr(data, f"{split}_labels")[u],
                               getattr(data, f"{split}_history")[u], 20)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 USERS, ITEMS = 7, 7  # every user rates every item: a 5-core that damage can break
 

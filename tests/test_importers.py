@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 
 from mqsa_jax.data import registry
-from mqsa_jax.data.importers import (
-    Columns, build_dataset, dense_ids, k_core, read_csv, read_recbole, read_sasrec,
-)
+from mqsa_jax.data.from_log import build_dataset, dense_ids, k_core
+from mqsa_jax.data.importers import Columns, read_csv, read_recbole, read_sasrec
 from mqsa_jax.data.release import RELEASE_DATASETS
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -114,7 +113,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, text,
 
 def test_unknown_format_and_bad_name(tmp_path, capsys):
     path = _write(tmp_path, "log", "1 2\n")
-    code, _, err = run_cli(capsys, "data", "import", str(path), "--format", "parquet", "--name", "m")
+    code, _, err = run_cli(capsys, "data", "import", str(path), "--format", "parquet",
+                           "--name", "m")
     assert code == 2 and "invalid choice: 'parquet'" in err and err.count("\n") == 1
     code, _, err = run_cli(capsys, "data", "import", str(path), "--format", "sasrec",
                            "--name", "Bad Name")
@@ -174,4 +174,5 @@ def test_build_dataset_reports_what_the_k_core_removed(tmp_path):
     dataset, summary = build_dataset("x", read_sasrec(path), min_count=2)
     assert summary["k_core"] == {"min_count": 2, "passes": 4, "events_removed": 3,
                                  "users_removed": 2, "items_removed": 1}
-    assert dataset.user_ids.tolist() == ["u1", "u2"] and dataset.item_ids.tolist() == ["a", "b", "c"]
+    assert dataset.user_ids.tolist() == ["u1", "u2"]
+    assert dataset.item_ids.tolist() == ["a", "b", "c"]

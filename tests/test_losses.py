@@ -150,10 +150,12 @@ def test_blocked_losses_and_gradients_equal_the_dense_ones():
             for a, b in zip(grads, dense):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # Without distillation, too.
-    rec_only = lambda t, b, s=1: fused_losses(states, targets, weights, t, block=b,
-                                              catalogue_slices=s)[0]
-    dense_rec = lambda t: _dense_losses(states, targets, weights, t, table[heads], heads,
-                                        teacher_dense)[0]
+    def rec_only(t, b, s=1):
+        return fused_losses(states, targets, weights, t, block=b,
+                                                  catalogue_slices=s)[0]
+    def dense_rec(t):
+        return _dense_losses(states, targets, weights, t, table[heads], heads,
+                                            teacher_dense)[0]
     for block, slices in ((0, 1), (5, 1), (3, 5)):
         np.testing.assert_allclose(jax.grad(rec_only)(table, block, slices),
                                    jax.grad(dense_rec)(table), rtol=1e-5, atol=1e-6)

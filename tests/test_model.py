@@ -5,15 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mqsa_jax.config import Config
+from mqsa_jax.config import build_config
 from mqsa_jax.model import MQSA, Branch, item_table, window_average
 
 N, T = 30, 12
 
 
 def _model(**overrides):
-    config = Config(max_len=T, hidden=16, num_heads=2, num_blocks=2, **overrides)
-    model = MQSA.from_config(config, N)
+    config = build_config({"max_len": T, "hidden": 16, "num_heads": 2, "num_blocks": 2,
+                           **overrides})
+    model = MQSA(config.model, N)
     params = model.init({"params": jax.random.key(0)}, jnp.full((1, T), N), deterministic=True)
     # Trained-looking weights: perturb LayerNorm scales and biases away from 1 and 0.
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
@@ -108,7 +109,7 @@ def test_vmapped_branches_equal_branches_one_by_one(windows, weights):
     x = (table[seqs] * 4.0 + p["position_embedding"]) * mask[..., None]
     branch = Branch(16, 2, 2, 0.5, True)
     segments = (seqs != N).astype(np.int32)
-    states = [branch.apply({"params": jax.tree.map(lambda v: v[b], p["branches"])},
+    states = [branch.apply({"params": jax.tree.map(lambda v, b=b: v[b], p["branches"])},
                            x, mask, segments, jnp.asarray(w)) for b, w in enumerate(windows)]
     expected = sum(w * s for w, s in zip(weights, states))
     np.testing.assert_allclose(fused, np.asarray(expected), atol=1e-5)

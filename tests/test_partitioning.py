@@ -10,40 +10,7 @@ import pytest
 
 from mqsa_jax.errors import UserError
 from mqsa_jax.partitioning import parse_mesh
-from tests.conftest import REPO
-
-# Runs in fresh interpreters: the device count is fixed when JAX starts.
-_TWO_EPOCHS = """
-import json, sys
-import numpy as np
-from mqsa_jax.partitioning import Partitioner, maybe_initialize_distributed
-
-maybe_initialize_distributed()
-import jax
-from mqsa_jax.config import Config
-from mqsa_jax.data.arrays import build_sequence_data
-from mqsa_jax.train import Trainer
-from tests.helpers import random_dataset
-
-data = build_sequence_data(random_dataset(num_users=96, num_items=48, max_length=18, seed=7),
-                           max_len=16)
-config = Config(max_len=16, batch_size=96, eval_batch_size=48)  # one batch: few shapes
-results = {}
-for mesh in json.loads(sys.argv[1]):
-    trainer = Trainer(config, data, Partitioner(*mesh))
-    state = trainer.init_state()
-    rng = np.random.default_rng(0)
-    epochs = []
-    for _ in range(2):
-        state, losses = trainer.train_epoch(state, rng.permutation(data.num_users))
-        epochs.append({"losses": losses, **trainer.evaluate(state.params)})
-    table = state.params["params"]["item_embedding"]
-    epochs.append({"processes": jax.process_count(),
-                   "shard_rows": table.addressable_shards[0].data.shape[0]})
-    results["x".join(map(str, mesh))] = epochs
-if jax.process_index() == 0:
-    print(json.dumps(results))
-"""
+from tests.helpers import REPO
 
 
 def _launch(argv: list[str], devices: int, processes: int = 1) -> list[str]:
@@ -67,7 +34,7 @@ def _launch(argv: list[str], devices: int, processes: int = 1) -> list[str]:
 
 
 def _run(meshes, devices, processes=1):
-    out = _launch(["-c", _TWO_EPOCHS, json.dumps(meshes)], devices, processes)[0]
+    out = _launch(["-m", "tests.workers.two_epochs", json.dumps(meshes)], devices, processes)[0]
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -114,63 +81,15 @@ def test_parse_mesh():
             parse_mesh(bad)
 
 
-_COLLECTIVES = """
-import json, re
-import numpy as np
-from mqsa_jax.config import Config
-from mqsa_jax.data.arrays import build_sequence_data
-from mqsa_jax.partitioning import Partitioner
-from mqsa_jax.train import Trainer
-from tests.helpers import random_dataset
-
-MOVES = ("all-gather", "all-to-all", "collective-permute")  # data that changes devices
-data = build_sequence_data(random_dataset(num_users=96, num_items=800, max_length=18, seed=7),
-                           max_len=16)
-found, losses = {}, {}
-for data_size, model, chunk in ((1, 1, 0), (1, 8, 0), (4, 2, 0), (1, 8, 256)):
-    trainer = Trainer(Config(max_len=16, batch_size=96, eval_batch_size=48, logits_chunk=chunk),
-                      data, Partitioner(data_size, model))
-    state = trainer.init_state()
-    batch, _ = next(trainer.packing.batches(np.arange(96)))
-    args = (trainer.arrays, trainer.place(batch))
-    train_hlo = trainer.train_step.lower(state, *args).compile().as_text()
-    evaluator = trainer.evaluators[0]
-    eval_hlo = evaluator._step.lower(state.params, *evaluator._batches[0]).compile().as_text()
-    case = f"{data_size}x{model} chunk {chunk}"
-    for step, hlo in (("train", train_hlo), ("eval", eval_hlo)):
-        found[f"{step} {case}"] = [
-            [kind, re.findall(r"\\[([\\d,]*)\\]", line.split(" = ")[1].split(f" {kind}")[0])]
-            for line in hlo.splitlines() for kind in MOVES if f" {kind}(" in line]
-    losses[case] = {k: float(v) for k, v in trainer.train_step(state, *args)[1].items()}
-found["losses"] = losses
-
-# Per-slice ranking against the plain one, with ties and masks straddling the slices.
-import jax, jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
-from mqsa_jax.evaluation import label_ranks, sliced_label_ranks
-rng = np.random.default_rng(0)
-scores = rng.integers(0, 6, (48, 800)).astype(np.float32)
-labels = rng.integers(0, 800, 48)
-history = np.where(rng.random((48, 30)) < 0.8, rng.integers(0, 800, (48, 30)), 800)
-history[:4, 0] = labels[:4]
-mesh = Partitioner(1, 8).mesh
-sliced = jax.jit(lambda s, l, h: sliced_label_ranks(mesh, s, l, h, 20))(
-    jax.device_put(scores, NamedSharding(mesh, P("data", "model"))), labels, history)
-plain = label_ranks(jnp.asarray(scores), jnp.asarray(labels), jnp.asarray(history), 20)
-found["same_ranks"] = bool((np.asarray(sliced) == np.asarray(plain)).all())
-print(json.dumps(found))
-"""
-
-
 def test_no_step_moves_the_item_table_or_a_catalogue_wide_array():
     """With the catalogue split over model (meshes 1x8 and 4x2, and 1x8 with 256-item blocks),
     no collective that moves data between devices carries the item table, a slice of it, or an
     array as wide as the catalogue: the lookups read rows where they live, the losses and the
-    ranking reduce per slice (the ranking moves no data at all).  A step gives the single device's losses, and the per-slice
-    ranking equals the plain one."""
+    ranking reduce per slice (the ranking moves no data at all).  A step gives the single
+    device's losses, and the per-slice ranking equals the plain one."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, "-c", _COLLECTIVES], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "-m", "tests.workers.collectives"], cwd=REPO, env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])

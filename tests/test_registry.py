@@ -5,7 +5,7 @@ import tensorflow_datasets as tfds
 
 from mqsa_jax.data import registry, tfds_dataset
 from mqsa_jax.data.dataset import load_store
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 # Reference, section Data.
 REFERENCE_TABLE = {

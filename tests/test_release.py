@@ -9,7 +9,7 @@ from mqsa_jax.data import registry
 from mqsa_jax.data.dataset import load_store
 from mqsa_jax.data.release import RELEASE_DATASETS, convert_release, load_release_file
 from mqsa_jax.errors import UserError
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def _npy_with_pickle(payload: bytes) -> bytes:

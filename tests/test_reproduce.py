@@ -1,6 +1,6 @@
-"""experiments/reproduce.py: resumable runs, the summary's numbers, tables and plots."""
+"""The reproduction (experiments.reproduce): resumable runs, the summary's numbers, tables and
+plots."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,31 +10,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments import plan, plots, report
+from experiments.summary import collect, recent_pace, run_status
 from mqsa_jax.errors import UserError
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))  # as when the script runs: its folder comes first
-_spec = importlib.util.spec_from_file_location("reproduce", ROOT / "experiments" / "reproduce.py")
-reproduce = importlib.util.module_from_spec(_spec)
-sys.modules["reproduce"] = reproduce  # dataclasses look their module up there
-_spec.loader.exec_module(reproduce)
+from mqsa_jax.runs import exclusive
+from tests.helpers import REPO
 
 
 def _fake_run(run_dir: Path, valid: list[float], test: list[float], epochs: int,
               finished: bool, dataset: str = "beauty", train_seconds: float = 10.0) -> None:
     """A run directory as training leaves it: NDCG@20 per epoch, other metrics derived."""
     run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps({"dataset": dataset, "epochs": epochs,
-                                                     "patience": 0}))
+    (run_dir / "config.json").write_text(json.dumps({"dataset": dataset,
+                                                     "train": {"epochs": epochs}}))
     records = []
     for epoch, (v, t) in enumerate(zip(valid, test), 1):
         records.append({"epoch": epoch, "loss": 1.0, "train_seconds": train_seconds,
                         "eval_seconds": 2.0,
-                        "valid": {m: v for m in reproduce.METRICS},
-                        "test": {m: t + i / 100 for i, m in enumerate(reproduce.METRICS)}})
+                        "valid": {m: v for m in plan.METRICS},
+                        "test": {m: t + i / 100 for i, m in enumerate(plan.METRICS)}})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    if finished:
-        (run_dir / "results.json").write_text("{}")
+    if finished:  # as training writes it: the first epoch with the best valid NDCG@20
+        best = max(records, key=lambda r: r["valid"]["NDCG@20"])
+        (run_dir / "results.json").write_text(json.dumps(
+            {"dataset": dataset, "best_epoch": best["epoch"], "valid": best["valid"],
+             "test": best["test"]}))
 
 
 def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
@@ -48,7 +48,7 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     _fake_run(results / "beauty/sasrec/seed1", [0.1, 0.1, 0.1], [0.10, 0.10, 0.10], 3, True)
     _fake_run(results / "beauty/mqsa/seed1", [0.1, 0.1, 0.1], [0.06, 0.06, 0.06], 3, True)
 
-    summary, sweeps = reproduce.collect(results)
+    summary, sweeps = collect(results)
     ted = summary["beauty"]["mqsa_ted"]
     assert ted["seeds"] == [1, 2] and sweeps == {}
     assert ted["best_epoch"] == {"1": 2, "2": 1}
@@ -60,7 +60,7 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     assert ted["pending"]["3"]["best_so_far"]["epoch"] == 2
     assert summary["beauty"]["sasrec"]["test"]["HR@5"]["std"] is None  # one seed: no spread
 
-    text = reproduce.markdown(summary, sweeps)
+    text = report.markdown(summary, sweeps)
     assert "| MQSA-TED | 1, 2 | 0.0750 ± 0.0071 |" in text
     assert "| 2, 1 | 36 s |" in text  # best epochs, then the fastest seed's time
     assert "| MQSA-TED, paper | – | 0.0752 | 0.0534 |" in text
@@ -77,16 +77,16 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     assert "its best baseline (not necessarily SASRec): HR@5 +7.2%." in text
     assert "MQSA-TED, seed 3: epoch 2 of 3, about 12 s more at the pace of its last" in text
     # The plot draws the unfinished seed apart from the finished seeds' mean.
-    [figure] = reproduce.plot(summary, sweeps, results)
+    [figure] = plots.plot(summary, sweeps, results)
     assert figure.read_bytes()[:4] == b"\x89PNG"
 
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{reproduce.README_START}\nold\n{reproduce.README_END}\nrest\n")
+    readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\nrest\n")
     planned = {"beauty": {"mqsa_ted": (1, 2, 3, 4, 5), "sasrec_ted": (1,)},
                "yelp": {"sasrec": (1,)}}
     _fake_run(results / "beauty/sweep_tau/0.5/seed1", [0.1], [0.1], 1, True)
-    reproduce._update_readme(readme, reproduce.readme_table(summary, results, planned,
-                                                            {"beauty": (1,)}))
+    report.update_readme(readme, report.readme_table(summary, results, planned,
+                                                      {"beauty": (1,)}))
     updated = readme.read_text()
     assert updated.startswith("intro\n") and updated.endswith("\nrest\n") and "old" not in updated
     assert "| beauty | MQSA-TED | 1, 2 | 0.0750 ± 0.0071 |" in updated
@@ -96,16 +96,17 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     assert "| beauty | SASRec + TED | – | – | – | – | seed 1: not started |" in updated
     assert "| yelp | SASRec | – | – | – | – | seed 1: not started |" in updated
     assert "| yelp | MQSA-TED, paper | – | – | 0.0205 |" in updated
-    # tau 0.1 is the reference (the finished mqsa_ted seed 1); 0.5 is the other finished one.
-    assert "runs finished: L 1/5, alpha 1/5, lambda_kd 1/5, tau 2/5." in updated
+    # tau 0.1 is the reference (the finished mqsa_ted seed 1); 0.5 is the other finished one;
+    # lambda_kd 0 is the finished MQSA (no TED) seed 1.
+    assert "runs finished: L 1/5, alpha 1/6, lambda_kd 2/6, tau 2/5." in updated
 
 
 def test_time_left_follows_the_last_epochs_not_a_slow_start():
     # A run that shared the machine for its first epochs, then had it alone.
     history = ([{"train_seconds": 50.0, "eval_seconds": 10.0}] * 20
                + [{"train_seconds": 10.0, "eval_seconds": 2.0}] * 10)
-    assert reproduce._recent_pace(history) == 12.0
-    assert reproduce._recent_pace([]) is None
+    assert recent_pace(history) == 12.0
+    assert recent_pace([]) is None
 
 
 def test_summary_skips_a_metrics_line_being_appended(tmp_path):
@@ -113,16 +114,21 @@ def test_summary_skips_a_metrics_line_being_appended(tmp_path):
     _fake_run(run_dir, [0.1, 0.2], [0.1, 0.2], 3, False)
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 3, "loss": 1.0, "val')  # a writer caught mid-line
-    assert reproduce.run_status(run_dir)["epochs_done"] == 2
+    assert run_status(run_dir)["epochs_done"] == 2
 
 
 def test_sweep_reuses_the_reference_run_for_its_reference_point(tmp_path):
-    runs = reproduce.sweep_runs("L", ["beauty"], [7], tmp_path)
-    dirs = {r.overrides: r.run_dir for r in runs}
-    assert dirs[(("windows", "1,3"),)] == tmp_path / "beauty/mqsa_ted/seed7"
-    assert dirs[(("windows", "1,5"),)] == tmp_path / "beauty/sweep_L/5/seed7"
-    alphas = reproduce.sweep_runs("alpha", ["beauty"], [7], tmp_path)
-    assert [r.config({}).window_weights for r in alphas][:2] == [(0.1, 0.9), (0.3, 0.7)]
+    runs = plan.sweep_runs("L", ["beauty"], [7], tmp_path)
+    dirs = {r.config({}).model.windows: r.run_dir for r in runs}
+    assert dirs[(1, 3)] == tmp_path / "beauty/mqsa_ted/seed7"
+    assert dirs[(1, 5)] == tmp_path / "beauty/sweep_L/5/seed7"
+    alphas = plan.sweep_runs("alpha", ["beauty"], [7], tmp_path)
+    assert [r.config({}).model.window_weights for r in alphas][:2] == [(0.1, 0.9), (0.3, 0.7)]
+    # The ends the paper names are runs of the main comparison: alpha = 1 is SASRec with TED,
+    # lambda_kd = 0 is MQSA alone.
+    assert alphas[-1].run_dir == tmp_path / "beauty/sasrec_ted/seed7"
+    kd = plan.sweep_runs("lambda_kd", ["beauty"], [7], tmp_path)
+    assert kd[0].run_dir == tmp_path / "beauty/mqsa/seed7"
 
 
 def test_sweep_table_and_plot_take_the_reference_run_and_skip_unfinished_points(tmp_path):
@@ -131,28 +137,25 @@ def test_sweep_table_and_plot_take_the_reference_run_and_skip_unfinished_points(
     _fake_run(results / "beauty/sweep_tau/0.5/seed1", [0.1, 0.2], [0.01, 0.02], 2, True)
     _fake_run(results / "beauty/sweep_tau/1/seed1", [0.4], [0.04], 2, False)
 
-    summary, sweeps = reproduce.collect(results)
+    summary, sweeps = collect(results)
     points = sweeps["beauty"]["tau"]
     assert list(points) == ["0.1", "0.5", "1"]
     assert points["1"]["seeds"] == [] and points["1"]["pending"]["1"]["epochs_done"] == 1
-    text = reproduce.markdown(summary, sweeps)
+    text = report.markdown(summary, sweeps)
     assert "## Sweep of tau on beauty (MQSA-TED, others at the reference)" in text
     # Each point at its best validation epoch (2): valid 0.3, test NDCG@20 0.03 + 0.05.
     assert "| 0.1 | 1 | 0.3000 | 0.0300 | 0.0400 | 0.0800 |" in text
     assert "| 0.5 | 1 | 0.2000 | 0.0200 | 0.0300 | 0.0700 |" in text
     assert "| 1 | pending | – |" in text
-    written = reproduce.plot(summary, sweeps, results)
+    written = plots.plot(summary, sweeps, results)
     assert results / "plots/beauty_sweep_tau.png" in written
     assert (results / "plots/beauty_sweep_tau.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_second_process_cannot_train_a_locked_run(tmp_path):
-    from mqsa_jax.train import _exclusive
-
-    with _exclusive(tmp_path):
-        with pytest.raises(UserError, match="another process is training this run"):
-            with _exclusive(tmp_path):
-                pass
+    with exclusive(tmp_path), pytest.raises(UserError, match="another process is training"):
+        with exclusive(tmp_path):
+            pass
 
 
 def test_reproduction_runs_resumes_and_summarises(tiny_dataset, tmp_path):
@@ -160,10 +163,10 @@ def test_reproduction_runs_resumes_and_summarises(tiny_dataset, tmp_path):
     env = {**os.environ, "MQSA_DATA_DIR": str(tiny_dataset / "data")}
 
     def run(*args):
-        return subprocess.run([sys.executable, str(ROOT / "experiments" / "reproduce.py"), "main",
+        return subprocess.run([sys.executable, "-m", "experiments.reproduce", "main",
                                "--datasets", "tiny", "--seeds", "5", "--variants", "mqsa_ted",
                                "--results", str(results), *args],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
     first = run("--epochs", "1")
     assert first.returncode == 0, first.stderr[-2000:]

@@ -4,42 +4,42 @@ import jax
 import numpy as np
 import pytest
 
-from mqsa_jax.config import Config
+from mqsa_jax.config import build_config
 from mqsa_jax.data import registry
 from mqsa_jax.data.arrays import build_sequence_data
 from mqsa_jax.losses import TeacherWeights, l2_penalty
+from mqsa_jax.model import item_table
 from mqsa_jax.train import Trainer
-from tests.conftest import run_cli, tiny_train_args
-from tests.helpers import first_users, small_data
+from tests.helpers import first_users, run_cli, small_data, tiny_train_args
 
 
 def _dense_reference_losses(trainer, params, users, config):
     """The reference losses over full-width rows, dense teacher rows, no dropout."""
     data = trainer.data
-    n, d = data.num_items, config.hidden
+    n, d = data.num_items, config.model.hidden
     inputs, targets = data.train_inputs[users], data.train_targets[users]
     states = np.asarray(trainer.model.apply(params, inputs, deterministic=True), np.float64)
-    E = np.asarray(params["params"]["item_embedding"], np.float64)
+    E = np.asarray(item_table(params), np.float64)
     real = inputs != n
     logits = np.concatenate([states @ E.T, np.zeros(states.shape[:2] + (1,))], axis=-1)
     log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     ce = -np.take_along_axis(log_softmax, targets[..., None], -1)[..., 0]
     rec = ce[real].mean()
-    teacher = TeacherWeights.from_transitions(data.transitions, config.tau).dense()
-    z = E[inputs[real]] * np.sqrt(d) @ E.T / config.tau
+    teacher = TeacherWeights.from_transitions(data.transitions, config.loss.tau).dense()
+    z = E[inputs[real]] * np.sqrt(d) @ E.T / config.loss.tau
     p = np.exp(z - z.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     kd = -(teacher[inputs[real]] * np.log(p + 1e-24)).sum(-1).mean()
     l2 = float(l2_penalty(params))
-    return rec, kd, rec + config.lambda_kd * kd + config.l2_reg * l2
+    return rec, kd, rec + config.loss.lambda_kd * kd + config.loss.l2_reg * l2
 
 
 @pytest.mark.parametrize("windows, weights, chunk", [
     ((1, 3), (0.5, 0.5), 0), ((1,), (1.0,), 0), ((1, 3), (0.5, 0.5), 8)])
 def test_packed_step_equals_the_dense_reference(windows, weights, chunk):
     data = small_data(max_len=10, num_users=40, max_length=16)
-    config = Config(max_len=10, hidden=16, dropout=0.0, batch_size=32, windows=windows,
-                    window_weights=weights, logits_chunk=chunk)
+    config = build_config({"max_len": 10, "hidden": 16, "dropout": 0.0, "batch_size": 32,
+                           "windows": windows, "window_weights": weights, "logits_chunk": chunk})
     trainer = Trainer(config, data)
     state = trainer.init_state()
     params = jax.tree.map(np.array, state.params)  # the step donates the state
@@ -57,8 +57,9 @@ def test_packed_step_equals_the_dense_reference(windows, weights, chunk):
 
 def test_three_epochs_on_a_real_slice_beat_the_untrained_model(data_root):
     dataset = first_users(registry.load_dataset("toys", data_root), 1200)
-    config = Config(dataset="toys", batch_size=600)  # few batches: few shapes to compile
-    trainer = Trainer(config, build_sequence_data(dataset, config.max_len))
+    # Few batches: few shapes to compile.
+    config = build_config({"dataset": "toys", "batch_size": 600})
+    trainer = Trainer(config, build_sequence_data(dataset, config.model.max_len))
     state = trainer.init_state()
     before = trainer.evaluate(state.params)["valid"]["NDCG@20"]
     rng = np.random.default_rng(config.seed)
@@ -89,7 +90,7 @@ def test_end_to_end_run_outputs_and_same_seed_same_metrics(tiny_dataset, capsys)
     best = max(lines, key=lambda x: x["valid"]["NDCG@20"])
     assert a["best_epoch"] == best["epoch"] and a["test"] == best["test"]
     config = json.loads((runs[0] / "config.json").read_text())
-    assert config["max_len"] == 16 and config["dataset"] == "tiny"
+    assert config["model"]["max_len"] == 16 and config["dataset"] == "tiny"
 
 
 def test_eval_every_and_refusing_a_used_run_dir(tiny_dataset, capsys):

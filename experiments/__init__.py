@@ -1,0 +1,1 @@
+"""Reproduction, benchmarks and measurements; each script runs as ``python -m experiments.NAME``."""

@@ -1,0 +1,88 @@
+"""The reproduction's plots: validation curves per dataset, and one plot per sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from experiments.plan import VARIANTS
+from experiments.summary import run_status
+from mqsa_jax.evaluation import SELECTION_METRIC
+from mqsa_jax.io import atomic_output
+
+
+def mean_curve(run_dirs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Validation NDCG@20 per epoch, averaged over the seeds that reached each epoch."""
+    per_epoch: dict[int, list[float]] = {}
+    for run_dir in run_dirs:
+        for record in run_status(run_dir)["history"]:
+            if "valid" in record:
+                per_epoch.setdefault(record["epoch"], []).append(
+                    record["valid"][SELECTION_METRIC])
+    epochs = np.array(sorted(per_epoch))
+    return epochs, np.array([np.mean(per_epoch[e]) for e in epochs])
+
+
+def plot(summary: dict, sweeps: dict, results: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    folder = results / "plots"
+    folder.mkdir(exist_ok=True)
+    written = []
+    for dataset, groups in summary.items():
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for variant, group in groups.items():
+            # The mean over the finished seeds, so that a run in progress does not bend it; each
+            # unfinished seed dashed beside it, in the same colour.
+            finished = [results / dataset / variant / f"seed{s}" for s in group["seeds"]]
+            color = None
+            if finished:
+                seeds = f"{len(finished)} seed" + ("s" if len(finished) > 1 else "")
+                color = ax.plot(*mean_curve(finished),
+                                label=f"{VARIANTS[variant]} ({seeds})")[0].get_color()
+            for seed in group["pending"]:
+                epochs, curve = mean_curve([results / dataset / variant / f"seed{seed}"])
+                if len(epochs):
+                    color = ax.plot(epochs, curve, "--", color=color, linewidth=1,
+                                    label=f"{VARIANTS[variant]} (seed {seed}, unfinished)"
+                                    )[0].get_color()
+        # The variants differ by a few percent after the first epochs' climb: zoom in on that.
+        later = [y for line in ax.get_lines() for x, y in zip(*line.get_data()) if x >= 10]
+        if later:
+            ax.set_ylim(bottom=0.95 * min(later))
+        ax.set(xlabel="epoch", ylabel=f"validation {SELECTION_METRIC}", title=dataset)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        written.append(_save(fig, folder / f"{dataset}_valid_ndcg20.png"))
+    for dataset, params in sweeps.items():
+        for param, points in params.items():
+            done = {float(v): g for v, g in points.items() if g["seeds"]}
+            if not done:
+                continue
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            values = sorted(done)
+            for split in ("valid", "test"):
+                means = [done[v][split][SELECTION_METRIC]["mean"] for v in values]
+                stds = [done[v][split][SELECTION_METRIC]["std"] or 0 for v in values]
+                ax.errorbar(values, means, yerr=stds, marker="o", capsize=3, label=split)
+            if param in ("lambda_kd", "tau"):  # symlog: lambda_kd's point 0 stays on the axis
+                ax.set_xscale("symlog", linthresh=0.01)
+            ax.set(xlabel=param, ylabel=SELECTION_METRIC, title=f"{dataset}: MQSA-TED, {param}")
+            ax.grid(alpha=0.3)
+            ax.legend()
+            written.append(_save(fig, folder / f"{dataset}_sweep_{param}.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_output(path) as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,208 @@
+"""The reproduction's report: ``summary.md`` and the README's results table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from experiments.markdown import duration, mean_std, relative_gap, table
+from experiments.plan import BASELINE, HERE, METRICS, ORDERING, PLANNED, PLANNED_SWEEPS, VARIANTS
+from experiments.summary import sweep_progress
+from mqsa_jax.evaluation import SELECTION_METRIC as SELECTION
+from mqsa_jax.io import write_text_atomic
+
+PAPER = json.loads((HERE / "reference" / "paper_results.json").read_text())
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _seeds(seeds: list[str]) -> str:
+    """'seed 1' or 'seeds 1, 2'."""
+    return ("seeds " if len(seeds) > 1 else "seed ") + ", ".join(seeds)
+
+
+def _common_seeds(by_seed: list[dict]) -> list[str]:
+    """The seeds that every one of these variants finished, in order."""
+    return sorted(set.intersection(*(set(seeds) for seeds in by_seed)), key=int)
+
+
+def ordering_line(groups: dict) -> str | None:
+    scores = {v: groups[v]["test"][SELECTION]["mean"] for v in ORDERING
+              if v in groups and groups[v]["seeds"]}
+    if len(scores) < len(ORDERING):
+        return None
+    values = ", ".join(f"{VARIANTS[v]} {scores[v]:.4f}" for v in ORDERING)
+    broken = [f"{VARIANTS[a]} is above {VARIANTS[b]} by {relative_gap(scores[a], scores[b])}"
+              for a, b in zip(ORDERING, ORDERING[1:]) if scores[a] >= scores[b]]
+    chain = " < ".join(VARIANTS[v] for v in ORDERING)
+    line = (f"Test {SELECTION}: {values}. The ordering {chain} "
+            + ("holds." if not broken else f"does not hold: {'; '.join(broken)}."))
+    # The means may average different seeds; the seeds every variant finished compare like with
+    # like.
+    by_seed = [groups[v]["test_by_seed"] for v in ORDERING]
+    if not (common := _common_seeds(by_seed)):
+        return line
+    chains, failing = [], []
+    for seed in common:
+        scores = [seeds[seed][SELECTION] for seeds in by_seed]
+        chain = f"{scores[0]:.4f}"
+        for a, b in zip(scores, scores[1:]):
+            chain += f" {'<' if a < b else '≥'} {b:.4f}"
+        chains.append(f"{seed}: {chain}")
+        if any(a >= b for a, b in zip(scores, scores[1:])):
+            failing.append(seed)
+    verdict = "it holds on each" if not failing else f"it does not hold on {_seeds(failing)}"
+    return line + f" Per seed finished by all: {'; '.join(chains)} ({verdict})."
+
+
+def gain_line(groups: dict, dataset: str) -> str | None:
+    """MQSA-TED's relative gain over SASRec here, beside the paper's over its best baseline."""
+    ours, base = (groups.get(v, {}).get("test_by_seed", {}) for v in ("mqsa_ted", BASELINE))
+    if not (common := _common_seeds([ours, base])):
+        return None
+    gains = PAPER["relative_gain_over_best_baseline"].get(dataset, {})
+
+    def mean(by_seed: dict, metric: str) -> float:
+        return float(np.mean([by_seed[seed][metric] for seed in common]))
+
+    line = (f"MQSA-TED over SASRec (relative, on {_seeds(common)}, which both finished): "
+            + ", ".join(f"{m} {relative_gap(mean(ours, m), mean(base, m))}"
+                        for m in ("HR@5", "NDCG@5", SELECTION)))
+    if gains:
+        line += ("; the paper's gain over its best baseline (not necessarily SASRec): "
+                 + ", ".join(f"{m} {100 * g:+.1f}%" for m, g in gains.items()))
+    return line + "."
+
+
+def baseline_line(groups: dict, dataset: str) -> str | None:
+    """Our baseline against the level of the paper's best baseline that its gains imply:
+    MQSA-TED's figure / (1 + gain)."""
+    paper, gains = (PAPER[k].get(dataset, {}) for k in ("mqsa_ted",
+                                                        "relative_gain_over_best_baseline"))
+    implied = {m: paper[m] / (1 + g) for m, g in gains.items() if m in paper}
+    ours = groups.get(BASELINE, {})
+    if not implied or not ours.get("seeds"):
+        return None
+    return ("SASRec here against the paper's best baseline as its gain implies it "
+            "(MQSA-TED's figure / (1 + gain)): "
+            + ", ".join(f"{m} {ours['test'][m]['mean']:.4f} against {level:.4f} "
+                        f"({relative_gap(ours['test'][m]['mean'], level)})"
+                        for m, level in implied.items()) + ".")
+
+
+def _pending_lines(groups: dict) -> list[str]:
+    lines = []
+    for variant, g in groups.items():
+        for seed, p in g["pending"].items():
+            line = f"- {VARIANTS[variant]}, seed {seed}: epoch {p['epochs_done']} of {p['epochs']}"
+            if p["epochs_done"] and p["epochs"]:
+                left = (p["epochs"] - p["epochs_done"]) * p["seconds_per_epoch_recent"]
+                line += f", about {duration(left)} more at the pace of its last epochs"
+            if b := p["best_so_far"]:
+                line += (f" (best so far: epoch {b['epoch']}, valid {SELECTION} "
+                         f"{b['valid'][SELECTION]:.4f}, test HR@5 {b['test']['HR@5']:.4f}, "
+                         f"NDCG@5 {b['test']['NDCG@5']:.4f}, {SELECTION} "
+                         f"{b['test'][SELECTION]:.4f})")
+            lines.append(line)
+    return lines
+
+
+def _dataset_section(dataset: str, groups: dict) -> list[str]:
+    rows = []
+    for variant in (v for v in VARIANTS if v in groups):
+        g = groups[variant]
+        seconds = list(g["train_eval_seconds"].values())
+        rows.append([VARIANTS[variant], ", ".join(map(str, g["seeds"])) or "pending",
+                     *(mean_std(g["test"].get(m)) for m in METRICS),
+                     ", ".join(map(str, g["best_epoch"].values())) or "–",
+                     duration(min(seconds)) if seconds else "–"])
+    paper = PAPER["mqsa_ted"].get(dataset)
+    if paper:
+        rows.append(["MQSA-TED, paper", "–", *(f"{paper[m]:.4f}" if m in paper else "–"
+                                               for m in METRICS), "–", "–"])
+    out = [f"## {dataset}", "", *table(["model", "seeds", *METRICS, "best epoch",
+                                        "train + eval time, fastest seed"], rows), ""]
+    ours = groups.get("mqsa_ted")
+    if paper and ours and ours["seeds"]:
+        gaps = ", ".join(f"{m} {relative_gap(ours['test'][m]['mean'], paper[m])}" for m in paper)
+        upper = ours["test_max_over_epochs"]
+        ceiling = ", ".join(f"{m} {mean_std(upper[m])} "
+                            f"({relative_gap(upper[m]['mean'], paper[m])})" for m in paper)
+        out += [f"MQSA-TED against the paper (relative): {gaps}.", "",
+                "Not the protocol, for comparison only: each seed's best test figure over all "
+                "its epochs (the epoch chosen by test, for each metric on its own), mean over "
+                f"the seeds, and its gap to the paper: {ceiling}.", ""]
+    for line in (ordering_line(groups), gain_line(groups, dataset),
+                 baseline_line(groups, dataset)):
+        if line:
+            out += [line, ""]
+    if pending := _pending_lines(groups):
+        out += ["Pending (not in the means above):", *pending, ""]
+    if machines := sorted({m for g in groups.values() for m in g["machines"]}):
+        out += ["Machines: " + "; ".join(machines) + ".", ""]
+    return out
+
+
+def markdown(summary: dict, sweeps: dict) -> str:
+    out = ["# Reproduction results", "",
+           "Written by `python -m experiments.reproduce` from the run directories beside this "
+           "file (do not edit). Test metrics at each run's first epoch with the best validation "
+           f"{SELECTION} (the reference's protocol: full ranking of all items, history masked); "
+           "mean ± sample standard deviation over the finished seeds. Paper figures: "
+           f"`experiments/reference/paper_results.json` ({PAPER['source']}). Times are wall "
+           "times on a machine that other jobs may have shared (each run's `provenance.json` "
+           "has the load average and nice level at each start), so the table gives the fastest "
+           "seed's.", ""]
+    for dataset, groups in summary.items():
+        out += _dataset_section(dataset, groups)
+    for dataset, params in sweeps.items():
+        for param, points in params.items():
+            rows = [[value, ", ".join(map(str, g["seeds"])) or "pending",
+                     mean_std(g["valid"].get(SELECTION)), mean_std(g["test"].get("HR@5")),
+                     mean_std(g["test"].get("NDCG@5")), mean_std(g["test"].get(SELECTION))]
+                    for value, g in points.items()]
+            out += [f"## Sweep of {param} on {dataset} (MQSA-TED, others at the reference)", "",
+                    *table([param, "seeds", f"valid {SELECTION}", "test HR@5", "test NDCG@5",
+                            f"test {SELECTION}"], rows), ""]
+    return "\n".join(out)
+
+
+def readme_table(summary: dict, results: Path, planned: dict = PLANNED,
+                 planned_sweeps: dict = PLANNED_SWEEPS) -> str:
+    """The README's results table: test metrics of what was run, and what is pending, started
+    or not, among the ``planned`` runs; then how far the planned sweeps are."""
+    shown = ("HR@5", "NDCG@5", "NDCG@20")
+    rows = []
+    for dataset in dict.fromkeys([*planned, *summary]):
+        groups, planned_seeds = summary.get(dataset, {}), planned.get(dataset, {})
+        for variant in (v for v in VARIANTS if v in groups or v in planned_seeds):
+            g = groups.get(variant, {"seeds": [], "test": {}, "pending": {}})
+            pending = [f"seed {s}: epoch {p['epochs_done']}/{p['epochs']}"
+                       for s, p in g["pending"].items()]
+            if waiting := [s for s in planned_seeds.get(variant, ())
+                           if s not in g["seeds"] and str(s) not in g["pending"]]:
+                pending.append(f"{_seeds(list(map(str, waiting)))}: not started")
+            rows.append([dataset, VARIANTS[variant], ", ".join(map(str, g["seeds"])) or "–",
+                         *(mean_std(g["test"].get(m)) for m in shown),
+                         ", ".join(pending) or "–"])
+        if paper := PAPER["mqsa_ted"].get(dataset):
+            rows.append([dataset, "MQSA-TED, paper", "–",
+                         *(f"{paper[m]:.4f}" if m in paper else "–" for m in shown), "–"])
+    lines = table(["dataset", "model", "seeds done", *shown, "pending"], rows)
+    for dataset, seeds in planned_sweeps.items():
+        progress = ", ".join(f"{param} {finished}/{total}" for param, (finished, total)
+                             in sweep_progress(results, dataset, seeds).items())
+        lines += ["", f"Sweeps on {dataset} (MQSA-TED, seed{'s' * (len(seeds) > 1)} "
+                      f"{', '.join(map(str, seeds))}), runs finished: {progress}."]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, table_text: str) -> None:
+    """Rewrites the README's block between the results markers, if it has them."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    head, rest = text.split(README_START, 1)
+    write_text_atomic(readme, head + README_START + "\n" + table_text + "\n" + README_END
+                      + rest.split(README_END, 1)[1])

@@ -1,0 +1,132 @@
+"""The reproduction's numbers, collected from the run directories.
+
+A finished run's best epoch and its metrics are its ``results.json``, as training wrote them;
+``metrics.jsonl`` gives the curves, the times and, for a run still going, its best so far.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from experiments.plan import METRICS, SWEEPS, VARIANTS, sweep_folder
+from mqsa_jax.config import read_run_config
+from mqsa_jax.evaluation import SELECTION_METRIC
+from mqsa_jax.io import read_json_lines
+
+
+def best_record(history: list[dict]) -> dict | None:
+    """The first epoch with the best valid selection metric, as training selects it."""
+    best = None
+    for record in (r for r in history if "valid" in r):
+        if best is None or record["valid"][SELECTION_METRIC] > best["valid"][SELECTION_METRIC]:
+            best = record
+    return best
+
+
+def run_status(run_dir: Path) -> dict:
+    """What a run directory holds: its config, history, and best record so far."""
+    config = read_run_config(run_dir) if (run_dir / "config.json").exists() else None
+    metrics = run_dir / "metrics.jsonl"
+    # A run training beside this process may be appending its last line.
+    history = read_json_lines(metrics) if metrics.exists() else []
+    done = history[-1]["epoch"] if history else 0
+    results = run_dir / "results.json"
+    finished = results.exists() and config is not None and (
+        done == config.train.epochs or config.eval.patience > 0)
+    if finished:
+        written = json.loads(results.read_text())
+        best = {"epoch": written["best_epoch"], "valid": written["valid"],
+                "test": written["test"]}
+    else:
+        best = best_record(history)
+    return {"config": config, "history": history, "best": best, "epochs_done": done,
+            "complete": finished,
+            "seconds": round(sum(r.get("train_seconds", 0) + r.get("eval_seconds", 0)
+                                 for r in history), 1)}
+
+
+def recent_pace(history: list[dict], epochs: int = 10) -> float | None:
+    """Median seconds per epoch over the last few: the machine's load now, not at the start."""
+    seconds = [r.get("train_seconds", 0) + r.get("eval_seconds", 0) for r in history[-epochs:]]
+    return float(np.median(seconds)) if seconds else None
+
+
+def _mean_std(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+
+
+def _machines(run_dirs: list[Path]) -> list[str]:
+    machines = set()
+    for p in run_dirs:
+        provenance = p / "provenance.json"
+        if provenance.exists():
+            for session in json.loads(provenance.read_text())["sessions"]:
+                machines.add(f"{session['cpu']} x{session['cpu_count']}"
+                             + (f", {session['gpus']}" if "gpus" in session else ""))
+    return sorted(machines)
+
+
+def group(run_dirs: list[Path]) -> dict:
+    """Mean and sample std over the finished seeds; the unfinished ones listed as pending."""
+    statuses = {int(p.name.removeprefix("seed")): run_status(p) for p in sorted(run_dirs)}
+    done = {s: st for s, st in statuses.items() if st["complete"]}
+
+    def over_seeds(figure) -> dict:
+        """Each metric's mean and std of ``figure(status, metric)`` over the finished seeds."""
+        return {m: _mean_std([figure(st, m) for st in done.values()])
+                for m in METRICS} if done else {}
+
+    return {
+        "seeds": sorted(done),
+        "valid": over_seeds(lambda st, m: st["best"]["valid"][m]),
+        "test": over_seeds(lambda st, m: st["best"]["test"][m]),
+        # Not the protocol: what a report that chose each metric's epoch by test would show.
+        "test_max_over_epochs": over_seeds(
+            lambda st, m: max(r["test"][m] for r in st["history"] if "test" in r)),
+        "best_epoch": {str(s): st["best"]["epoch"] for s, st in done.items()},
+        "test_by_seed": {str(s): st["best"]["test"] for s, st in done.items()},
+        "train_eval_seconds": {str(s): st["seconds"] for s, st in done.items()},
+        "machines": _machines(run_dirs),
+        "pending": {
+            str(s): {"epochs_done": st["epochs_done"],
+                     "epochs": st["config"].train.epochs if st["config"] else None,
+                     "seconds_so_far": st["seconds"],
+                     "seconds_per_epoch_recent": recent_pace(st["history"]),
+                     "best_so_far": ({"epoch": st["best"]["epoch"],
+                                      "valid": {SELECTION_METRIC:
+                                                st["best"]["valid"][SELECTION_METRIC]},
+                                      "test": st["best"]["test"]} if st["best"] else None)}
+            for s, st in statuses.items() if not st["complete"]},
+    }
+
+
+def seed_dirs(folder: Path) -> list[Path]:
+    return [p for p in folder.glob("seed*") if (p / "config.json").exists()]
+
+
+def collect(results: Path) -> tuple[dict, dict]:
+    """The summary of the variants and of the sweeps, from the run directories."""
+    summary, sweeps = {}, {}
+    for dataset_dir in sorted(p for p in results.iterdir() if p.is_dir()):
+        dataset = dataset_dir.name
+        for variant in VARIANTS:
+            if runs := seed_dirs(dataset_dir / variant):
+                summary.setdefault(dataset, {})[variant] = group(runs)
+        for param, values in SWEEPS.items():
+            if not (dataset_dir / f"sweep_{param}").is_dir():
+                continue
+            points = {f"{v:g}": group(runs) for v in values
+                      if (runs := seed_dirs(sweep_folder(results, dataset, param, v)))}
+            sweeps.setdefault(dataset, {})[param] = points
+    return summary, sweeps
+
+
+def sweep_progress(results: Path, dataset: str, seeds) -> dict[str, tuple[int, int]]:
+    """Per swept parameter: how many of its runs (values x seeds) are finished, of how many."""
+    return {param: (sum(run_status(sweep_folder(results, dataset, param, v) / f"seed{s}")
+                        ["complete"] for v in values for s in seeds), len(values) * len(seeds))
+            for param, values in SWEEPS.items()}

@@ -1,0 +1,101 @@
+"""Run directories: their lock, their data, their checkpoints restored, and their evaluation.
+
+A run directory holds ``config.json``, ``metrics.jsonl``, ``results.json`` and ``checkpoints/``
+(:mod:`mqsa_jax.checkpoint`).  Everything here serves training, evaluation and serving alike,
+and imports nothing of training: ``mqsa_jax.recommend`` restores a run through this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import jax
+from jax.experimental import multihost_utils
+
+from mqsa_jax.checkpoint import RunCheckpoints
+from mqsa_jax.config import Config, read_run_config
+from mqsa_jax.data import registry
+from mqsa_jax.data.arrays import SequenceData, build_sequence_data
+from mqsa_jax.errors import UserError
+from mqsa_jax.evaluation import RankingEvaluator
+from mqsa_jax.model import MQSA
+from mqsa_jax.partitioning import Partitioner
+from mqsa_jax.state import TrainState, init_state, make_optimizer
+
+
+def check_resumable(stored: Config, requested: Config, run_dir: Path) -> None:
+    """Only the number of epochs may change when a run is resumed."""
+    old, new = stored.flat(), requested.flat()
+    changed = [f"{k} ({old[k]} -> {new[k]})" for k in old if k != "epochs" and old[k] != new[k]]
+    if changed:
+        raise UserError(f"cannot resume {run_dir} with a different config: {', '.join(changed)}; "
+                        "only epochs may change")
+
+
+@contextlib.contextmanager
+def exclusive(run_dir: Path) -> Iterator[None]:
+    """Holds the run directory's lock: two processes training one run would corrupt it."""
+    with open(run_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{run_dir}: another process is training this run") from None
+        yield
+
+
+def prepare_data(config: Config, data_dir: Path | None = None) -> SequenceData:
+    """The config's dataset as model-ready arrays, prepared once however many processes run."""
+    if jax.process_count() > 1:
+        # The first use of a dataset prepares its TFDS files: one process does, on storage the
+        # hosts share, while the others wait (on separate disks each host then prepares its own).
+        if jax.process_index() == 0:
+            registry.load_dataset(config.dataset, data_dir)
+        multihost_utils.sync_global_devices("mqsa-jax: dataset prepared")
+    dataset = registry.load_dataset(config.dataset, data_dir)
+    return build_sequence_data(dataset, config.model.max_len, config.loss.time_span)
+
+
+def enable_compilation_cache() -> None:
+    """Keeps compiled steps on disk: a second run of the same shapes starts at once."""
+    if jax.config.jax_compilation_cache_dir is None:
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mqsa-jax" / "jax"
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def make_evaluators(model: MQSA, data: SequenceData, config: Config,
+                    partitioner: Partitioner | None = None,
+                    splits: Sequence[str] = ("valid", "test")) -> list[RankingEvaluator]:
+    """Full-ranking evaluators of ``splits``; with a partitioner, batches are split over its
+    data axis and ranking is per item slice of its model axis."""
+    placement = {} if partitioner is None else {"place": partitioner.place_batch,
+                                                "mesh": partitioner.mesh}
+    return [RankingEvaluator(split, data, model.encode_last, config.eval.eval_batch_size,
+                             **placement) for split in splits]
+
+
+def restore_trained(run_dir: Path, which: str, config: Config,
+                    num_items: int) -> tuple[MQSA, TrainState, dict]:
+    """The model, and the train state and progress saved in a run's ``which`` (best or
+    latest) checkpoint."""
+    model = MQSA(config.model, num_items)
+    template = init_state(model, make_optimizer(config), config)
+    with RunCheckpoints(run_dir, read_only=True) as checkpoints:
+        state, progress = checkpoints.restore(which, template)
+    return model, state, progress
+
+
+def evaluate_run(run_dir: Path, which: str = "best", splits: Sequence[str] = ("valid", "test"),
+                 data_dir: Path | None = None) -> dict:
+    """Re-evaluates a checkpoint of a run on the run's dataset."""
+    config = read_run_config(run_dir)
+    data = prepare_data(config, data_dir)
+    model, state, progress = restore_trained(run_dir, which, config, data.num_items)
+    result = {"checkpoint": which, "epoch": progress["epoch"]}
+    for evaluator in make_evaluators(model, data, config, splits=splits):
+        result[evaluator.split] = evaluator.evaluate(state.params)
+    return result

@@ -1,0 +1,99 @@
+"""The jitted train step: the loss of a packed batch and one Adam update.
+
+The step takes ``(state, arrays, batch)``: the train state, the device-resident data that every
+step reads (the TED teacher), and one packed batch (:class:`mqsa_jax.packing.Batch`, whose
+static widths fix the compiled shape).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mqsa_jax.config import Config
+from mqsa_jax.data.arrays import SequenceData
+from mqsa_jax.losses import TeacherWeights, fused_losses, l2_penalty, ted_students
+from mqsa_jax.model import MQSA, item_table, lookup_rows
+from mqsa_jax.packing import Batch
+from mqsa_jax.partitioning import Partitioner
+from mqsa_jax.state import TrainState
+
+
+@flax.struct.dataclass
+class TrainArrays:
+    """Device-resident training data besides the batches: the TED teacher's rows."""
+
+    teacher: TeacherWeights
+
+    @classmethod
+    def from_data(cls, data: SequenceData, config: Config) -> TrainArrays:
+        return cls(teacher=TeacherWeights.from_transitions(data.transitions, config.loss.tau))
+
+
+def pairs_per_user(data: SequenceData, teacher: TeacherWeights, config: Config) -> np.ndarray:
+    """[U] TED teacher pairs of each user: the successors of the items at its real target
+    positions (zeros without TED); the packing sizes each batch's pair buffer from them."""
+    if config.loss.lambda_kd == 0:
+        return np.zeros(data.num_users, np.int64)
+    real = data.train_targets != data.padding_id
+    successors = np.append(teacher.successor_counts, 0)  # the padding id has none
+    return np.where(real, successors[data.train_inputs], 0).sum(axis=1)
+
+
+def make_loss_fn(model: MQSA, config: Config, partitioner: Partitioner | None = None):
+    """The loss of a batch; the partitioner says how the item table is split over devices."""
+    packed_lookup, slices = None, 1
+    if partitioner is not None and partitioner.model > 1:
+        packed_lookup = functools.partial(partitioner.item_lookup, split=False)
+        slices = partitioner.model
+    loss_config = config.loss
+    distill = loss_config.lambda_kd > 0
+
+    def loss_fn(params, batch: Batch, key, teacher: TeacherWeights):
+        """The mean losses of a packed batch's real targets (``mqsa_jax.packing``)."""
+        real = batch.segments.reshape(-1) > 0
+        positions = jnp.nonzero(real, size=batch.capacity, fill_value=0)[0]
+        weights = (jnp.arange(batch.capacity) < real.sum()).astype(jnp.float32)
+        student_key, model_key = jax.random.split(key)
+        states = model.apply(params, batch.items, deterministic=False, rngs={"dropout": model_key},
+                             segments=batch.segments, positions=batch.positions)
+        states = states.reshape(-1, config.model.hidden)[positions]
+        table = item_table(params)
+        students = teacher_rows = None
+        if distill:
+            heads = batch.items.reshape(-1)[positions]
+            students = ted_students((packed_lookup or lookup_rows)(table, heads), student_key,
+                                    config.model.dropout, loss_config.tau)
+            teacher_rows = teacher.rows(heads, weights, batch.pair_capacity)
+        rec, kd = fused_losses(states, batch.targets.reshape(-1)[positions], weights, table,
+                               students, teacher_rows, loss_config.logits_chunk, packed_lookup,
+                               slices)
+        loss = rec + loss_config.lambda_kd * kd + loss_config.l2_reg * l2_penalty(params)
+        return loss, {"loss": loss, "loss_rec": rec, "loss_kd": kd}
+
+    return loss_fn
+
+
+def make_train_step(model: MQSA, optimizer: optax.GradientTransformation, config: Config,
+                    partitioner: Partitioner | None = None, state_shardings=None):
+    """The jitted step ``(state, arrays, batch) -> (state, losses)``; the state is donated.
+    With a partitioner, the output state keeps the input state's placement
+    (``state_shardings``)."""
+    loss_fn = make_loss_fn(model, config, partitioner)
+    out_shardings = None if partitioner is None else (state_shardings, partitioner.replicated)
+
+    @functools.partial(jax.jit, donate_argnums=0, out_shardings=out_shardings)
+    def train_step(state: TrainState, arrays: TrainArrays, batch: Batch):
+        """One Adam step on a packed batch (``mqsa_jax.packing``)."""
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
+        grads, losses = jax.grad(loss_fn, has_aux=True)(state.params, batch, key, arrays.teacher)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), losses
+
+    return train_step

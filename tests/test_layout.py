@@ -1,0 +1,27 @@
+"""The codebase's shape: one home per concern, small modules, serving apart from training."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import REPO
+
+TRAINING = ("mqsa_jax.train", "mqsa_jax.steps", "mqsa_jax.losses", "mqsa_jax.blocked",
+            "mqsa_jax.packing")
+
+
+def test_serving_imports_nothing_of_training():
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, mqsa_jax.recommend, mqsa_jax.cli; "
+                               "print(' '.join(sorted(sys.modules)))"],
+        cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    assert not set(TRAINING) & set(loaded), set(TRAINING) & set(loaded)
+
+
+def test_no_module_is_over_300_lines_and_no_reproduction_piece_over_250():
+    sizes = {p: len(p.read_text().splitlines()) for p in (REPO / "mqsa_jax").rglob("*.py")}
+    assert max(sizes.values()) <= 300, max(sizes, key=sizes.get)
+    pieces = ("reproduce", "plan", "runner", "summary", "report", "plots", "markdown")
+    for name in pieces:
+        path = Path(REPO / "experiments" / f"{name}.py")
+        assert len(path.read_text().splitlines()) <= 250, path
