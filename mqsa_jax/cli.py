@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
+from mqsa_jax import commands
 from mqsa_jax.errors import UserError
 
 PROG = "mqsa-jax"
@@ -26,115 +25,6 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _data_list(args) -> None:
-    from mqsa_jax.data import registry
-
-    for name in registry.list_datasets(registry.data_dir(args.data_dir)):
-        print(name)
-
-
-def _data_info(args) -> None:
-    from mqsa_jax.data import registry
-
-    dataset = registry.load_dataset(args.name, registry.data_dir(args.data_dir))
-    print(json.dumps(dataset.statistics()))
-
-
-def _data_import(args) -> None:
-    from mqsa_jax.data import importers, registry, tfds_dataset
-    from mqsa_jax.data.dataset import save_store
-    from mqsa_jax.data.from_log import build_dataset
-
-    root = registry.data_dir(args.data_dir)
-    registry.check_new_name(args.name)
-    store = registry.imported_store(args.name, root)
-    if store.exists() and not args.replace:
-        raise UserError(
-            f"dataset {args.name!r} already exists in {root}; pass --replace to overwrite")
-    columns = importers.Columns(user=args.user_col, item=args.item_col, time=args.time_col)
-    log = importers.read_log(Path(args.path), args.format, columns, args.delimiter, args.encoding)
-    dataset, summary = build_dataset(args.name, log, args.min_count)
-    save_store(dataset, store)  # atomic: the store is the commit point
-    tfds_dataset.prepare(store, args.name, root / "tfds")
-    print(json.dumps(summary))
-
-
-def _data_export(args) -> None:
-    from mqsa_jax.data import importers, registry
-
-    dataset = registry.load_dataset(args.name, registry.data_dir(args.data_dir))
-    importers.export_sasrec(dataset, Path(args.path))
-
-
-def _data_convert_release(args) -> None:
-    from mqsa_jax.data import registry, release
-
-    out = Path(args.out or registry.BUILTIN_DIR)
-    for dataset in release.convert_release(Path(args.release_dir), out):
-        print(json.dumps(dataset.statistics()))
-
-
-def _train(args) -> None:
-    import time
-
-    from mqsa_jax.config import resolve
-    from mqsa_jax.partitioning import Partitioner, maybe_initialize_distributed, parse_mesh
-
-    maybe_initialize_distributed()  # before anything touches the devices
-    from mqsa_jax.train import train
-
-    resume = Path(args.resume) if args.resume else None
-    config = resolve(args.config, args.set, resume=resume, dataset=args.dataset,
-                     epochs=args.epochs)
-    if resume is None:
-        run_dir = Path(args.run_dir or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    elif args.run_dir and Path(args.run_dir) != resume:
-        raise UserError("--resume names the run directory; do not also give --run-dir")
-    else:
-        run_dir = resume
-    partitioner = Partitioner(*parse_mesh(args.mesh))
-    results = train(config, run_dir, args.data_dir, progress=False if args.no_progress else None,
-                    resume=resume is not None, partitioner=partitioner)
-    print(json.dumps(results))
-
-
-def _evaluate(args) -> None:
-    from mqsa_jax.runs import evaluate_run
-
-    splits = (args.split,) if args.split else ("valid", "test")
-    print(json.dumps(evaluate_run(Path(args.run_dir), args.checkpoint, splits, args.data_dir)))
-
-
-def _recommend(args) -> None:
-    from mqsa_jax.recommend import Recommender
-
-    if (args.history is None) == (args.user is None):
-        raise UserError("give exactly one of --history ID,ID,... and --user ID")
-    recommender = Recommender.load(Path(args.run_dir), args.checkpoint, args.data_dir)
-    exclude = not args.keep_history
-    if args.user is not None:
-        items, scores = recommender.topk_for_users([args.user], args.k, exclude)
-        output = {"user": args.user}
-    else:
-        ids = [i for i in args.history.split(",") if i.strip()]
-        if not ids:
-            raise UserError("--history: empty; give at least one item id")
-        known, skipped = recommender.item_indices(ids, args.skip_unknown)
-        if not known:
-            raise UserError("--history: no known item ids left; give at least one")
-        items, scores = recommender.topk([known], args.k, exclude)
-        output = {"history": [i.strip() for i in ids], "skipped": skipped}
-    print(json.dumps({**output, "items": items[0], "scores": scores[0]}))
-
-
-def _export(args) -> None:
-    from mqsa_jax.recommend import export_embeddings
-
-    export_embeddings(Path(args.run_dir), Path(args.out_dir), args.checkpoint, args.data_dir)
-    print(json.dumps({"item_embeddings": str(Path(args.out_dir) / "item_embeddings.npz"),
-                      "model_config": str(Path(args.out_dir) / "model_config.json")}))
-
-
 def _add_checkpoint(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", choices=["best", "latest"], default="best",
                         help="which checkpoint of the run (default: best)")
@@ -142,19 +32,19 @@ def _add_checkpoint(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="MQSA-TED sequential recommendation in JAX.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    subcommands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    data = commands.add_parser("data", help="list, inspect, import and export datasets")
+    data = subcommands.add_parser("data", help="list, inspect, import and export datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
 
     p = data_commands.add_parser("list", help="names of the built-in and imported datasets")
     _add_data_dir(p)
-    p.set_defaults(run=_data_list)
+    p.set_defaults(run=commands.data_list)
 
     p = data_commands.add_parser("info", help="statistics of a dataset, as one JSON object")
     p.add_argument("name")
     _add_data_dir(p)
-    p.set_defaults(run=_data_info)
+    p.set_defaults(run=commands.data_info)
 
     p = data_commands.add_parser("import", help="turn an interaction log into a dataset")
     p.add_argument("path")
@@ -169,21 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the file's text encoding, e.g. latin-1 or cp1252 (default utf-8)")
     p.add_argument("--replace", action="store_true", help="overwrite an existing dataset")
     _add_data_dir(p)
-    p.set_defaults(run=_data_import)
+    p.set_defaults(run=commands.data_import)
 
     p = data_commands.add_parser("export", help="write a dataset as SASRec-style 'user item' text")
     p.add_argument("name")
     p.add_argument("path")
     _add_data_dir(p)
-    p.set_defaults(run=_data_export)
+    p.set_defaults(run=commands.data_export)
 
     p = data_commands.add_parser(
         "convert-release", help="rebuild the committed datasets from the authors' release files"
     )
     p.add_argument("release_dir")
     p.add_argument("--out", help="output folder (default: the package's built-in folder)")
-    p.set_defaults(run=_data_convert_release)
-    p = commands.add_parser("train", help="train and evaluate a model; writes a run directory")
+    p.set_defaults(run=commands.data_convert_release)
+    p = subcommands.add_parser("train", help="train and evaluate a model; writes a run directory")
     p.add_argument("--dataset", help="dataset name (built-in or imported)")
     p.add_argument("--config", help="config file defining get_config(); FILE:ARG passes ARG")
     p.add_argument("--epochs", type=int, help="number of epochs (default: the config's)")
@@ -196,34 +86,52 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue this run from its latest complete checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_data_dir(p)
-    p.set_defaults(run=_train)
+    p.set_defaults(run=commands.train)
 
-    p = commands.add_parser("evaluate", help="metrics of a run's checkpoint, as one JSON object")
+    p = subcommands.add_parser("evaluate", help="metrics of a run's checkpoint, as one JSON object")
     p.add_argument("run_dir")
     _add_checkpoint(p)
     p.add_argument("--split", choices=["valid", "test"], help="one split (default: both)")
+    p.add_argument("--ranks", metavar="FILE",
+                   help="also write each user's rank of its held-out item (JSON lines)")
     _add_data_dir(p)
-    p.set_defaults(run=_evaluate)
+    p.set_defaults(run=commands.evaluate)
 
-    p = commands.add_parser("recommend", help="top-k items for a history or a dataset user")
+    p = subcommands.add_parser("recommend", help="top-k items for histories or dataset users")
     p.add_argument("run_dir")
     p.add_argument("--history", help="comma-separated item ids, oldest first")
     p.add_argument("--user", help="a user id of the dataset")
+    p.add_argument("--full-history", action="store_true",
+                   help="with --user: from the whole history, its last item included (default: "
+                        "the test-time input the evaluation scores)")
+    p.add_argument("--input", metavar="FILE",
+                   help='JSON lines {"id": ..., "history": [item ids, oldest first]}')
+    p.add_argument("--all-users", action="store_true",
+                   help="every dataset user, from its whole history")
+    p.add_argument("--output", metavar="FILE",
+                   help='with --input or --all-users: JSON lines {"id", "items", "scores"}')
+    p.add_argument("--batch-size", type=int, default=1024,
+                   help="histories per device call with --input or --all-users (default 1024)")
     p.add_argument("--k", type=int, default=10, help="number of items (default 10)")
     p.add_argument("--keep-history", action="store_true",
                    help="allow items of the history in the recommendations")
     p.add_argument("--skip-unknown", action="store_true",
-                   help="ignore unknown item ids (listed in the output) instead of failing")
+                   help="ignore unknown item ids (listed in the output; with --input, "
+                        "counted, and malformed or empty lines skipped) instead of failing")
     _add_checkpoint(p)
     _add_data_dir(p)
-    p.set_defaults(run=_recommend)
+    p.set_defaults(run=commands.recommend)
 
-    p = commands.add_parser("export", help="item embeddings (npz) and model config (JSON)")
+    p = subcommands.add_parser("export", help="item embeddings, a compiled scorer (StableHLO), "
+                                           "user vectors")
     p.add_argument("run_dir")
     p.add_argument("out_dir")
+    p.add_argument("--k", type=int, default=10, help="the scorer's top-k (default 10)")
+    p.add_argument("--user-vectors", action="store_true",
+                   help="also each dataset user's state vector (user_vectors.npz)")
     _add_checkpoint(p)
     _add_data_dir(p)
-    p.set_defaults(run=_export)
+    p.set_defaults(run=commands.export)
     return parser
 
 

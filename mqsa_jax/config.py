@@ -94,15 +94,29 @@ class TrainConfig:
                 + _above_zero(self, ("learning_rate",)))
 
 
+def metric_names(ks: Sequence[int]) -> list[str]:
+    """The evaluation's metrics, in report order: ``HR@K``, ``NDCG@K`` for each cut-off, ``MRR``."""
+    return [f"{m}@{k}" for k in ks for m in ("HR", "NDCG")] + ["MRR"]
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     eval_batch_size: int = 1024
     eval_every: int = 1  # evaluate every k epochs (and after the last)
     # Stop after this many evaluations without a better valid selection metric; 0: never.
     patience: int = 0
+    eval_ks: tuple[int, ...] = (5, 10, 20)  # the cut-offs of HR@K and NDCG@K (MRR has none)
+    selection_metric: str = "NDCG@20"  # the valid metric that picks the reported epoch
 
     def __post_init__(self):
-        _refuse(_at_least(self, ("eval_batch_size", "eval_every"), 1)
+        problems = []
+        if not self.eval_ks or any(k < 1 for k in self.eval_ks):
+            problems.append(f"eval_ks must be positive cut-offs, got {self.eval_ks}")
+        names = metric_names(self.eval_ks)
+        if self.selection_metric not in names:
+            problems.append(f"selection_metric must be one of {', '.join(names)}, "
+                            f"got {self.selection_metric!r}")
+        _refuse(problems + _at_least(self, ("eval_batch_size", "eval_every"), 1)
                 + _at_least(self, ("patience",), 0))
 
 

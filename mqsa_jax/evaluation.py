@@ -1,8 +1,8 @@
 """Full-ranking evaluation: every user's label ranked against all N items, history masked.
 
 An evaluator is a small object bound to one split (big_vision style): ``evaluate(params)``
-returns ``{"HR@5": ..., "NDCG@20": ...}``.  Scores never leave the device; only the metric sums
-come back, once per call.
+returns ``{"HR@5": ..., "NDCG@20": ..., "MRR": ...}``.  Scores never leave the device; only the
+metric sums come back, once per call (or, with ``ranks(params)``, each user's rank).
 """
 
 from __future__ import annotations
@@ -13,16 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mqsa_jax.config import EvalConfig, metric_names
 from mqsa_jax.data.arrays import SequenceData
 from mqsa_jax.model import item_scores
 
-KS = (5, 10, 20)
+KS = EvalConfig.eval_ks  # the reference's cut-offs
 # The reference selects the epoch (and the reproduction orders the variants) by valid NDCG@20.
-SELECTION_METRIC = "NDCG@20"
-
-
-def metric_names(ks=KS) -> list[str]:
-    return [f"{m}@{k}" for k in ks for m in ("HR", "NDCG")]
+SELECTION_METRIC = EvalConfig.selection_metric
 
 
 def mask_items(scores: jax.Array, items: jax.Array) -> jax.Array:
@@ -103,13 +100,29 @@ def sliced_label_ranks(mesh, scores, labels, history, top: int) -> jax.Array:
                          out_specs=P("data"), check_vma=False)(scores, labels, history)
 
 
-def metric_sums(ranks: jax.Array, weights: jax.Array, ks=KS) -> jax.Array:
-    """Sums over users of HR@K and NDCG@K (one relevant item: NDCG = 1 / log2(rank + 2))."""
+def metric_sums(ranks: jax.Array, weights: jax.Array, ks=KS,
+                found: jax.Array | None = None) -> jax.Array:
+    """Sums over users of HR@K and NDCG@K (one relevant item: NDCG = 1 / log2(rank + 2)), then
+    of the reciprocal rank.
+
+    Args:
+      ranks: [B] 0-based ranks.
+      weights: [B] 1 for a real user, 0 for a filler.
+      ks: the cut-offs.
+      found: [B] whether each label can be found at all (a label in its own history cannot:
+        its reciprocal rank is 0); None: every label.
+
+    Returns:
+      [2 len(ks) + 1] sums, in the order of :func:`mqsa_jax.config.metric_names`.
+    """
     sums = []
     for k in ks:
         hit = (ranks < k).astype(jnp.float32) * weights
         sums += [hit.sum(), jnp.sum(hit / jnp.log2(ranks.astype(jnp.float32) + 2.0))]
-    return jnp.stack(sums)
+    reciprocal = weights / (ranks.astype(jnp.float32) + 1.0)
+    if found is not None:
+        reciprocal = jnp.where(found, reciprocal, 0.0)
+    return jnp.stack([*sums, reciprocal.sum()])
 
 
 # Evaluation rows run on their last W columns, W the smallest of these that holds the batch's
@@ -132,11 +145,13 @@ class RankingEvaluator:
         labels = getattr(data, f"{split}_labels")
         history = getattr(data, f"{split}_history")
         self.split, self.ks, self.num_users = split, tuple(ks), len(labels)
+        self.num_items = data.num_items
         order = np.argsort((inputs != data.padding_id).sum(axis=1), kind="stable")
         order = np.pad(order, (0, -len(order) % batch_size), constant_values=-1)
         widths = [w for w in EVAL_WIDTHS if w < data.max_len] + [data.max_len]
-        self._batches = []
+        self._batches, self._users = [], []  # per batch: its arrays, its rows' users (-1: none)
         for users in order.reshape(-1, batch_size):
+            self._users.append(users)
             real_users = users[users >= 0]
             weights = np.zeros(batch_size, np.float32)
             weights[: len(real_users)] = 1.0
@@ -148,13 +163,10 @@ class RankingEvaluator:
         ranks = label_ranks
         if mesh is not None and mesh.shape["model"] > 1:
             ranks = functools.partial(sliced_label_ranks, mesh)
-        self._step = jax.jit(functools.partial(self._batch_sums, encode_last, ranks, max(ks),
+        # Ranks are exact (capped at N, which no findable label reaches), for MRR and --ranks.
+        self._ranks = jax.jit(functools.partial(_batch_ranks, encode_last, ranks, data.num_items))
+        self._step = jax.jit(functools.partial(_batch_sums, self._ranks, data.num_items,
                                                self.ks))
-
-    @staticmethod
-    def _batch_sums(encode_last, ranks, top, ks, params, inputs, labels, history, weights):
-        scores = item_scores(params, encode_last(params, inputs))  # [B, N]
-        return metric_sums(ranks(scores, labels, history, top), weights, ks)
 
     def lowered(self, params, index: int = -1):
         """The batch step lowered for batch ``index``: its compiled HLO shows what moves
@@ -162,6 +174,27 @@ class RankingEvaluator:
         return self._step.lower(params, *self._batches[index])
 
     def evaluate(self, params) -> dict[str, float]:
+        """The split's metrics: means over users of HR@K, NDCG@K and MRR."""
         total = sum(self._step(params, *batch) for batch in self._batches)
         values = np.asarray(total, dtype=np.float64) / self.num_users
         return dict(zip(metric_names(self.ks), values.tolist()))
+
+    def ranks(self, params) -> np.ndarray:
+        """[U] each user's 0-based rank of its held-out item among the unmasked items, or N
+        (the catalogue's size) when the item is in the user's own history and cannot be found.
+        """
+        ranks = np.empty(self.num_users, np.int64)
+        for users, batch in zip(self._users, self._batches):
+            batch_ranks = np.asarray(self._ranks(params, *batch[:3]))
+            ranks[users[users >= 0]] = batch_ranks[users >= 0]
+        return ranks
+
+
+def _batch_ranks(encode_last, ranks, num_items, params, inputs, labels, history):
+    scores = item_scores(params, encode_last(params, inputs))  # [B, N]
+    return ranks(scores, labels, history, num_items)
+
+
+def _batch_sums(batch_ranks, num_items, ks, params, inputs, labels, history, weights):
+    ranks = batch_ranks(params, inputs, labels, history)
+    return metric_sums(ranks, weights, ks, found=ranks < num_items)

@@ -1,18 +1,22 @@
-"""Recommendations from a trained run, in the dataset's own item ids, and embedding export.
+"""Recommendations from a trained run, in the dataset's own item ids.
 
     rec = Recommender.load("runs/beauty-...")        # once: restores the best checkpoint
     history, unknown = rec.item_indices(["12", "7", "301"])   # source ids -> indices
     items, scores = rec.topk([history], k=10)         # batched and jitted; source ids back
+    items, scores = rec.topk_for_users(["u1"], full_history=True)   # "what next" for a user
 
 Ids in and out are those of the dataset's source (for imported logs, the ids of the user's
 file).  Like the evaluation, a history's items are excluded from its recommendations unless
-``exclude_history=False``, and only its last ``max_len`` items are read.
+``exclude_history=False``, and only its last ``max_len`` items are read.  Shapes are static:
+rows are padded to a power of two (or to the batch size of a file), and the excluded items to a
+width that holds the dataset's longest sequence, so a stream of batches compiles once.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import jax
@@ -21,24 +25,30 @@ import numpy as np
 from mqsa_jax.config import Config, read_run_config
 from mqsa_jax.data import registry
 from mqsa_jax.data.arrays import build_sequence_data, right_aligned_tails
-from mqsa_jax.data.dataset import Dataset
+from mqsa_jax.data.dataset import Dataset, full_sequences
 from mqsa_jax.errors import UserError
 from mqsa_jax.evaluation import mask_items
-from mqsa_jax.io import atomic_output, write_json_atomic
-from mqsa_jax.model import item_scores, item_table
+from mqsa_jax.io import atomic_output
+from mqsa_jax.model import item_scores
 from mqsa_jax.runs import restore_trained
 
-_ROW_QUANTUM = 8  # batches are padded to a power of two (at least this) to bound recompiles
+_ROW_QUANTUM = 8  # a few rows are padded to a power of two (at least this) to bound recompiles
+
+
+def _bucket(n: int) -> int:
+    return max(_ROW_QUANTUM, 1 << (max(n, 1) - 1).bit_length())
 
 
 class Recommender:
     def __init__(self, config: Config, model, params, dataset: Dataset):
-        self.config, self.params, self.dataset = config, params, dataset
+        self.config, self.model, self.params, self.dataset = config, model, params, dataset
         self.num_items = dataset.num_items
         self._item_index = {item: i for i, item in enumerate(dataset.item_ids.tolist())}
         self._user_index = {user: u for u, user in enumerate(dataset.user_ids.tolist())}
         self._integer_ids = bool(np.char.isdigit(np.char.lstrip(dataset.item_ids, "-")).all())
-        self._data = None
+        # Excluded items: one width for every history as long as the dataset's longest sequence.
+        self.exclude_width = _bucket(int(dataset.train_lengths.max(initial=0)) + 2)
+        self._data = self._full = None
         self._ranked = jax.jit(functools.partial(_top_items, model.encode_last),
                                static_argnames="k")
 
@@ -63,23 +73,40 @@ class Recommender:
         known = [self._item_index[i] for i in ids if i in self._item_index]
         return known, unknown
 
-    def _check_k(self, k: int) -> None:
+    def check_k(self, k: int) -> None:
         if not 1 <= k <= self.num_items:
             raise UserError(f"k = {k}: expected 1 to {self.num_items} (the catalogue's size)")
 
-    def topk_indices(self, inputs: np.ndarray, exclude: np.ndarray, k: int):
-        """Top-k dense item indices and scores for right-aligned input rows [B, max_len]."""
-        self._check_k(k)
-        rows = len(inputs)
-        padded = max(_ROW_QUANTUM, 1 << (rows - 1).bit_length())
-        def pad(x):
-            return np.concatenate(
-                    [x, np.full((padded - rows,) + x.shape[1:], self.num_items, x.dtype)])
-        scores, items = self._ranked(self.params, pad(inputs), pad(exclude), k=k)
-        return np.asarray(items)[:rows], np.asarray(scores)[:rows]
+    def topk_indices(self, inputs: np.ndarray, exclude: np.ndarray, k: int,
+                     rows: int | None = None):
+        """Top-k dense item indices and scores.
+
+        Args:
+          inputs: [B, max_len] right-aligned histories (padding id N).
+          exclude: [B, W] items to leave out (padding id N).
+          k: how many items.
+          rows: pad the batch to this many rows (default: a power of two).
+
+        Returns:
+          ([B, k] item indices, [B, k] scores); -inf scores where fewer than k items are left.
+        """
+        self.check_k(k)
+        count = len(inputs)
+        rows = rows or _bucket(count)
+
+        def pad(x, width):
+            out = np.full((rows, width), self.num_items, np.int32)
+            out[:count, width - x.shape[1]:] = x
+            return out
+
+        width = max(self.exclude_width, _bucket(exclude.shape[1]))
+        scores, items = self._ranked(self.params, pad(inputs, inputs.shape[1]),
+                                     pad(exclude, width), k=k)
+        return np.asarray(items)[:count], np.asarray(scores)[:count]
 
     def topk(self, histories: Sequence[Sequence[int]], k: int = 10,
-             exclude_history: bool = True) -> tuple[list[list[str]], list[list[float]]]:
+             exclude_history: bool = True, rows: int | None = None
+             ) -> tuple[list[list[str]], list[list[float]]]:
         """Top-k source item ids and scores for each history of dense item indices."""
         if any(len(h) == 0 for h in histories):
             raise UserError("empty history: give at least one item")
@@ -91,20 +118,35 @@ class Recommender:
         exclude = right_aligned_tails(values, offsets, width, self.num_items)
         if not exclude_history:
             exclude[:] = self.num_items
-        return self._to_ids(*self.topk_indices(inputs, exclude, k))
+        return self._to_ids(*self.topk_indices(inputs, exclude, k, rows))
 
-    def topk_for_users(self, users: Sequence[str], k: int = 10, exclude_history: bool = True):
-        """Top-k for dataset users: the test-time input and history masking of the evaluation."""
+    def user_index(self, users: Sequence[str]) -> list[int]:
         unknown = [u for u in users if u not in self._user_index]
         if unknown:
             raise UserError(f"unknown user ids: {', '.join(map(str, unknown))}")
+        return [self._user_index[u] for u in users]
+
+    def full_histories(self, index: Sequence[int]) -> list[np.ndarray]:
+        """Each user's whole history, its held-out valid and test items included."""
+        if self._full is None:
+            self._full = full_sequences(self.dataset)
+        items, offsets = self._full
+        return [items[offsets[u]:offsets[u + 1]] for u in index]
+
+    def topk_for_users(self, users: Sequence[str], k: int = 10, exclude_history: bool = True,
+                       full_history: bool = False, rows: int | None = None):
+        """Top-k for dataset users.  By default from the test-time input, with the evaluation's
+        history masking (what the test metrics score); with ``full_history``, from the user's
+        whole history, its last item included: what the user would get next."""
+        index = self.user_index(users)
+        if full_history:
+            return self.topk(self.full_histories(index), k, exclude_history, rows)
         if self._data is None:
             self._data = build_sequence_data(self.dataset, self.config.model.max_len)
-        index = [self._user_index[u] for u in users]
         exclude = self._data.test_history[index]
         if not exclude_history:
             exclude = np.full_like(exclude, self.num_items)
-        return self._to_ids(*self.topk_indices(self._data.test_inputs[index], exclude, k))
+        return self._to_ids(*self.topk_indices(self._data.test_inputs[index], exclude, k, rows))
 
     def _to_ids(self, items: np.ndarray, scores: np.ndarray):
         """Source ids and scores, without the excluded items (-inf) that fill a short top."""
@@ -118,20 +160,85 @@ def _top_items(encode_last, params, inputs, exclude, k):
     return jax.lax.top_k(mask_items(scores, exclude), k)
 
 
-def export_embeddings(run_dir: Path, out_dir: Path, checkpoint: str = "best",
-                      data_dir: Path | None = None) -> dict:
-    """Writes ``item_embeddings.npz`` (table and source ids) and ``model_config.json``."""
-    recommender = Recommender.load(run_dir, checkpoint, data_dir)
-    params = recommender.params
-    with atomic_output(out_dir / "item_embeddings.npz") as f:
-        np.savez(f, item_embeddings=np.asarray(item_table(params)),
-                 position_embeddings=np.asarray(params["params"]["position_embedding"]),
-                 item_ids=recommender.dataset.item_ids)
-    description = {
-        "config": recommender.config.to_json(),
-        "num_items": recommender.num_items,
-        "checkpoint": checkpoint,
-        "scoring": "score(item) = state . item_embeddings[item]; padding id = num_items",
-    }
-    write_json_atomic(out_dir / "model_config.json", description)
-    return description
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _parse_line(source: Path, number: int, text: str) -> tuple[object, list[str]]:
+    """``{"id": ..., "history": [...]}`` -> (id, item ids as strings); a user error otherwise."""
+    expected = f'{source}:{number}: expected {{"id": ..., "history": [item ids]}} with items'
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{source}:{number}: not JSON ({e.msg})") from None
+    if not isinstance(record, dict) or "id" not in record:
+        raise UserError(expected)
+    history = record.get("history")
+    if not isinstance(history, list) or not history or not all(
+            isinstance(i, (str, int)) for i in history):
+        raise UserError(expected)
+    return record["id"], [str(i) for i in history]
+
+
+def recommend_file(recommender: Recommender, source: Path, target: Path, k: int = 10,
+                   exclude_history: bool = True, skip_unknown: bool = False,
+                   batch_size: int = 1024, progress=None) -> dict:
+    """Streams ``source`` (JSON lines ``{"id", "history"}``, source item ids, oldest first) to
+    ``target`` (``{"id", "items", "scores"}`` per line), ``batch_size`` histories per device
+    call.  A malformed line or an unknown item is an error naming the line, unless
+    ``skip_unknown``: then unknown items are dropped, and lines left empty or malformed are
+    skipped, all counted in the returned summary.  ``target`` is written atomically."""
+    counts = {"lines": 0, "written": 0, "skipped_lines": 0, "skipped_items": 0}
+    with open(source, encoding="utf-8") as lines, atomic_output(target) as out:
+        numbered = ((n, t) for n, t in enumerate(lines, 1) if t.strip())
+        for chunk in _chunks(numbered, batch_size):
+            ids, histories = [], []
+            for number, text in chunk:
+                counts["lines"] += 1
+                try:
+                    user, history = _parse_line(source, number, text)
+                    known, unknown = recommender.item_indices(history, skip_unknown)
+                except UserError as e:
+                    if not skip_unknown:
+                        raise UserError(str(e) if str(e).startswith(f"{source}:")
+                                        else f"{source}:{number}: {e}") from None
+                    counts["skipped_lines"] += 1
+                    continue
+                counts["skipped_items"] += len(unknown)
+                if not known:
+                    counts["skipped_lines"] += 1
+                    continue
+                ids.append(user)
+                histories.append(known)
+            if histories:
+                items, scores = recommender.topk(histories, k, exclude_history, batch_size)
+                out.write("".join(json.dumps({"id": i, "items": it, "scores": sc}) + "\n"
+                                  for i, it, sc in zip(ids, items, scores)).encode())
+                counts["written"] += len(histories)
+            if progress is not None:
+                progress.update(len(chunk))
+    return counts
+
+
+def recommend_all_users(recommender: Recommender, target: Path, k: int = 10,
+                        exclude_history: bool = True, batch_size: int = 1024,
+                        progress=None) -> dict:
+    """Every dataset user's top-k from its whole history, as ``{"id", "items", "scores"}``
+    lines (the user's id in ``id``), written atomically to ``target``."""
+    users = recommender.dataset.user_ids.tolist()
+    with atomic_output(target) as out:
+        for chunk in _chunks(users, batch_size):
+            items, scores = recommender.topk_for_users(chunk, k, exclude_history,
+                                                       full_history=True, rows=batch_size)
+            out.write("".join(json.dumps({"id": u, "items": it, "scores": sc}) + "\n"
+                              for u, it, sc in zip(chunk, items, scores)).encode())
+            if progress is not None:
+                progress.update(len(chunk))
+    return {"users": len(users)}

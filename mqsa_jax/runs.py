@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from mqsa_jax.data import registry
 from mqsa_jax.data.arrays import SequenceData, build_sequence_data
 from mqsa_jax.errors import UserError
 from mqsa_jax.evaluation import RankingEvaluator
+from mqsa_jax.io import atomic_output
 from mqsa_jax.model import MQSA
 from mqsa_jax.partitioning import Partitioner
 from mqsa_jax.state import TrainState, init_state, make_optimizer
@@ -75,7 +77,7 @@ def make_evaluators(model: MQSA, data: SequenceData, config: Config,
     placement = {} if partitioner is None else {"place": partitioner.place_batch,
                                                 "mesh": partitioner.mesh}
     return [RankingEvaluator(split, data, model.encode_last, config.eval.eval_batch_size,
-                             **placement) for split in splits]
+                             config.eval.eval_ks, **placement) for split in splits]
 
 
 def restore_trained(run_dir: Path, which: str, config: Config,
@@ -90,12 +92,30 @@ def restore_trained(run_dir: Path, which: str, config: Config,
 
 
 def evaluate_run(run_dir: Path, which: str = "best", splits: Sequence[str] = ("valid", "test"),
-                 data_dir: Path | None = None) -> dict:
-    """Re-evaluates a checkpoint of a run on the run's dataset."""
+                 data_dir: Path | None = None, ranks_path: Path | None = None) -> dict:
+    """Re-evaluates a checkpoint of a run on the run's dataset.
+
+    With ``ranks_path``, also writes there one JSON line per user: ``{"user": id, "valid": r,
+    "test": r}`` with ``r`` the 1-based rank of the held-out item among the unmasked items
+    (``null`` when the item is in the user's own history, where it can never be found).  HR@K
+    is the share of ranks at most K, NDCG@K the mean of 1 / log2(r + 1) over them, MRR the mean
+    of 1 / r.
+    """
     config = read_run_config(run_dir)
     data = prepare_data(config, data_dir)
     model, state, progress = restore_trained(run_dir, which, config, data.num_items)
     result = {"checkpoint": which, "epoch": progress["epoch"]}
-    for evaluator in make_evaluators(model, data, config, splits=splits):
+    evaluators = make_evaluators(model, data, config, splits=splits)
+    for evaluator in evaluators:
         result[evaluator.split] = evaluator.evaluate(state.params)
+    if ranks_path is not None:
+        ranks = {e.split: [int(r) + 1 if r < data.num_items else None
+                           for r in e.ranks(state.params)] for e in evaluators}
+        users = registry.load_dataset(config.dataset, data_dir).user_ids.tolist()
+        lines = (json.dumps({"user": user, **{s: ranks[s][u] for s in ranks}}) + "\n"
+                 for u, user in enumerate(users))
+        with atomic_output(ranks_path) as f:
+            for line in lines:
+                f.write(line.encode())
+        result["ranks"] = str(ranks_path)
     return result

@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from mqsa_jax.checkpoint import LATEST, RunCheckpoints
 from mqsa_jax.config import Config, read_run_config
+from mqsa_jax.dashboard import TensorBoardLog
 from mqsa_jax.data.arrays import SequenceData
 from mqsa_jax.errors import UserError
-from mqsa_jax.evaluation import SELECTION_METRIC
 from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax.model import MQSA
 from mqsa_jax.packing import Batch, Packing
@@ -59,6 +59,7 @@ class Trainer:
                                pairs_per_user(data, host_arrays.teacher, config),
                                data.padding_id, config.train.batch_size, partitioner.data)
         self.evaluators = make_evaluators(self.model, data, config, partitioner)
+        self.targets_per_epoch = int((data.train_targets != data.padding_id).sum())
 
     def init_state(self) -> TrainState:
         host_state = jax.device_get(init_state(self.model, self.optimizer, self.config))
@@ -117,6 +118,7 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: 
                   resume: bool, progress: bool | None, primary: bool) -> dict | None:
     """The epoch loop; returns the best evaluated record."""
     metrics_path = run_dir / "metrics.jsonl"
+    selection = config.eval.selection_metric
     state = trainer.init_state()
     shuffler = np.random.default_rng(config.seed)
     history, best, stale, first_epoch = [], None, 0, 1
@@ -127,58 +129,63 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: 
         first_epoch = saved["epoch"] + 1
         if primary:
             print(f"resuming {run_dir} after epoch {saved['epoch']}", file=sys.stderr)
+    board = contextlib.nullcontext()
     if primary:
-        # Drops the epochs newer than the checkpoint.
+        # Drops the epochs newer than the checkpoint, here and in the TensorBoard files.
         write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+        board = TensorBoardLog(run_dir, config, history, selection)
 
     steps_per_epoch = -(-trainer.data.num_users // config.train.batch_size)
-    for epoch in range(first_epoch, config.train.epochs + 1):
-        if config.eval.patience and stale >= config.eval.patience:
-            break
-        # The loss shown is the previous epoch's: reading this epoch's would stall the device.
-        last_loss = f" (loss {history[-1]['loss']:.4f})" if history else ""
-        # tqdm: disable=None shows the bar on a terminal only; other hosts never show one.
-        disable = True if not primary else (None if progress is None else not progress)
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.train.epochs}{last_loss}",
-                   unit="batch", leave=False, disable=disable)
-        start = time.perf_counter()
-        order = shuffler.permutation(trainer.data.num_users)
-        state, losses = trainer.train_epoch(state, order, bar)
-        train_seconds = time.perf_counter() - start
-        bar.close()
-        record = {"epoch": epoch, **{k: round(v, 6) for k, v in losses.items()},
-                  "train_seconds": round(train_seconds, 3)}
-        is_best = False
-        if epoch % config.eval.eval_every == 0 or epoch == config.train.epochs:
+    with board:
+        for epoch in range(first_epoch, config.train.epochs + 1):
+            if config.eval.patience and stale >= config.eval.patience:
+                break
+            # The loss shown is the previous epoch's: reading this epoch's would stall the
+            # device.  tqdm's disable=None shows the bar on a terminal only; other hosts never.
+            last_loss = f" (loss {history[-1]['loss']:.4f})" if history else ""
+            disable = True if not primary else (None if progress is None else not progress)
+            bar = tqdm(total=steps_per_epoch, unit="batch", leave=False, disable=disable,
+                       desc=f"epoch {epoch}/{config.train.epochs}{last_loss}")
             start = time.perf_counter()
-            record.update(trainer.evaluate(state.params))
-            record["eval_seconds"] = round(time.perf_counter() - start, 3)
-            score = record["valid"][SELECTION_METRIC]
-            is_best = best is None or score > best["valid"][SELECTION_METRIC]
-            best, stale = (record, 0) if is_best else (best, stale + 1)
-        history.append(record)
-        if primary:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        start = time.perf_counter()
-        checkpoints.save(epoch, state, {
-            "epoch": epoch, "shuffler": shuffler.bit_generator.state, "history": history,
-            "best": best, "stale": stale, "config": config.to_json()}, is_best)
-        if primary:
-            print(_summary_line(record, config.train.epochs, time.perf_counter() - start),
-                  file=sys.stderr, flush=True)
-        if config.eval.patience and stale >= config.eval.patience and primary:
-            print(f"stopping early: no better valid {SELECTION_METRIC} in {stale} evaluations",
-                  file=sys.stderr)
+            order = shuffler.permutation(trainer.data.num_users)
+            state, losses = trainer.train_epoch(state, order, bar)
+            train_seconds = time.perf_counter() - start
+            bar.close()
+            record = {"epoch": epoch, **{k: round(v, 6) for k, v in losses.items()},
+                      "train_seconds": round(train_seconds, 3),
+                      "targets_per_second": round(trainer.targets_per_epoch / train_seconds)}
+            is_best = False
+            if epoch % config.eval.eval_every == 0 or epoch == config.train.epochs:
+                start = time.perf_counter()
+                record.update(trainer.evaluate(state.params))
+                record["eval_seconds"] = round(time.perf_counter() - start, 3)
+                score = record["valid"][selection]
+                is_best = best is None or score > best["valid"][selection]
+                best, stale = (record, 0) if is_best else (best, stale + 1)
+            history.append(record)
+            if primary:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                board.append(record)
+            start = time.perf_counter()
+            checkpoints.save(epoch, state, {
+                "epoch": epoch, "shuffler": shuffler.bit_generator.state, "history": history,
+                "best": best, "stale": stale, "config": config.to_json()}, is_best)
+            if primary:
+                print(_summary_line(record, config.train.epochs, time.perf_counter() - start,
+                                    selection), file=sys.stderr, flush=True)
+            if config.eval.patience and stale >= config.eval.patience and primary:
+                print(f"stopping early: no better valid {selection} in {stale} evaluations",
+                      file=sys.stderr)
     return best
 
 
-def _summary_line(record: dict, epochs: int, checkpoint_seconds: float) -> str:
+def _summary_line(record: dict, epochs: int, checkpoint_seconds: float, selection: str) -> str:
     line = (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f} "
             f"(rec {record['loss_rec']:.4f}, kd {record['loss_kd']:.4f})  "
             f"{record['train_seconds']:.1f} s, checkpoint {checkpoint_seconds:.2f} s")
     if "valid" in record:
-        line += (f"  valid {SELECTION_METRIC} {record['valid'][SELECTION_METRIC]:.4f}"
-                 f"  test {SELECTION_METRIC} {record['test'][SELECTION_METRIC]:.4f}"
+        line += (f"  valid {selection} {record['valid'][selection]:.4f}"
+                 f"  test {selection} {record['test'][selection]:.4f}"
                  f"  eval {record['eval_seconds']:.1f} s")
     return line

@@ -1,10 +1,11 @@
 """Fixtures: an isolated data directory per session, the authors' release, a tiny dataset."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import RELEASE_DIR
+from tests.helpers import EPOCHS, RELEASE_DIR, REPO, cli, tiny_train_args
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +39,12 @@ def tiny_dataset(tmp_path_factory) -> Path:
     assert main(["data", "import", str(root / "log.txt"), "--format", "sasrec", "--name", "tiny",
                  "--min-count", "1", "--data-dir", str(root / "data")]) == 0
     return root
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tiny_dataset) -> Path:
+    """A run of the tiny dataset, trained for ``EPOCHS`` epochs without interruption."""
+    run = tiny_dataset / "uninterrupted"
+    subprocess.run(cli("train", *tiny_train_args(tiny_dataset, run), "--epochs", str(EPOCHS)),
+                   check=True, cwd=REPO, capture_output=True)
+    return run

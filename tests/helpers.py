@@ -10,6 +10,7 @@ from mqsa_jax.data.dataset import Dataset, from_full_sequences
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASE_DIR = REPO.parent / "shared" / "data" / "mqsa-ted-release"
+EPOCHS = 5  # of the ``uninterrupted`` fixture's run
 
 
 def random_dataset(num_users=40, num_items=30, max_length=14, seed=0) -> Dataset:
@@ -56,3 +57,23 @@ def tiny_train_args(root: Path, run_dir: Path) -> list[str]:
     """``train`` arguments for the ``tiny_dataset`` fixture's dataset: small and fast."""
     return ["--dataset", "tiny", "--data-dir", str(root / "data"), "--run-dir", str(run_dir),
             "--no-progress", "--set", "max_len=16", "--set", "batch_size=32"]
+
+
+def cli(*args) -> list[str]:
+    """The command line of ``mqsa-jax args...`` in a separate process."""
+    return [sys.executable, "-m", "mqsa_jax", *args]
+
+
+def tensorboard_scalars(run_dir: Path) -> dict[str, list]:
+    """The scalars of a run's event files as TensorBoard's own reader loads them:
+    tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
+
+
+def tensorboard_steps(run_dir: Path, tag: str) -> list[int]:
+    return [step for step, _ in tensorboard_scalars(run_dir)[tag]]

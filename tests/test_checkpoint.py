@@ -6,20 +6,7 @@ import subprocess
 import sys
 import time
 
-import jax.numpy as jnp
-import numpy as np
-import pytest
-
-from mqsa_jax.data.arrays import build_sequence_data
-from mqsa_jax.evaluation import label_ranks
-from mqsa_jax.model import MQSA, item_scores
-from mqsa_jax.recommend import Recommender
-from tests.helpers import REPO, run_cli, tiny_train_args
-
-EPOCHS = 5
-
-def _cli(*args) -> list[str]:
-    return [sys.executable, "-m", "mqsa_jax", *args]
+from tests.helpers import EPOCHS, REPO, cli, run_cli, tensorboard_steps, tiny_train_args
 
 
 def _wait_for(predicate, process, timeout=300):
@@ -30,16 +17,8 @@ def _wait_for(predicate, process, timeout=300):
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_dataset):
-    run = tiny_dataset / "uninterrupted"
-    subprocess.run(_cli("train", *tiny_train_args(tiny_dataset, run), "--epochs", str(EPOCHS)),
-                   check=True, cwd=REPO, capture_output=True)
-    return run
-
-
 def _resume(tiny_dataset, run):
-    done = subprocess.run(_cli("train", "--resume", str(run), "--data-dir",
+    done = subprocess.run(cli("train", "--resume", str(run), "--data-dir",
                                str(tiny_dataset / "data"), "--no-progress"),
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -49,7 +28,7 @@ def _resume(tiny_dataset, run):
 def test_sigkill_then_resume_gives_the_same_results(tiny_dataset, uninterrupted):
     run = tiny_dataset / "killed"
     process = subprocess.Popen(
-        _cli("train", *tiny_train_args(tiny_dataset, run), "--epochs", str(EPOCHS)),
+        cli("train", *tiny_train_args(tiny_dataset, run), "--epochs", str(EPOCHS)),
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = run / "metrics.jsonl"
     _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, process)
@@ -61,6 +40,8 @@ def test_sigkill_then_resume_gives_the_same_results(tiny_dataset, uninterrupted)
     assert (run / "results.json").read_bytes() == (uninterrupted / "results.json").read_bytes()
     epochs = [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()]
     assert epochs == list(range(1, EPOCHS + 1))
+    # The TensorBoard files, rewritten from the checkpoint's history: each epoch once.
+    assert tensorboard_steps(run, "loss/total") == list(range(1, EPOCHS + 1))
 
 
 def test_kill_during_a_checkpoint_save_keeps_the_last_complete_one(tiny_dataset, uninterrupted):
@@ -100,7 +81,7 @@ def test_resume_falls_back_past_a_damaged_latest_checkpoint(tiny_dataset, uninte
     # The epoch is trained again, to the same results, and its checkpoint is whole again.
     assert (run / "results.json").read_bytes() == (uninterrupted / "results.json").read_bytes()
     assert (run / "metrics.jsonl").read_text().count("\n") == EPOCHS
-    code = subprocess.run(_cli("evaluate", str(run), "--checkpoint", "latest", "--data-dir",
+    code = subprocess.run(cli("evaluate", str(run), "--checkpoint", "latest", "--data-dir",
                                str(tiny_dataset / "data")), cwd=REPO, capture_output=True)
     assert code.returncode == 0, code.stderr
 
@@ -114,7 +95,7 @@ def test_a_damaged_best_checkpoint_is_named_with_what_is_left(tiny_dataset, unin
     _damage_data_files(best / epoch)
     data = ["--data-dir", str(tiny_dataset / "data")]
     for command in (["evaluate", str(run)], ["recommend", str(run), "--user", "1"]):
-        done = subprocess.run(_cli(*command, *data), cwd=REPO, capture_output=True, text=True)
+        done = subprocess.run(cli(*command, *data), cwd=REPO, capture_output=True, text=True)
         assert done.returncode == 2 and done.stdout == "", done.stderr
         assert done.stderr.count("\n") == 1, done.stderr
         assert f"checkpoint {epoch} is damaged (state/d/" in done.stderr, done.stderr
@@ -139,7 +120,7 @@ def test_a_failed_save_loses_nothing_and_the_run_resumes(tiny_dataset, uninterru
     assert f"could not save checkpoint {EPOCHS + 1}" in last and "intact" in last, done.stderr
     assert "Traceback" not in done.stderr
     assert {p: p.read_bytes() for p in before} == before  # the saved checkpoints are untouched
-    done = subprocess.run(_cli(*resume), cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(cli(*resume), cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0 and f"after epoch {EPOCHS}" in done.stderr, done.stderr
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == list(range(1, EPOCHS + 2))
@@ -178,67 +159,6 @@ def test_evaluate_the_best_checkpoint_reproduces_results(tiny_dataset, uninterru
     assert json.loads(out)["epoch"] == EPOCHS
 
 
-def test_recommend_for_users_equals_the_evaluation_ranking(tiny_dataset, uninterrupted):
-    recommender = Recommender.load(uninterrupted, data_dir=tiny_dataset / "data")
-    dataset = recommender.dataset
-    data = build_sequence_data(dataset, recommender.config.model.max_len)
-    model = MQSA(recommender.config.model, dataset.num_items)
-    scores = item_scores(recommender.params, model.encode_last(recommender.params,
-                                                               data.test_inputs))
-    ranks = np.asarray(label_ranks(scores, jnp.asarray(data.test_labels),
-                                   jnp.asarray(data.test_history), 20))
-    items, _ = recommender.topk_for_users(dataset.user_ids.tolist(), k=20)
-    for user, top in enumerate(items):
-        label = dataset.item_ids[data.test_labels[user]]
-        expected = ranks[user]
-        assert (top.index(label) if label in top else 20) == expected
-        assert not set(top) & set(dataset.item_ids[data.test_history[user][
-            data.test_history[user] < dataset.num_items]].tolist())
-
-
-def test_python_api_batches_histories(tiny_dataset, uninterrupted):
-    recommender = Recommender.load(uninterrupted, data_dir=tiny_dataset / "data")
-    known, _ = recommender.item_indices(["3", "4", "5"])
-    one, one_scores = recommender.topk([known], k=5)
-    many, _ = recommender.topk([known, known[:1], known], k=5)
-    assert many[0] == one[0] == many[2] and len(many) == 3
-    assert one_scores[0] == sorted(one_scores[0], reverse=True)
-    assert not set(one[0]) & {"3", "4", "5"}
-    kept, _ = recommender.topk([known], k=recommender.num_items, exclude_history=False)
-    assert len(kept[0]) == recommender.num_items
-
-
-@pytest.mark.parametrize("args, message", [
-    (("--history", "3,4", "--k", "1000"), "k = 1000: expected 1 to"),
-    (("--history", ","), "--history: empty"),
-    (("--history", "3,x"), "item ids must be integers for this dataset: x"),
-    (("--history", "3,999"), "unknown item ids: 999 (pass --skip-unknown"),
-    (("--user", "nobody"), "unknown user ids: nobody"),
-    ((), "give exactly one of --history"),
-])
-def test_recommend_bad_input(tiny_dataset, uninterrupted, capsys, args, message):
-    code, out, err = run_cli(capsys, "recommend", str(uninterrupted), "--data-dir",
-                             str(tiny_dataset / "data"), *args)
-    assert code == 2 and out == "" and message in err and err.count("\n") == 1
-
-
-def test_recommend_cli_and_export(tiny_dataset, uninterrupted, capsys, tmp_path):
-    data = ["--data-dir", str(tiny_dataset / "data")]
-    code, out, _ = run_cli(capsys, "recommend", str(uninterrupted), *data, "--history", "3,999",
-                           "--skip-unknown", "--k", "4")
-    result = json.loads(out)
-    assert code == 0 and result["skipped"] == ["999"] and len(result["items"]) == 4
-    code, out, _ = run_cli(capsys, "recommend", str(uninterrupted), *data, "--user", "7")
-    assert code == 0 and json.loads(out)["user"] == "7" and len(json.loads(out)["items"]) == 10
-    code, _, _ = run_cli(capsys, "export", str(uninterrupted), str(tmp_path / "out"), *data)
-    assert code == 0
-    exported = np.load(tmp_path / "out" / "item_embeddings.npz")
-    assert exported["item_embeddings"].shape == (40, 64)
-    assert exported["item_ids"].tolist() == [str(i) for i in range(40)]
-    config = json.loads((tmp_path / "out" / "model_config.json").read_text())
-    assert config["num_items"] == 40 and config["config"]["dataset"] == "tiny"
-
-
 def test_faulty_run_directories(tiny_dataset, uninterrupted, tmp_path):
     data = ["--data-dir", str(tiny_dataset / "data")]
     empty = tmp_path / "empty"
@@ -261,7 +181,7 @@ def test_faulty_run_directories(tiny_dataset, uninterrupted, tmp_path):
              (bad_config, "unreadable run config")]
     for run_dir, message in cases:
         # A separate process, as a user runs it: nothing may follow the one line at exit.
-        done = subprocess.run(_cli("evaluate", str(run_dir), *data), cwd=REPO,
+        done = subprocess.run(cli("evaluate", str(run_dir), *data), cwd=REPO,
                               capture_output=True, text=True)
         assert done.returncode == 2 and done.stdout == "", (run_dir, done.stderr)
         assert message in done.stderr and done.stderr.count("\n") == 1, (run_dir, done.stderr)

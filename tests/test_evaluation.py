@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mqsa_jax.config import build_config
 from mqsa_jax.evaluation import RankingEvaluator, label_ranks, metric_sums
@@ -41,8 +42,12 @@ def test_metric_sums():
     def ndcg(r):
         return 1 / np.log2(r + 2)
     expected = [2, ndcg(0) + ndcg(4), 4, ndcg(0) + ndcg(4) + ndcg(5) + ndcg(9),
-                5, ndcg(0) + ndcg(4) + ndcg(5) + ndcg(9) + ndcg(19)]
+                5, ndcg(0) + ndcg(4) + ndcg(5) + ndcg(9) + ndcg(19),
+                1 / 1 + 1 / 5 + 1 / 6 + 1 / 10 + 1 / 20]  # MRR: the filler has weight 0
     np.testing.assert_allclose(sums, expected, rtol=1e-6)
+    found = jnp.asarray([True, True, True, True, False, True])  # a label never findable
+    assert float(metric_sums(ranks, weights, found=found)[-1]) == pytest.approx(
+        expected[-1] - 1 / 20)
 
 
 def test_evaluator_equals_brute_force_full_width_ranking():
@@ -67,3 +72,11 @@ def test_evaluator_equals_brute_force_full_width_ranking():
             assert abs(got[f"HR@{k}"] - np.mean(ranks < k)) < 1e-6
             expected_ndcg = np.mean(np.where(ranks < k, 1 / np.log2(ranks + 2), 0))
             assert abs(got[f"NDCG@{k}"] - expected_ndcg) < 1e-6
+        # Exact ranks (N where the label is masked), and MRR from them.
+        n = data.num_items
+        exact = np.array([
+            _brute_force_rank(scores[u], getattr(data, f"{split}_labels")[u],
+                              getattr(data, f"{split}_history")[u], n)
+            for u in range(data.num_users)])
+        assert evaluator.ranks(params).tolist() == exact.tolist()
+        assert abs(got["MRR"] - np.mean(np.where(exact < n, 1 / (exact + 1), 0))) < 1e-6

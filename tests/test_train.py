@@ -83,7 +83,7 @@ def test_end_to_end_run_outputs_and_same_seed_same_metrics(tiny_dataset, capsys)
     a, b = (json.loads((r / "results.json").read_text()) for r in runs)
     assert a == b
     assert set(a) >= {"best_epoch", "valid", "test"}
-    assert set(a["test"]) == {f"{m}@{k}" for m in ("HR", "NDCG") for k in (5, 10, 20)}
+    assert set(a["test"]) == {f"{m}@{k}" for m in ("HR", "NDCG") for k in (5, 10, 20)} | {"MRR"}
     lines = [json.loads(x) for x in (runs[0] / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2, 3]
     assert {"loss", "loss_rec", "loss_kd", "train_seconds", "valid", "test"} <= set(lines[0])
