@@ -8,7 +8,17 @@ from pathlib import Path
 import numpy as np
 
 from experiments.markdown import duration, mean_std, relative_gap, table
-from experiments.plan import BASELINE, HERE, METRICS, ORDERING, PLANNED, PLANNED_SWEEPS, VARIANTS
+from experiments.plan import (
+    BASELINE,
+    CLAIMS,
+    HERE,
+    METRICS,
+    ORDERING,
+    PLANNED,
+    PLANNED_SWEEPS,
+    SWEEPS,
+    VARIANTS,
+)
 from experiments.summary import sweep_progress
 from mqsa_jax.evaluation import SELECTION_METRIC as SELECTION
 from mqsa_jax.io import write_text_atomic
@@ -91,6 +101,18 @@ def baseline_line(groups: dict, dataset: str) -> str | None:
                         for m, level in implied.items()) + ".")
 
 
+def claim_line(param: str, points: dict) -> str | None:
+    """Whether the paper's claim about ``param`` holds on the finished points (test NDCG@20),
+    once every planned point has a finished seed."""
+    scores = {float(v): g["test"][SELECTION]["mean"] for v, g in points.items() if g["seeds"]}
+    if len(scores) < len(SWEEPS[param]):
+        return None
+    text, holds = CLAIMS[param]
+    best = max(scores, key=scores.get)
+    return (f"The paper's claim, {text}: {'holds' if holds(best, scores) else 'does not hold'} "
+            f"here (best test {SELECTION} at {param} = {best:g}, {scores[best]:.4f}).")
+
+
 def _pending_lines(groups: dict) -> list[str]:
     lines = []
     for variant, g in groups.items():
@@ -165,6 +187,8 @@ def markdown(summary: dict, sweeps: dict) -> str:
             out += [f"## Sweep of {param} on {dataset} (MQSA-TED, others at the reference)", "",
                     *table([param, "seeds", f"valid {SELECTION}", "test HR@5", "test NDCG@5",
                             f"test {SELECTION}"], rows), ""]
+            if line := claim_line(param, points):
+                out += [line, ""]
     return "\n".join(out)
 
 

@@ -16,6 +16,10 @@ from mqsa_jax.errors import UserError
 from mqsa_jax.runs import exclusive
 from tests.helpers import REPO
 
+# The reproduction draws its plots with matplotlib (the experiments extra, which `make test`
+# installs); the accelerator machine's wheels leave it out.
+pytest.importorskip("matplotlib")
+
 
 def _fake_run(run_dir: Path, valid: list[float], test: list[float], epochs: int,
               finished: bool, dataset: str = "beauty", train_seconds: float = 10.0) -> None:
@@ -190,3 +194,19 @@ def test_reproduction_runs_resumes_and_summarises(tiny_dataset, tmp_path):
         best["test"]["NDCG@20"])
     assert "## tiny" in (results / "summary.md").read_text()
     assert (results / "plots/tiny_valid_ndcg20.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_each_sensitivity_claim_is_judged_once_its_sweep_is_complete():
+    def points(scores):
+        return {f"{v:g}": {"seeds": [1], "test": {"NDCG@20": {"mean": s, "std": None}}}
+                for v, s in scores.items()}
+
+    tau = {0.01: 0.05, 0.05: 0.07, 0.1: 0.08, 0.5: 0.06, 1.0: 0.04}
+    assert report.claim_line("tau", points(tau)) == (
+        "The paper's claim, tau 0.05 or 0.1 is best: holds here (best test NDCG@20 at tau = "
+        "0.1, 0.0800).")
+    assert "does not hold" in report.claim_line("tau", points({**tau, 1.0: 0.09}))
+    assert report.claim_line("tau", points({0.1: 0.08})) is None  # not every point yet
+    kd = {0.0: 0.0795, 0.01: 0.07, 0.05: 0.075, 0.1: 0.08, 0.5: 0.078, 1.0: 0.07}
+    assert "does not hold" in report.claim_line("lambda_kd", points(kd))  # 0 drops too little
+    assert "holds" in report.claim_line("lambda_kd", points({**kd, 0.0: 0.07}))

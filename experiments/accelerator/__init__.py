@@ -1,0 +1,1 @@
+"""The accelerator check: prepare.sh here, run.sh there (see check.py)."""

@@ -1,0 +1,146 @@
+"""The accelerator check: what one device (an H200 when one is lent) does with mqsa-jax.
+
+    python -m experiments.accelerator.check OUT [--dry-run]
+
+Writes ``OUT/accelerator.json`` and ``OUT/accelerator.md`` after every part, so that a command
+stopped at its limit keeps the parts it finished:
+
+1. the device;
+2. three beauty epochs at the default f32 matmul precision, the second one and its full
+   valid + test ranking timed (the first one compiles);
+3. one train step on a 1,000,000-item catalogue, scanned in 65,536-item chunks (memory from
+   XLA's analysis of the compiled step);
+4. the same three epochs at ``highest`` precision: GPUs may use TF32 for f32 matmuls by
+   default, which moves the metrics away from the CPU's.
+
+``--dry-run`` runs the same code small, on whatever device there is (a CPU here): a synthetic
+catalogue of 500 items instead of beauty, 5,000 items instead of 1,000,000, two epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import traceback
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from experiments.markdown import table
+from experiments.scale_bench import run_case, synthetic_data
+from mqsa_jax.config import build_config
+from mqsa_jax.io import write_json_atomic, write_text_atomic
+from mqsa_jax.runs import prepare_data
+from mqsa_jax.train import Trainer
+
+
+def device_info() -> dict:
+    device = jax.devices()[0]
+    return {"platform": device.platform, "device_kind": device.device_kind,
+            "devices": jax.device_count(), "jax": jax.__version__}
+
+
+def _data(dry_run: bool, config):
+    if dry_run:
+        return synthetic_data(500, num_users=300)
+    return prepare_data(config)
+
+
+def _train(dry_run: bool, precision: str, epochs: int, timed: bool) -> dict:
+    """``epochs`` epochs at a matmul precision, each evaluated; with ``timed``, the seconds of
+    the second epoch and of its ranking (the first one compiles)."""
+    config = build_config({"dataset": "beauty"})
+    result = {"curve": []}
+    with jax.default_matmul_precision(precision):
+        trainer = Trainer(config, _data(dry_run, config))
+        state = trainer.init_state()
+        rng = np.random.default_rng(config.seed)
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            state, losses = trainer.train_epoch(state, rng.permutation(trainer.data.num_users))
+            jax.block_until_ready(state)
+            train_s = time.perf_counter() - start
+            start = time.perf_counter()
+            metrics = trainer.evaluate(state.params)
+            eval_s = time.perf_counter() - start
+            result["curve"].append({"loss": losses["loss"],
+                                    "valid_NDCG@20": metrics["valid"]["NDCG@20"]})
+            if timed and epoch == 1:
+                result["first_epoch_and_ranking_with_compilation_s"] = round(train_s + eval_s, 2)
+            if timed and epoch == 2:
+                result.update(train_epoch_s=round(train_s, 3),
+                              ranking_valid_and_test_s=round(eval_s, 3),
+                              train_targets_per_s=round(trainer.targets_per_epoch / train_s))
+    return result
+
+
+def default_precision(dry_run: bool) -> dict:
+    """Beauty at the default f32 matmul precision: its epochs' curve, and the seconds of one
+    epoch and of the full ranking."""
+    result = _train(dry_run, "default", 2 if dry_run else 3, timed=True)
+    return {"dataset": "synthetic, 500 items" if dry_run else "beauty", **result}
+
+
+def highest_precision(dry_run: bool) -> dict:
+    """The same epochs at ``highest`` precision (true f32 on a GPU: no TF32)."""
+    return _train(dry_run, "highest", 2 if dry_run else 3, timed=False)
+
+
+def chunked_catalogue(dry_run: bool) -> dict:
+    """One train step on a catalogue too large for an unchunked [rows, N] array."""
+    items = 5_000 if dry_run else 1_000_000
+    return run_case(items, model=1, chunk=1_024 if dry_run else 65_536, steps=3,
+                    budget_gb=100.0)
+
+
+PARTS = {"device": device_info, "default_precision": default_precision,
+         "chunked_catalogue": chunked_catalogue, "highest_precision": highest_precision}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Accelerator check ({report['date']}{', dry run' if report['dry_run'] else ''})",
+             "", f"Device: `{json.dumps(report.get('device'))}`", ""]
+    if default := report.get("default_precision"):
+        timings = {k: v for k, v in default.items() if k != "curve"}
+        lines += table(list(timings), [list(timings.values())]) + [""]
+    if chunked := report.get("chunked_catalogue"):
+        lines += table(["items", "logits_chunk", "step s", "train step peak MB", "compile s"],
+                       [[f"{chunked['items']:,}", chunked["logits_chunk"], chunked.get("step_s"),
+                         round(chunked["train_step_mb_per_device"]["peak_mb"]),
+                         round(chunked["compile_s"], 1)]]) + [""]
+    if default and (highest := report.get("highest_precision")):
+        pairs = list(zip(default["curve"], highest["curve"]))
+        lines += table(["epoch", "default: loss", "default: valid NDCG@20", "highest: loss",
+                        "highest: valid NDCG@20"],
+                       [[e, *(round(r[k], 6) for r in pair for k in ("loss", "valid_NDCG@20"))]
+                        for e, pair in enumerate(pairs, 1)])
+        last = [r["valid_NDCG@20"] for r in pairs[-1]]
+        lines += ["", "Relative difference of the last epoch's valid NDCG@20 (default against "
+                      f"highest): {(last[0] - last[1]) / last[1]:+.2%}.", ""]
+    for part, error in report.get("errors", {}).items():
+        lines += [f"{part} failed: `{error}`", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--dry-run", action="store_true", help="small, for any machine")
+    args = parser.parse_args()
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "dry_run": args.dry_run, "errors": {}}
+    for name, part in PARTS.items():
+        start = time.perf_counter()
+        try:
+            report[name] = part() if name == "device" else part(args.dry_run)
+        except Exception as e:  # one failed part must not cost the others' figures
+            report["errors"][name] = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+        print(f"{name}: {time.perf_counter() - start:.1f} s", flush=True)
+        write_json_atomic(args.out / "accelerator.json", report)
+        write_text_atomic(args.out / "accelerator.md", markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The accelerator check (experiments/accelerator) in its CPU dry run: every part runs and
+writes its figures, with nothing downloaded or installed."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.helpers import REPO
+
+
+def test_the_dry_run_writes_every_part(tmp_path, data_root):
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", str(REPO / "experiments" / "accelerator" / "run.sh"), str(out),
+                           "--dry-run"], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHON": sys.executable,
+                               "MQSA_DATA_DIR": str(data_root)})
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "accelerator.json").read_text())
+    assert report["errors"] == {}, (out / "check.log").read_text()[-3000:]
+    assert report["dry_run"] and report["device"]["devices"] >= 1
+    assert report["default_precision"]["train_epoch_s"] > 0
+    assert report["chunked_catalogue"]["items"] == 5_000 and report["chunked_catalogue"][
+        "step_s"] > 0
+    assert len(report["default_precision"]["curve"]) == len(
+        report["highest_precision"]["curve"]) == 2
+    assert "| epoch | default: loss |" in (out / "accelerator.md").read_text()
+    assert not (out / "install.log").exists()  # the dry run installs nothing
+    assert "tests: exit 0" in done.stdout, (out / "tests.log").read_text()[-2000:]
+
+
+def test_the_wheels_list_holds_what_the_machine_lacks():
+    wanted = {line.strip() for line in
+              (REPO / "experiments" / "accelerator" / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    # The project's own dependencies that the H200 machine does not have (it has jax, flax,
+    # optax, orbax-checkpoint), and pytest for the suite.
+    assert {"tensorflow-datasets", "array-record", "tensorboardX", "flatbuffers", "tqdm",
+            "importlib-resources", "pytest"} <= wanted
