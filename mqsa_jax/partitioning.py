@@ -36,6 +36,9 @@ def parse_mesh(text: str | None) -> tuple[int, int]:
 
 
 class Partitioner:
+    """A ``(data, model)`` mesh of the first ``data * model`` devices, and where each array of
+    a run lives on it."""
+
     def __init__(self, data: int = 1, model: int = 1):
         devices = jax.devices()
         if data * model > len(devices):
@@ -140,9 +143,11 @@ class Partitioner:
         return jax.tree.map(put, tree, shardings)
 
     def replicate(self, tree):
+        """Host arrays -> global arrays held whole by every device (the teacher's rows)."""
         return self.place(tree, self.replicated)
 
     def place_batch(self, array: np.ndarray) -> jax.Array:
+        """A host array [B, ...] -> a global array with its rows split over ``data``."""
         return self.place(array, self.batch)
 
 
