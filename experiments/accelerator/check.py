@@ -51,7 +51,9 @@ def _data(dry_run: bool, config):
 def _train(dry_run: bool, precision: str, epochs: int, timed: bool) -> dict:
     """``epochs`` epochs at a matmul precision, each evaluated; with ``timed``, the seconds of
     the second epoch and of its ranking (the first one compiles)."""
-    config = build_config({"dataset": "beauty"})
+    # A dry run's 300 users fit one batch: few shapes to compile, for a quick test.
+    config = build_config({"dataset": "beauty", **({"batch_size": 512, "eval_batch_size": 512}
+                                                    if dry_run else {})})
     result = {"curve": []}
     with jax.default_matmul_precision(precision):
         trainer = Trainer(config, _data(dry_run, config))

@@ -24,7 +24,7 @@ timeout 330 "$python" -m experiments.accelerator.check "$out" $dry > "$out/check
     || echo "check.py stopped (exit $?): see check.log"
 left=$(( 470 - ($(date +%s) - start) ))
 if [ "$dry" = --dry-run ]; then
-    tests=(tests/test_config.py)
+    tests=(tests/test_io.py)
 else
     tests=(tests)
 fi
