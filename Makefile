@@ -29,7 +29,7 @@ train: venv
 
 test: venv
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 bench: venv
 	$(BIN)/python -m experiments.bench $(BENCH_ARGS)
