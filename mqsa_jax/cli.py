@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from mqsa_jax import commands
@@ -155,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         # What the failed operation left behind (an abandoned Orbax write's coroutines, say)
-        # would otherwise be reported at exit, after the one line that says what went wrong.
+        # would otherwise be reported at exit, after the one line that says what went wrong:
+        # as unraisable exceptions, or by asyncio's logger when their tasks are collected.
         sys.unraisablehook = _ignore_unraisable
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -1,5 +1,6 @@
 """Shared test helpers: small datasets for fast model and training tests, and the CLI."""
 
+import logging
 import sys
 from pathlib import Path
 
@@ -42,13 +43,15 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     """Runs ``mqsa-jax argv...`` in this process: (exit code, stdout, stderr)."""
     from mqsa_jax.cli import main
 
-    hook = sys.unraisablehook  # main() silences it after a user error; the session keeps its own
+    # main() silences these after a user error; the session keeps its own.
+    hook, asyncio_level = sys.unraisablehook, logging.getLogger("asyncio").level
     try:
         code = main(list(argv))
     except SystemExit as e:  # argparse exits on usage errors
         code = e.code
     finally:
         sys.unraisablehook = hook
+        logging.getLogger("asyncio").setLevel(asyncio_level)
     out, err = capsys.readouterr()
     return code, out, err
 
