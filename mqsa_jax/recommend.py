@@ -195,7 +195,20 @@ def recommend_file(recommender: Recommender, source: Path, target: Path, k: int 
     call.  A malformed line or an unknown item is an error naming the line, unless
     ``skip_unknown``: then unknown items are dropped, and lines left empty or malformed are
     skipped, all counted in the returned summary.  ``target`` is written atomically."""
+    if not source.is_file():
+        raise UserError(f"{source}: no such file")
     counts = {"lines": 0, "written": 0, "skipped_lines": 0, "skipped_items": 0}
+    try:
+        _stream(recommender, source, target, k, exclude_history, skip_unknown, batch_size,
+                progress, counts)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start} of a "
+                        "read block)") from None
+    return counts
+
+
+def _stream(recommender, source, target, k, exclude_history, skip_unknown, batch_size,
+            progress, counts) -> None:
     with open(source, encoding="utf-8") as lines, atomic_output(target) as out:
         numbered = ((n, t) for n, t in enumerate(lines, 1) if t.strip())
         for chunk in _chunks(numbered, batch_size):
@@ -224,7 +237,6 @@ def recommend_file(recommender: Recommender, source: Path, target: Path, k: int 
                 counts["written"] += len(histories)
             if progress is not None:
                 progress.update(len(chunk))
-    return counts
 
 
 def recommend_all_users(recommender: Recommender, target: Path, k: int = 10,

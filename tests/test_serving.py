@@ -131,6 +131,19 @@ def test_bad_lines_name_their_line_or_are_counted(tiny_dataset, uninterrupted, c
     assert summary["written"] == 1 + unknown_only
 
 
+def test_a_missing_or_undecodable_input_is_one_line(tiny_dataset, uninterrupted, capsys,
+                                                    tmp_path):
+    data = ["--data-dir", str(tiny_dataset / "data")]
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"id": "é", "history": ["3"]}\n'.encode("latin-1"))
+    for source, message in ((tmp_path / "missing.jsonl", "missing.jsonl: no such file"),
+                            (latin, "latin.jsonl: not UTF-8 text")):
+        code, out, err = run_cli(capsys, "recommend", str(uninterrupted), *data, "--input",
+                                 str(source), "--output", str(tmp_path / "out.jsonl"))
+        assert code == 2 and out == "" and message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "out.jsonl").exists()
+
+
 def test_all_users_and_the_cli(tiny_dataset, uninterrupted, recommender, capsys, tmp_path):
     data = ["--data-dir", str(tiny_dataset / "data")]
     code, out, _ = run_cli(capsys, "recommend", str(uninterrupted), *data, "--all-users",
