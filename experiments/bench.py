@@ -37,9 +37,10 @@ from mqsa_jax.checkpoint import RunCheckpoints
 from mqsa_jax.config import build_config
 from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax.losses import fused_losses, ted_students
-from mqsa_jax.model import item_table, lookup_rows
+from mqsa_jax.model import item_table
 from mqsa_jax.packing import Batch
 from mqsa_jax.runs import prepare_data
+from mqsa_jax.tables import lookup_rows
 from mqsa_jax.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +116,8 @@ def step_breakdown(trainer: Trainer, state, batch: Batch) -> dict:
     states = jnp.pad(states.reshape(-1, d)[positions], ((0, pad), (0, 0)))
     distill = config.loss.lambda_kd > 0
     teacher = trainer.arrays.teacher.rows(heads, weights, batch.pair_capacity) if distill else None
-    students = (ted_students(lookup_rows(table, heads), key, config.model.dropout, config.loss.tau)
+    students = (ted_students(lookup_rows(table, heads, n), key, config.model.dropout,
+                             config.loss.tau)
                 if distill else None)
 
     def nwide(states, students, table, targets, teacher):

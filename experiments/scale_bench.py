@@ -79,11 +79,11 @@ def run_case(num_items: int, model: int, chunk: int, steps: int, budget_gb: floa
     batch, _ = next(trainer.packing.batches(np.arange(config.train.batch_size)))
     batch = trainer.place(batch)
     capacity = batch.capacity
-    start = time.perf_counter()
-    compiled = trainer.train_step.lower(state, trainer.arrays, batch).compile()
-    compile_s = time.perf_counter() - start
-    evaluator = trainer.evaluators[0]
-    eval_compiled = evaluator.lowered(state.params).compile()
+    with trainer.partitioner.activate():  # the mesh the lookups and losses are traced for
+        start = time.perf_counter()
+        compiled = trainer.train_step.lower(state, trainer.arrays, batch).compile()
+        compile_s = time.perf_counter() - start
+        eval_compiled = trainer.evaluators[0].lowered(state.params).compile()
     train_memory = _memory(compiled)
     result = {"items": num_items, "mesh": f"data=1,model={model}", "devices": model,
               "logits_chunk": chunk,

@@ -14,7 +14,9 @@ beauty; only such rows get one more blocked pass forward and one backward.
 
 On a mesh whose ``model`` axis splits the table by rows, the table is viewed as ``slices`` row
 slices; every block holds one block of each slice, each read on the device that holds it, and
-partial results stay per slice until the end, so no collective runs inside the scans.
+partial results stay per slice until the end, so no collective runs inside the scans.  There the
+table may end in padding rows (:func:`mqsa_jax.tables.padded_rows`): their logits are -inf, so
+they add nothing to a sum and get no gradient.
 """
 
 from __future__ import annotations
@@ -40,18 +42,25 @@ _CLAMP_FREE_LOG_PROB = math.log(LOG_EPSILON) + math.log(1e9)
 _GATHER_DIVISORS = (64, 8, 4)
 
 
-def _blocks(table: jax.Array, block: int, slices: int) -> tuple[jax.Array, jax.Array]:
-    """The table as full blocks ``[count, slices, block, d]`` and a tail ``[slices, rest, d]``.
-
-    Each of the ``slices`` equal row slices (a model-split mesh's, 1 on one device) is cut into
-    ``count`` blocks and a shorter tail (``rest`` may be 0): no padding, so no masking.
-    """
+def _blocks(table: jax.Array, block: int, slices: int, valid: int):
+    """The table as full blocks ``[count, slices, block, d]`` and a tail ``[slices, rest, d]``
+    (each of the ``slices`` equal row slices cut into ``count`` blocks and a tail, ``rest`` may
+    be 0), each with whether its rows are items, not padding (rows from ``valid`` up; None when
+    there is none)."""
     n, d = table.shape
     local = n // slices
     count = local // block
-    per_slice = table.reshape(slices, local, d)
-    body = per_slice[:, : count * block].reshape(slices, count, block, d).swapaxes(0, 1)
-    return body, per_slice[:, count * block:]
+
+    def split(per_slice):
+        body = per_slice[:, : count * block]
+        body = body.reshape(slices, count, block, *per_slice.shape[2:]).swapaxes(0, 1)
+        return body, per_slice[:, count * block:]
+
+    body, tail = split(table.reshape(slices, local, d))
+    real_body = real_tail = None
+    if valid < n:
+        real_body, real_tail = split(jnp.arange(n).reshape(slices, local) < valid)
+    return (body, real_body), (tail, real_tail)
 
 
 def _table_grad(table: jax.Array, block: int, slices: int, d_body: jax.Array | None,
@@ -71,14 +80,15 @@ def _table_grad(table: jax.Array, block: int, slices: int, d_body: jax.Array | N
     return jnp.concatenate(parts, axis=1).reshape(n, d)
 
 
-def _scan_blocks(step, carry, table: jax.Array, block: int, slices: int):
-    """Runs ``carry, out = step(carry, block)`` over the full blocks and then the tail; returns
-    the carry and the outputs of both (``None`` where there was no such block)."""
-    body, tail = _blocks(table, block, slices)
+def _scan_blocks(step, carry, table: jax.Array, block: int, slices: int, valid: int):
+    """Runs ``carry, out = step(carry, (block, real))`` over the full blocks and then the tail
+    (``real``: which of the block's rows are items, None when all are); returns the carry and
+    the outputs of both (``None`` where there was no such block)."""
+    body, tail = _blocks(table, block, slices, valid)
     body_out = tail_out = None
-    if body.shape[0]:
+    if body[0].shape[0]:
         carry, body_out = jax.lax.scan(step, carry, body)
-    if tail.shape[1]:
+    if tail[0].shape[1]:
         carry, tail_out = step(carry, tail)
     return carry, body_out, tail_out
 
@@ -88,9 +98,15 @@ def _flat(block: jax.Array) -> jax.Array:
     return block.reshape(-1, block.shape[-1])
 
 
-def _logits(rows: jax.Array, block: jax.Array) -> jax.Array:
-    """``[rows, d] x [slices, b, d] -> [rows, slices, b]``."""
-    return (rows @ _flat(block).T).reshape(rows.shape[0], *block.shape[:2])
+def _logits(rows: jax.Array, block: jax.Array, real: jax.Array | None) -> jax.Array:
+    """``[rows, d] x [slices, b, d] -> [rows, slices, b]``, -inf at padding rows."""
+    z = (rows @ _flat(block).T).reshape(rows.shape[0], *block.shape[:2])
+    return z if real is None else jnp.where(real, z, -jnp.inf)
+
+
+def _real_only(values: jax.Array, real: jax.Array | None) -> jax.Array:
+    """``values`` [rows, slices, b], 0 at padding rows."""
+    return values if real is None else jnp.where(real, values, 0.0)
 
 
 def _backward_products(rows_t: jax.Array, weight: jax.Array, block: jax.Array):
@@ -101,54 +117,60 @@ def _backward_products(rows_t: jax.Array, weight: jax.Array, block: jax.Array):
     return weight @ _flat(block), rows_t @ weight
 
 
-def _forward_lse(rows, table, num_rec, block, slices):
+def _forward_lse(rows, table, num_rec, block, slices, valid):
     """Per row, the log-sum-exp, and per student row (after the first ``num_rec``) the
     smallest logit, online over the blocks."""
-    def step(carry, items):
+    def step(carry, items_real):
+        items, real = items_real
         top, total, low = carry  # [rows, slices] each; low [students, slices]
-        z = _logits(rows, items)
+        z = _logits(rows, items, real)
         new_top = jnp.maximum(top, z.max(axis=2))
         total = total * jnp.exp(top - new_top) + jnp.exp(z - new_top[..., None]).sum(axis=2)
-        return (new_top, total, jnp.minimum(low, z[num_rec:].min(axis=2))), None
+        student_z = z[num_rec:] if real is None else jnp.where(real, z[num_rec:], jnp.inf)
+        return (new_top, total, jnp.minimum(low, student_z.min(axis=2))), None
 
     shape = (rows.shape[0], slices)
-    init = (jnp.full(shape, -jnp.inf, rows.dtype), jnp.zeros(shape, rows.dtype),
+    # A finite start: a block of padding rows alone (all -inf) leaves it as it was.
+    init = (jnp.full(shape, jnp.finfo(rows.dtype).min, rows.dtype), jnp.zeros(shape, rows.dtype),
             jnp.full((rows.shape[0] - num_rec, slices), jnp.inf, rows.dtype))
-    (top, total, low), _, _ = _scan_blocks(step, init, table, block, slices)
+    (top, total, low), _, _ = _scan_blocks(step, init, table, block, slices, valid)
     peak = top.max(axis=1)
     lse = peak + jnp.log(jnp.sum(total * jnp.exp(top - peak[:, None]), axis=1))
     return lse, low.min(axis=1)
 
 
-def _forward_clamp(students, table, lse, block, slices):
+def _forward_clamp(students, table, lse, block, slices, valid):
     """Per student row, the clamp's correction ``sum_j softplus(x_j)`` and its slope
     ``sum_j sigmoid(x_j)``, ``x_j = log 1e-24 - log p_j``, over the blocks."""
-    def step(carry, items):
+    def step(carry, items_real):
+        items, real = items_real
         correction, slope = carry
-        x = jnp.log(LOG_EPSILON) - (_logits(students, items) - lse[:, None, None])
+        x = jnp.log(LOG_EPSILON) - (_logits(students, items, real) - lse[:, None, None])
         small = jnp.exp(-jnp.abs(x))  # one exp serves both: softplus and sigmoid
-        softplus = jnp.maximum(x, 0.0) + jnp.log1p(small)
-        sigmoid = jnp.where(x >= 0, 1.0, small) / (1.0 + small)
+        softplus = _real_only(jnp.maximum(x, 0.0) + jnp.log1p(small), real)
+        sigmoid = _real_only(jnp.where(x >= 0, 1.0, small) / (1.0 + small), real)
         return (correction + softplus.sum(axis=(1, 2)), slope + sigmoid.sum(axis=(1, 2))), None
 
     zeros = jnp.zeros_like(lse)
-    (correction, slope), _, _ = _scan_blocks(step, (zeros, zeros), table, block, slices)
+    (correction, slope), _, _ = _scan_blocks(step, (zeros, zeros), table, block, slices, valid)
     return correction, slope
 
 
-def _backward_clamp(students, table, lse, g, block, slices):
+def _backward_clamp(students, table, lse, g, block, slices, valid):
     """The clamp's own part of the gradient, ``-g_i sigmoid(x_ij)`` on the logits (its part
     through lse joins lse's gradient): [rows, d] and [N, d]."""
     students_t = students.T
 
-    def step(d_students, items):
-        p = jnp.exp(_logits(students, items) - lse[:, None, None])
-        weight = -g[:, None, None] * LOG_EPSILON / (p + LOG_EPSILON)  # sigmoid(x) = eps/(p+eps)
+    def step(d_students, items_real):
+        items, real = items_real
+        p = jnp.exp(_logits(students, items, real) - lse[:, None, None])
+        # sigmoid(x) = eps / (p + eps)
+        weight = _real_only(-g[:, None, None] * LOG_EPSILON / (p + LOG_EPSILON), real)
         d_items_rows, d_block = _backward_products(students_t, weight, items)
         return d_students + d_items_rows, d_block
 
     d_students, d_body, d_tail = _scan_blocks(step, jnp.zeros_like(students), table, block,
-                                              slices)
+                                              slices, valid)
     return d_students, _table_grad(table, block, slices, d_body, d_tail)
 
 
@@ -183,8 +205,8 @@ def _scattered(index, values, length):
     return jnp.zeros((length, *values.shape[1:]), values.dtype).at[index].set(values, mode="drop")
 
 
-def _forward(rows, table, num_rec, block, slices):
-    lse, low = _forward_lse(rows, table, num_rec, block, slices)
+def _forward(rows, table, num_rec, block, slices, valid):
+    lse, low = _forward_lse(rows, table, num_rec, block, slices, valid)
     students, student_lse = rows[num_rec:], lse[num_rec:]
     zeros = jnp.zeros_like(student_lse)
     if not len(students):
@@ -194,11 +216,11 @@ def _forward(rows, table, num_rec, block, slices):
     def gathered(size):
         at = index[:size]
         sums = _forward_clamp(_gathered(at, students), table, _gathered(at, student_lse),
-                              block, slices)
+                              block, slices, valid)
         return tuple(_scattered(at, x, len(students)) for x in sums)
 
     def every_row():
-        sums = _forward_clamp(students, table, student_lse, block, slices)
+        sums = _forward_clamp(students, table, student_lse, block, slices, valid)
         return tuple(jnp.where(clamped, x, 0.0) for x in sums)
 
     correction, slope = jax.lax.switch(branch, [
@@ -208,15 +230,16 @@ def _forward(rows, table, num_rec, block, slices):
     return (lse, correction), (slope, clamped, branch, index)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def catalogue_sums(rows: jax.Array, table: jax.Array, num_rec: int, block: int = DEFAULT_BLOCK,
-                   slices: int = 1) -> tuple[jax.Array, jax.Array]:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def catalogue_sums(rows: jax.Array, table: jax.Array, num_rec: int, valid: int,
+                   block: int = DEFAULT_BLOCK, slices: int = 1) -> tuple[jax.Array, jax.Array]:
     """Per row, the log-sum-exp of its logits over the catalogue; per student row, the clamp.
 
     Args:
       rows: [R, d] query rows: ``num_rec`` recommendation rows, then the TED student rows.
-      table: [N, d] item rows; ``slices`` must divide N.
+      table: [R, d] item rows; ``slices`` must divide R.
       num_rec: how many of the rows come before the student rows.
+      valid: N, the catalogue's items: the table's first rows (the rest are padding).
       block: items per block and slice.
       slices: the table's row slices (the ``model`` axis of a mesh that splits it; 1 otherwise).
 
@@ -225,15 +248,15 @@ def catalogue_sums(rows: jax.Array, table: jax.Array, num_rec: int, block: int =
       ``correction`` [R - num_rec] = ``sum_j log(p_j + 1e-24) - log p_j`` with ``p = softmax(z)``
       (0 for a row whose ``p_j`` are all above 1e-15: there it is below float32 resolution).
     """
-    return _forward(rows, table, num_rec, block, slices)[0]
+    return _forward(rows, table, num_rec, block, slices, valid)[0]
 
 
-def _catalogue_sums_fwd(rows, table, num_rec, block, slices):
-    outputs, clamp = _forward(rows, table, num_rec, block, slices)
+def _catalogue_sums_fwd(rows, table, num_rec, valid, block, slices):
+    outputs, clamp = _forward(rows, table, num_rec, block, slices, valid)
     return outputs, (rows, table, outputs[0], *clamp)
 
 
-def _catalogue_sums_bwd(num_rec, block, slices, residuals, cotangents):
+def _catalogue_sums_bwd(num_rec, valid, block, slices, residuals, cotangents):
     rows, table, lse, slope, clamped, branch, index = residuals
     g_lse, g_correction = cotangents
     # dlse/dz = p.  d correction/dz = slope * p - sigmoid(x): the part through lse joins lse's
@@ -242,12 +265,14 @@ def _catalogue_sums_bwd(num_rec, block, slices, residuals, cotangents):
     coefficient = g_lse.at[num_rec:].add(g_correction * slope)
     rows_t = rows.T
 
-    def step(d_rows, items):
-        p = jnp.exp(_logits(rows, items) - lse[:, None, None]) * coefficient[:, None, None]
+    def step(d_rows, items_real):
+        items, real = items_real
+        p = jnp.exp(_logits(rows, items, real) - lse[:, None, None]) * coefficient[:, None, None]
         d_items_rows, d_block = _backward_products(rows_t, p, items)
         return d_rows + d_items_rows, d_block
 
-    d_rows, d_body, d_tail = _scan_blocks(step, jnp.zeros_like(rows), table, block, slices)
+    d_rows, d_body, d_tail = _scan_blocks(step, jnp.zeros_like(rows), table, block, slices,
+                                          valid)
     d_table = _table_grad(table, block, slices, d_body, d_tail)
     students, student_lse = rows[num_rec:], lse[num_rec:]
     if not len(students):
@@ -257,12 +282,12 @@ def _catalogue_sums_bwd(num_rec, block, slices, residuals, cotangents):
         at = index[:size]
         g = jnp.where(at < len(students), _gathered(at, g_correction), 0.0)
         d_students, d_clamp_table = _backward_clamp(
-            _gathered(at, students), table, _gathered(at, student_lse), g, block, slices)
+            _gathered(at, students), table, _gathered(at, student_lse), g, block, slices, valid)
         return _scattered(at, d_students, len(students)), d_clamp_table
 
     def every_row():
         g = jnp.where(clamped, g_correction, 0.0)
-        return _backward_clamp(students, table, student_lse, g, block, slices)
+        return _backward_clamp(students, table, student_lse, g, block, slices, valid)
 
     d_students, d_clamp_table = jax.lax.switch(branch, [
         lambda: (jnp.zeros_like(students), jnp.zeros_like(table)),

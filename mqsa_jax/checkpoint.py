@@ -7,6 +7,10 @@ config.  Orbax writes each checkpoint into a temporary directory and renames it 
 so a process killed during a save leaves the previous checkpoint intact, and only complete ones
 are listed.
 
+A checkpoint is restored into the shapes of its template, which may differ from the saved ones
+in rows only: the item table is padded with zero rows to the mesh that trains it
+(:mod:`mqsa_jax.tables`), so a run moves between meshes by appending or dropping zero rows.
+
 Each complete checkpoint also gets ``checksums.json``, the SHA-256 of each of its files, and a
 checkpoint is verified against it before it is read: a damaged file (a bad disk, a truncated
 copy) is named instead of being read as garbage.  ``train --resume`` then falls back to the
@@ -85,7 +89,8 @@ class RunCheckpoints:
         return self._managers[which].latest_step()
 
     def restore(self, which: str, template: Any, fallback: bool = False) -> tuple[Any, dict]:
-        """The state (shaped like ``template``) and progress of the newest complete checkpoint.
+        """The state (shaped like ``template``, zero rows appended or dropped where the saved
+        arrays have other row counts) and progress of the newest complete checkpoint.
 
         A damaged checkpoint is an error naming it, or with ``fallback``, the next older intact
         one is read instead (a line on stderr says so).
@@ -101,7 +106,7 @@ class RunCheckpoints:
             if problem is None:
                 try:
                     restored = manager.restore(epoch, args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract),
+                        state=ocp.args.StandardRestore(abstract, strict=False),
                         progress=ocp.args.JsonRestore()))
                 except (ValueError, KeyError, FileNotFoundError, OSError) as e:
                     # tensorstore's messages run to kilobytes

@@ -81,7 +81,7 @@ def train(args) -> None:
         raise UserError("--resume names the run directory; do not also give --run-dir")
     else:
         run_dir = resume
-    partitioner = Partitioner(*parse_mesh(args.mesh))
+    partitioner = Partitioner(*parse_mesh(args.mesh), rules=config.train.logical_axis_rules)
     results = train_run(config, run_dir, args.data_dir,
                         progress=False if args.no_progress else None,
                         resume=resume is not None, partitioner=partitioner)

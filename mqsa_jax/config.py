@@ -88,9 +88,16 @@ class TrainConfig:
     learning_rate: float = 1e-3
     batch_size: int = 256
     epochs: int = 200
+    # Logical axis name -> mesh axis (``data`` or ``model``), for ``--mesh``: where a batch's
+    # rows and the item table's rows go; names not listed (the rest of the parameters) are
+    # replicated.  See mqsa_jax.tables for the names.
+    logical_axis_rules: tuple[str, ...] = ("batch:data", "item:model")
 
     def __post_init__(self):
-        _refuse(_at_least(self, ("batch_size", "epochs"), 1)
+        problems = [f"logical_axis_rules: {rule!r} is not LOGICAL:data or LOGICAL:model"
+                    for rule in self.logical_axis_rules
+                    if len(rule.split(":")) != 2 or rule.split(":")[1] not in ("data", "model")]
+        _refuse(problems + _at_least(self, ("batch_size", "epochs"), 1)
                 + _above_zero(self, ("learning_rate",)))
 
 

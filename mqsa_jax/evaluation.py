@@ -16,6 +16,7 @@ import numpy as np
 from mqsa_jax.config import EvalConfig, metric_names
 from mqsa_jax.data.arrays import SequenceData
 from mqsa_jax.model import item_scores
+from mqsa_jax.tables import BATCH, ITEM, mesh_axis
 
 KS = EvalConfig.eval_ks  # the reference's cut-offs
 # The reference selects the epoch (and the reproduction orders the variants) by valid NDCG@20.
@@ -64,22 +65,25 @@ def label_ranks(scores: jax.Array, labels: jax.Array, history: jax.Array, top: i
     return jnp.where(masked, top, jnp.minimum(count, top))
 
 
-def sliced_label_ranks(mesh, scores, labels, history, top: int) -> jax.Array:
-    """:func:`label_ranks` for scores split by item slices over the mesh's ``model`` axis.
+def sliced_label_ranks(scores, labels, history, top: int) -> jax.Array:
+    """:func:`label_ranks` for scores whose columns are split like the item table's rows on the
+    current mesh (``jax.set_mesh``).
 
     Each device counts, in its own slice, the items that beat the label and the excluded ones
-    among them; the counts and the label's score are summed over ``model``, so no device ever
+    among them; the counts and the label's score are summed over the slices, so no device ever
     holds a whole N-wide row.
     """
     from jax.sharding import PartitionSpec as P
 
+    axis, batch_axis = mesh_axis(ITEM)[0], mesh_axis(BATCH)[0]
+
     def local(scores, labels, history):
         width = scores.shape[1]
-        offset = jax.lax.axis_index("model") * width
+        offset = jax.lax.axis_index(axis) * width
         labels = labels[:, None]
         own = (labels >= offset) & (labels < offset + width)
         label_scores = jax.lax.psum(jnp.where(own, jnp.take_along_axis(
-            scores, jnp.clip(labels - offset, 0, width - 1), axis=1), 0.0), "model")
+            scores, jnp.clip(labels - offset, 0, width - 1), axis=1), 0.0), axis)
         count = jnp.sum(_beats(scores, offset + jnp.arange(width), label_scores, labels), axis=1)
 
         def scores_at(ids):
@@ -88,16 +92,17 @@ def sliced_label_ranks(mesh, scores, labels, history, top: int) -> jax.Array:
             # Items of other slices cannot beat the label here: they are counted where they live.
             return jnp.where(inside, local_scores, -jnp.inf)
 
-        num_items = width * jax.lax.psum(1, "model")
+        num_items = width * jax.lax.psum(1, axis)
         count -= _history_beats(scores_at, labels, label_scores, history, num_items)
-        count = jax.lax.psum(count, "model")
+        count = jax.lax.psum(count, axis)
         masked = jnp.any(history == labels, axis=1)
         return jnp.where(masked, top, jnp.minimum(count, top))
 
-    # The ranks are the same on every device of a model group (they come from summed values),
+    # The ranks are the same on every device of a slice group (they come from summed values),
     # which shard_map cannot infer: check_vma=False.
-    return jax.shard_map(local, mesh=mesh, in_specs=(P("data", "model"), P("data"), P("data")),
-                         out_specs=P("data"), check_vma=False)(scores, labels, history)
+    rows = P(batch_axis)
+    return jax.shard_map(local, in_specs=(P(batch_axis, axis), rows, rows), out_specs=rows,
+                         check_vma=False)(scores, labels, history)
 
 
 def metric_sums(ranks: jax.Array, weights: jax.Array, ks=KS,
@@ -138,9 +143,10 @@ class RankingEvaluator:
     """
 
     def __init__(self, split: str, data: SequenceData, encode_last, batch_size: int, ks=KS,
-                 place=jax.device_put, mesh=None):
-        """``place`` puts a batch's arrays on the devices (split over the data axis of a mesh);
-        with a ``mesh`` whose ``model`` axis splits the catalogue, ranking is per item slice."""
+                 place=jax.device_put):
+        """``place`` puts a batch's arrays on the devices (split over the data axis of a mesh).
+        Called under a mesh that splits the item table (``Partitioner.activate``), ranking is
+        per item slice."""
         inputs = getattr(data, f"{split}_inputs")
         labels = getattr(data, f"{split}_labels")
         history = getattr(data, f"{split}_history")
@@ -160,11 +166,8 @@ class RankingEvaluator:
             width = next(w for w in widths if w >= longest)
             self._batches.append(tuple(map(place, (inputs[users, -width:], labels[users],
                                                    history[users], weights))))
-        ranks = label_ranks
-        if mesh is not None and mesh.shape["model"] > 1:
-            ranks = functools.partial(sliced_label_ranks, mesh)
         # Ranks are exact (capped at N, which no findable label reaches), for MRR and --ranks.
-        self._ranks = jax.jit(functools.partial(_batch_ranks, encode_last, ranks, data.num_items))
+        self._ranks = jax.jit(functools.partial(_batch_ranks, encode_last, data.num_items))
         self._step = jax.jit(functools.partial(_batch_sums, self._ranks, data.num_items,
                                                self.ks))
 
@@ -190,8 +193,11 @@ class RankingEvaluator:
         return ranks
 
 
-def _batch_ranks(encode_last, ranks, num_items, params, inputs, labels, history):
-    scores = item_scores(params, encode_last(params, inputs))  # [B, N]
+def _batch_ranks(encode_last, num_items, params, inputs, labels, history):
+    scores = item_scores(params, encode_last(params, inputs))  # [B, R]
+    if scores.shape[1] > num_items:  # a mesh's padding rows: ranked below every item
+        scores = jnp.where(jnp.arange(scores.shape[1]) < num_items, scores, -jnp.inf)
+    ranks = sliced_label_ranks if mesh_axis(ITEM)[1] > 1 else label_ranks
     return ranks(scores, labels, history, num_items)
 
 

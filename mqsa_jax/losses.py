@@ -27,7 +27,8 @@ import numpy as np
 from mqsa_jax import blocked
 from mqsa_jax.data.arrays import Transitions
 from mqsa_jax.dropout import dropout as apply_dropout
-from mqsa_jax.model import Lookup, lookup_items, lookup_rows, scale_embeddings
+from mqsa_jax.model import scale_embeddings
+from mqsa_jax.tables import lookup_rows, table_slices
 
 
 @flax.struct.dataclass
@@ -134,48 +135,59 @@ def fused_losses(
     students: jax.Array | None = None,
     teacher: TeacherRows | None = None,
     block: int = 0,
-    lookup: Lookup | None = None,
-    catalogue_slices: int = 1,
+    *,
+    num_items: int | None = None,
+    catalogue_slices: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Mean recommendation and TED losses over packed rows with ``weights`` 1 (real) or 0.
+
+    On a mesh that splits the table's rows (:mod:`mqsa_jax.tables`), each device scans and
+    reads its own slice.
 
     Args:
       states: [C, d] fused states at positions with a real target.
       targets: [C] their target items.
       weights: [C] 1 for a real position, 0 for packing.
-      table: [N, d] the item table.
+      table: [R, d] the item table: the N items, then padding rows (none on one device).
       students: [C, d] :func:`ted_students` of the same positions' input items, or None: then
         the TED loss is 0.
       teacher: their :meth:`TeacherWeights.rows`.
       block: items per block of the catalogue scan, over all slices (0: the default).
-      lookup: reads the targets' and successors' rows of the table on a mesh (the
-        partitioner's, so that a table split over devices is read where it lives); None on one
-        device.
-      catalogue_slices: the table's row split over devices (1 on one device).
+      num_items: N (None: R, no padding rows).
+      catalogue_slices: the table's row slices (None: as the current mesh splits it).
 
     Returns:
       The recommendation loss and the TED loss, scalars.
     """
     rows = states if students is None else jnp.concatenate([states, students])
-    block = -(-block // catalogue_slices) if block else blocked.DEFAULT_BLOCK
-    lse, correction = blocked.catalogue_sums(rows, table, len(states), block, catalogue_slices)
+    num_items = len(table) if num_items is None else num_items
+    slices = table_slices() if catalogue_slices is None else catalogue_slices
+    block = -(-block // slices) if block else blocked.DEFAULT_BLOCK
+    lse, correction = blocked.catalogue_sums(rows, table, len(states), num_items, block, slices)
     count = jnp.maximum(weights.sum(), 1.0)
-    target_logits = jnp.sum(states * (lookup or lookup_rows)(table, targets), axis=-1)
+    target_logits = jnp.sum(states * lookup_rows(table, targets, num_items, batch_split=False),
+                            axis=-1)
     rec = jnp.logaddexp(lse[: len(states)], 0.0) - target_logits
     rec_loss = jnp.sum(rec * weights) / count
     if students is None:
         return rec_loss, jnp.zeros((), rec_loss.dtype)
     student_lse = lse[len(states):]
-    # sum_j log(p_j + 1e-24) = sum_j z_j - N lse + the clamp's correction.
-    log_sum = students @ table.sum(axis=0) - len(table) * student_lse + correction
-    kd = -(teacher.uniform * log_sum + _observed_log_probs(students, table, student_lse, teacher,
-                                                          lookup or lookup_items))
+    # sum_j log(p_j + 1e-24) = sum_j z_j - N lse + the clamp's correction, over the N items
+    # (the padding rows are zero, but summing them would give them a gradient; masked, not
+    # sliced, so that each device sums its own rows).
+    items = table
+    if num_items < len(table):
+        items = jnp.where(jnp.arange(len(table))[:, None] < num_items, table, 0.0)
+    item_sum = items.sum(axis=0)
+    log_sum = students @ item_sum - num_items * student_lse + correction
+    kd = -(teacher.uniform * log_sum + _observed_log_probs(students, table, student_lse, teacher))
     return rec_loss, jnp.sum(kd * weights) / count
 
 
-def _observed_log_probs(students, table, student_lse, teacher: TeacherRows, lookup) -> jax.Array:
+def _observed_log_probs(students, table, student_lse, teacher: TeacherRows) -> jax.Array:
     """[C]: ``sum_k extra_ik log(p_i,succ_k + 1e-24)`` over each row's packed pairs."""
-    logits = jnp.sum(students[teacher.pair_rows] * lookup(table, teacher.pair_items), axis=-1)
+    successors = lookup_rows(table, teacher.pair_items, batch_split=False)
+    logits = jnp.sum(students[teacher.pair_rows] * successors, axis=-1)
     log_probs = jnp.log(jnp.exp(logits - student_lse[teacher.pair_rows]) + blocked.LOG_EPSILON)
     return jax.ops.segment_sum(teacher.pair_extra * log_probs, teacher.pair_rows,
                                num_segments=len(students), indices_are_sorted=True)

@@ -7,14 +7,13 @@ number of windows costs one fused computation.  SASRec is the one-branch case ``
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mqsa_jax.config import ModelConfig
 from mqsa_jax.dropout import Dropout
+from mqsa_jax.tables import BRANCH, EMBED, HIDDEN, ITEM, POSITION, lookup_rows, padded_rows
 
 # The release masks attention scores with this value, not -inf.
 _MASK_VALUE = -(2.0**32) + 1
@@ -24,10 +23,28 @@ _LN_EPSILON = 1e-8
 
 _dense_init = nn.initializers.xavier_uniform()  # tf.layers.dense's default, as in the release
 _embedding_init = nn.initializers.normal(stddev=0.01)
+_partitioned = nn.with_logical_partitioning
 
 
 def _layer_norm(name: str | None = None) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=_LN_EPSILON, use_fast_variance=False, name=name)
+    return nn.LayerNorm(epsilon=_LN_EPSILON, use_fast_variance=False, name=name,
+                        scale_init=_partitioned(nn.initializers.ones, (EMBED,)),
+                        bias_init=_partitioned(nn.initializers.zeros, (EMBED,)))
+
+
+def _dense(features: int, axes: tuple[str, str], name: str) -> nn.Dense:
+    return nn.Dense(features, kernel_init=_partitioned(_dense_init, axes),
+                    bias_init=_partitioned(nn.initializers.zeros, axes[1:]), name=name)
+
+
+def _item_table_init(num_items: int):
+    """The release's N(0, 0.01) rows for the ``num_items`` real items, then zero rows: the
+    real rows are the unpadded table's, whatever the padding."""
+    def init(key, shape, dtype=jnp.float32):
+        real = _embedding_init(key, (num_items, shape[1]), dtype)
+        return jnp.pad(real, ((0, shape[0] - num_items), (0, 0)))
+
+    return init
 
 
 def window_average(h: jax.Array, mask: jax.Array, segments: jax.Array | None,
@@ -80,7 +97,7 @@ class QueryBlock(nn.Module):
         q = _layer_norm()(window_average(h, mask, segments, window))
 
         def project(x, name):
-            y = nn.Dense(self.hidden, kernel_init=_dense_init, name=name)(x)
+            y = _dense(self.hidden, (EMBED, HIDDEN), name)(x)
             return y.reshape(batch, length, self.num_heads, head_dim)
 
         queries, keys, values = project(q, "query"), project(h, "key"), project(h, "value")
@@ -94,9 +111,9 @@ class QueryBlock(nn.Module):
         attended = jnp.einsum("bhqk,bkhd->bqhd", weights, values).reshape(batch, length, -1)
 
         o = _layer_norm()(attended + q)  # the residual goes to the normalised query
-        inner = nn.relu(nn.Dense(self.hidden, kernel_init=_dense_init, name="ffn_in")(o))
+        inner = nn.relu(_dense(self.hidden, (EMBED, HIDDEN), "ffn_in")(o))
         inner = Dropout(self.dropout)(inner, deterministic=self.deterministic)
-        outer = nn.Dense(self.hidden, kernel_init=_dense_init, name="ffn_out")(inner)
+        outer = _dense(self.hidden, (HIDDEN, EMBED), "ffn_out")(inner)
         o = o + Dropout(self.dropout)(outer, deterministic=self.deterministic)
         return o * mask[..., None]
 
@@ -119,30 +136,18 @@ class Branch(nn.Module):
         return _layer_norm(name="final_norm")(h)
 
 
-Lookup = Callable[[jax.Array, jax.Array], jax.Array]  # (table, ids) -> rows
-
-
-def lookup_rows(table: jax.Array, ids: jax.Array) -> jax.Array:
-    """Rows of ``table`` at ``ids``; an id past its end (the padding id) gives a zero row."""
-    return jnp.take(table, ids, axis=0, mode="fill", fill_value=0)
-
-
-def lookup_items(table: jax.Array, ids: jax.Array) -> jax.Array:
-    """Rows of ``table`` at ``ids``, all of them real items: no padding id, so no mask."""
-    return jnp.take(table, ids, axis=0, mode="clip")
-
-
 class MQSA(nn.Module):
     """Encodes left-padded item sequences (padding id ``num_items``) into fused states [B, T, d].
 
-    ``params['item_embedding']`` is the item table ``E`` (N x d); the padding id looks up a
-    fixed zero row that is not a parameter.  ``lookup`` reads rows of the table: the
-    partitioner's, when the table is split over devices.
+    ``params['item_embedding']`` is the item table ``E``: N rows, rounded up to a multiple of
+    ``row_multiple`` with zero rows (so that a mesh's devices hold equal slices) that no lookup
+    reads and no softmax includes (:mod:`mqsa_jax.tables`).  The padding id reads a zero row.
+    Every parameter carries logical axis names (``nn.with_logical_partitioning``).
     """
 
     config: ModelConfig
     num_items: int
-    lookup: Lookup = lookup_rows
+    row_multiple: int = 1
 
     @nn.compact
     def __call__(self, sequences: jax.Array, *, deterministic: bool,
@@ -156,15 +161,18 @@ class MQSA(nn.Module):
         ``max_len``): then a row may hold several (``mqsa_jax.packing``).
         """
         config = self.config
-        items = self.param("item_embedding", _embedding_init, (self.num_items, config.hidden))
-        position_table = self.param("position_embedding", _embedding_init,
+        items = self.param("item_embedding",
+                           _partitioned(_item_table_init(self.num_items), (ITEM, EMBED)),
+                           (padded_rows(self.num_items, self.row_multiple), config.hidden))
+        position_table = self.param("position_embedding",
+                                    _partitioned(_embedding_init, (POSITION, EMBED)),
                                     (config.max_len, config.hidden))
         if segments is None:
             position_rows = position_table[-sequences.shape[1]:]
         else:
             position_rows = position_table[positions]
         mask = (sequences != self.num_items).astype(items.dtype)
-        x = scale_embeddings(self.lookup(items, sequences)) + position_rows
+        x = scale_embeddings(lookup_rows(items, sequences, self.num_items)) + position_rows
         x = Dropout(config.dropout)(x, deterministic=deterministic) * mask[..., None]
 
         branches = nn.vmap(
@@ -173,6 +181,7 @@ class MQSA(nn.Module):
             variable_axes={"params": 0},
             split_rngs={"params": True, "dropout": True},
             axis_size=len(config.windows),
+            metadata_params={nn.PARTITION_NAME: BRANCH},
         )(config.hidden, config.num_heads, config.num_blocks, config.dropout, deterministic,
           name="branches")
         states = branches(x, mask, segments, jnp.asarray(config.windows))  # [branches, B, T, d]
@@ -192,10 +201,11 @@ def scale_embeddings(rows: jax.Array) -> jax.Array:
 
 
 def item_table(params) -> jax.Array:
-    """The item table E [N, d] of the model's parameters."""
+    """The item table E [R, d] of the model's parameters (R >= N: padded on a mesh)."""
     return params["params"]["item_embedding"]
 
 
 def item_scores(params, states: jax.Array) -> jax.Array:
-    """Every item's score [B, N] for states [B, d]: ``states . E^T``."""
+    """Every row's score [B, R] for states [B, d]: ``states . E^T`` (R >= N: padded on a
+    mesh)."""
     return states @ item_table(params).T

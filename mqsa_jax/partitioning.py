@@ -1,25 +1,30 @@
 """Where arrays live: a ("data", "model") device mesh, the one place that knows about devices.
 
-The batch is split over ``data``; the item table and its optimizer moments are split by rows
-over ``model``; everything else is replicated.  The same jitted train and evaluation steps run
-on one device (a 1 x 1 mesh) and on any mesh: XLA's SPMD partitioner inserts the collectives.
+Parameters carry logical axis names (:mod:`mqsa_jax.tables`); the config's
+``logical_axis_rules`` map them to the mesh's axes: by default a batch's rows go over ``data``
+and the item table's rows (with their optimizer moments) over ``model``, and the rest is
+replicated.  The same jitted train and evaluation steps run on one device (a 1 x 1 mesh) and on
+any mesh, with the shardings derived from those names; XLA's SPMD partitioner inserts the
+collectives.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Sequence
 
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mqsa_jax.config import TrainConfig
 from mqsa_jax.errors import UserError
-from mqsa_jax.model import lookup_rows
+from mqsa_jax.tables import BATCH, ITEM
 
 DATA, MODEL = "data", "model"
-ITEM_TABLE = "item_embedding"
 
 
 def parse_mesh(text: str | None) -> tuple[int, int]:
@@ -35,17 +40,36 @@ def parse_mesh(text: str | None) -> tuple[int, int]:
     return sizes[DATA], sizes[MODEL]
 
 
-class Partitioner:
-    """A ``(data, model)`` mesh of the first ``data * model`` devices, and where each array of
-    a run lives on it."""
+def parse_rules(rules: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """The config's ``("batch:data", "item:model")`` (validated there) -> flax's
+    ``(("batch", "data"), ("item", "model"))``."""
+    return tuple(tuple(rule.split(":")) for rule in rules)
 
-    def __init__(self, data: int = 1, model: int = 1):
+
+class Partitioner:
+    """A ``(data, model)`` mesh of the first ``data * model`` devices, its logical axis rules,
+    and where each array of a run lives on it."""
+
+    def __init__(self, data: int = 1, model: int = 1,
+                 rules: Sequence[str] = TrainConfig.logical_axis_rules):
         devices = jax.devices()
         if data * model > len(devices):
             raise UserError(f"mesh data={data},model={model} needs {data * model} devices, "
                             f"{len(devices)} available")
         self.data, self.model = data, model
+        self.rules = parse_rules(rules)
         self.mesh = Mesh(np.asarray(devices[: data * model]).reshape(data, model), (DATA, MODEL))
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        """The mesh and rules that the model and losses read (:mod:`mqsa_jax.tables`): jitted
+        steps are traced and called within."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
+
+    def sharding(self, logical: P) -> NamedSharding:
+        """Logical axis names -> where such an array lives on the mesh."""
+        return nn.logical_to_mesh_sharding(logical, self.mesh, self.rules)
 
     @property
     def replicated(self) -> NamedSharding:
@@ -53,73 +77,39 @@ class Partitioner:
 
     @property
     def batch(self) -> NamedSharding:
-        return NamedSharding(self.mesh, P(DATA))
+        """A batch's rows (the first axis) over the mesh axis of ``batch``."""
+        return self.sharding(P(BATCH))
 
-    def check_sizes(self, num_items: int, batch_size: int, eval_batch_size: int) -> None:
-        """Refuses, as a user error, sizes that the mesh's axes do not divide."""
-        if num_items % self.model:
-            raise UserError(f"the catalogue's {num_items} items do not split evenly over "
-                            f"model={self.model}")
+    def devices_along(self, logical: str) -> int:
+        """Over how many devices an axis named ``logical`` is split (1: replicated)."""
+        axis = nn.logical_to_mesh_axes((logical,), self.rules)[0]
+        return 1 if axis is None else self.mesh.shape[axis]
+
+    @property
+    def item_multiple(self) -> int:
+        """The item table's rows must be a multiple of this: the devices its rows split over."""
+        return self.devices_along(ITEM)
+
+    def check_sizes(self, batch_size: int, eval_batch_size: int) -> None:
+        """Refuses, as a user error, batch sizes that the mesh's batch axis does not divide."""
+        rows = self.devices_along(BATCH)
         for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if size % self.data:
-                raise UserError(f"{name} {size} does not split evenly over data={self.data}")
+            if size % rows:
+                raise UserError(f"{name} {size} does not split evenly over the {rows} devices "
+                                "of the batch axis")
 
-    def item_lookup(self, table: jax.Array, ids: jax.Array, split: bool = True) -> jax.Array:
-        """Rows of the item table at ``ids`` (the padding id gives zeros), read where they live.
-
-        On a model-split mesh each device gathers the ids that fall in its slice of the rows,
-        zeros for the rest, and a sum over ``model`` completes the rows: what moves is
-        ``[ids, d]``, never the table, however large the catalogue.  With ``split`` the ids'
-        first axis (a batch's rows) is split over ``data``; without, every device reads all
-        of them (the packed positions of the loss, whose rows the N-wide products split).
+    def state_shardings(self, logical_specs):
+        """A train state's shardings from its leaves' logical axis names.
 
         Args:
-          table: [N, d], its rows split over ``model``.
-          ids: [B, ...] item ids; N (the padding id) reads a zero row.
-          split: whether ``ids``' first axis is split over ``data``.
+          logical_specs: a tree of ``PartitionSpec`` of logical names, like the state
+            (:func:`mqsa_jax.state.logical_specs`).
 
         Returns:
-          [B, ..., d], placed as ``ids``.
+          The same tree of ``NamedSharding``: by default the item table and its moments [R, d]
+          split by rows over ``model``, the rest replicated.
         """
-        if self.model == 1:
-            return lookup_rows(table, ids)
-        rows = P(DATA) if split and ids.shape[0] % self.data == 0 else P()
-
-        def local(block, block_ids):
-            offset = jax.lax.axis_index(MODEL) * block.shape[0]
-            # Shifted out of range, the other slices' ids (and the padding id) read zeros.
-            shifted = block_ids - offset
-            shifted = jnp.where(shifted < 0, block.shape[0], shifted)
-            return jax.lax.psum(lookup_rows(block, shifted), MODEL)
-
-        return jax.shard_map(local, mesh=self.mesh, in_specs=(P(MODEL), rows),
-                             out_specs=rows)(table, ids)
-
-    def state_shardings(self, state):
-        """Rows of the item table, and of every optimizer array shaped like it, over ``model``.
-
-        Args:
-          state: a train state (or its shapes, from ``jax.eval_shape``).
-
-        Returns:
-          A tree of ``NamedSharding`` like ``state``: ``P("model")`` for the table and its
-          moments [N, d], replicated for the rest.
-        """
-        table_shape = None
-
-        def find_table(path, leaf):
-            nonlocal table_shape
-            if ITEM_TABLE in jax.tree_util.keystr(path):
-                table_shape = table_shape or leaf.shape
-
-        jax.tree_util.tree_map_with_path(find_table, state)
-
-        def spec(path, leaf):
-            if ITEM_TABLE in jax.tree_util.keystr(path) and leaf.shape == table_shape:
-                return NamedSharding(self.mesh, P(MODEL))
-            return self.replicated
-
-        return jax.tree_util.tree_map_with_path(spec, state)
+        return nn.logical_to_mesh_sharding(logical_specs, self.mesh, self.rules)
 
     def place(self, tree, shardings):
         """Host arrays (the same on every process) -> global arrays with these shardings.
@@ -172,3 +162,19 @@ def maybe_initialize_distributed() -> bool:
         jax.distributed.initialize()
         return True
     return False
+
+
+def stop_requested(step: int) -> bool:
+    """Whether a run of several processes was sent SIGTERM (on any of its hosts), agreed by all
+    of them at ``step``.
+
+    With several processes, JAX's preemption service catches SIGTERM (a scheduler's or a TPU
+    pod's preemption notice) and only records it, so a process that does not ask keeps running.
+    Every process calls this at the same steps (after each epoch's checkpoint) and they stop
+    together.  One process is stopped by SIGTERM itself.
+    """
+    if jax.process_count() == 1:
+        return False
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.reached_preemption_sync_point(step)

@@ -73,21 +73,30 @@ def make_evaluators(model: MQSA, data: SequenceData, config: Config,
                     partitioner: Partitioner | None = None,
                     splits: Sequence[str] = ("valid", "test")) -> list[RankingEvaluator]:
     """Full-ranking evaluators of ``splits``; with a partitioner, batches are split over its
-    data axis and ranking is per item slice of its model axis."""
-    placement = {} if partitioner is None else {"place": partitioner.place_batch,
-                                                "mesh": partitioner.mesh}
+    batch axis (and, under its ``activate()``, ranking is per item slice)."""
+    placement = {} if partitioner is None else {"place": partitioner.place_batch}
     return [RankingEvaluator(split, data, model.encode_last, config.eval.eval_batch_size,
                              config.eval.eval_ks, **placement) for split in splits]
 
 
+def check_catalogue(progress: dict, num_items: int, run_dir: Path) -> None:
+    """A checkpoint serves only the catalogue it was trained on (checkpoints restore at any row
+    count, to move between meshes; older ones did not record it)."""
+    saved = progress.get("num_items", num_items)
+    if saved != num_items:
+        raise UserError(f"{run_dir}: its checkpoints were trained on {saved} items, but the "
+                        f"dataset now has {num_items}")
+
+
 def restore_trained(run_dir: Path, which: str, config: Config,
                     num_items: int) -> tuple[MQSA, TrainState, dict]:
-    """The model, and the train state and progress saved in a run's ``which`` (best or
-    latest) checkpoint."""
+    """The model (on one device: its item table has exactly ``num_items`` rows), and the train
+    state and progress saved in a run's ``which`` (best or latest) checkpoint."""
     model = MQSA(config.model, num_items)
     template = init_state(model, make_optimizer(config), config)
     with RunCheckpoints(run_dir, read_only=True) as checkpoints:
         state, progress = checkpoints.restore(which, template)
+    check_catalogue(progress, num_items, run_dir)
     return model, state, progress
 
 

@@ -18,10 +18,11 @@ import optax
 from mqsa_jax.config import Config
 from mqsa_jax.data.arrays import SequenceData
 from mqsa_jax.losses import TeacherWeights, fused_losses, l2_penalty, ted_students
-from mqsa_jax.model import MQSA, item_table, lookup_rows
+from mqsa_jax.model import MQSA, item_table
 from mqsa_jax.packing import Batch
 from mqsa_jax.partitioning import Partitioner
 from mqsa_jax.state import TrainState
+from mqsa_jax.tables import lookup_rows
 
 
 @flax.struct.dataclass
@@ -45,12 +46,8 @@ def pairs_per_user(data: SequenceData, teacher: TeacherWeights, config: Config) 
     return np.where(real, successors[data.train_inputs], 0).sum(axis=1)
 
 
-def make_loss_fn(model: MQSA, config: Config, partitioner: Partitioner | None = None):
-    """The loss of a batch; the partitioner says how the item table is split over devices."""
-    packed_lookup, slices = None, 1
-    if partitioner is not None and partitioner.model > 1:
-        packed_lookup = functools.partial(partitioner.item_lookup, split=False)
-        slices = partitioner.model
+def make_loss_fn(model: MQSA, config: Config):
+    """The loss of a batch (on a mesh, under its context: :meth:`Partitioner.activate`)."""
     loss_config = config.loss
     distill = loss_config.lambda_kd > 0
 
@@ -67,12 +64,12 @@ def make_loss_fn(model: MQSA, config: Config, partitioner: Partitioner | None = 
         students = teacher_rows = None
         if distill:
             heads = batch.items.reshape(-1)[positions]
-            students = ted_students((packed_lookup or lookup_rows)(table, heads), student_key,
-                                    config.model.dropout, loss_config.tau)
+            head_rows = lookup_rows(table, heads, model.num_items, batch_split=False)
+            students = ted_students(head_rows, student_key, config.model.dropout, loss_config.tau)
             teacher_rows = teacher.rows(heads, weights, batch.pair_capacity)
         rec, kd = fused_losses(states, batch.targets.reshape(-1)[positions], weights, table,
-                               students, teacher_rows, loss_config.logits_chunk, packed_lookup,
-                               slices)
+                               students, teacher_rows, loss_config.logits_chunk,
+                               num_items=model.num_items)
         loss = rec + loss_config.lambda_kd * kd + loss_config.l2_reg * l2_penalty(params)
         return loss, {"loss": loss, "loss_rec": rec, "loss_kd": kd}
 
@@ -82,12 +79,18 @@ def make_loss_fn(model: MQSA, config: Config, partitioner: Partitioner | None = 
 def make_train_step(model: MQSA, optimizer: optax.GradientTransformation, config: Config,
                     partitioner: Partitioner | None = None, state_shardings=None):
     """The jitted step ``(state, arrays, batch) -> (state, losses)``; the state is donated.
-    With a partitioner, the output state keeps the input state's placement
-    (``state_shardings``)."""
-    loss_fn = make_loss_fn(model, config, partitioner)
-    out_shardings = None if partitioner is None else (state_shardings, partitioner.replicated)
 
-    @functools.partial(jax.jit, donate_argnums=0, out_shardings=out_shardings)
+    With a partitioner, the step is jitted with explicit shardings: the state's
+    (``state_shardings``, from the parameters' logical axes), the arrays replicated, the batch's
+    rows over the batch axis; it must then run under :meth:`Partitioner.activate`.
+    """
+    loss_fn = make_loss_fn(model, config)
+    shardings = {}
+    if partitioner is not None:
+        shardings = {"in_shardings": (state_shardings, partitioner.replicated, partitioner.batch),
+                     "out_shardings": (state_shardings, partitioner.replicated)}
+
+    @functools.partial(jax.jit, donate_argnums=0, **shardings)
     def train_step(state: TrainState, arrays: TrainArrays, batch: Batch):
         """One Adam step on a packed batch (``mqsa_jax.packing``)."""
         key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)

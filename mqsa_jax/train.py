@@ -27,15 +27,16 @@ from mqsa_jax.errors import UserError
 from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax.model import MQSA
 from mqsa_jax.packing import Batch, Packing
-from mqsa_jax.partitioning import Partitioner
+from mqsa_jax.partitioning import Partitioner, stop_requested
 from mqsa_jax.runs import (
+    check_catalogue,
     check_resumable,
     enable_compilation_cache,
     exclusive,
     make_evaluators,
     prepare_data,
 )
-from mqsa_jax.state import TrainState, init_state, make_optimizer
+from mqsa_jax.state import TrainState, init_state, logical_specs, make_optimizer
 from mqsa_jax.steps import TrainArrays, make_train_step, pairs_per_user
 
 
@@ -44,13 +45,14 @@ class Trainer:
 
     def __init__(self, config: Config, data: SequenceData, partitioner: Partitioner | None = None):
         self.config, self.data = config, data
-        self.partitioner = partitioner = partitioner or Partitioner()
-        partitioner.check_sizes(data.num_items, config.train.batch_size,
-                                config.eval.eval_batch_size)
-        self.model = MQSA(config.model, data.num_items, partitioner.item_lookup)
+        self.partitioner = partitioner = (
+            partitioner or Partitioner(rules=config.train.logical_axis_rules))
+        partitioner.check_sizes(config.train.batch_size, config.eval.eval_batch_size)
+        # The item table gets padding rows up to a whole number of rows per device.
+        self.model = MQSA(config.model, data.num_items, partitioner.item_multiple)
         self.optimizer = make_optimizer(config)
         self.state_shardings = partitioner.state_shardings(
-            jax.eval_shape(lambda: init_state(self.model, self.optimizer, config)))
+            logical_specs(self.model, self.optimizer, config))
         self.train_step = make_train_step(self.model, self.optimizer, config, partitioner,
                                           self.state_shardings)
         host_arrays = TrainArrays.from_data(data, config)
@@ -72,18 +74,21 @@ class Trainer:
     def train_epoch(self, state: TrainState, order: np.ndarray, progress: tqdm | None = None):
         """One pass over the users in ``order``; returns the state and the mean batch losses."""
         totals, steps, seen, start = None, 0, 0, time.perf_counter()
-        for batch, count in self.packing.batches(order):
-            state, losses = self.train_step(state, self.arrays, self.place(batch))
-            totals = losses if totals is None else jax.tree.map(jnp.add, totals, losses)
-            steps, seen = steps + 1, seen + count
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(targets_per_s=f"{seen / (time.perf_counter() - start):,.0f}",
-                                     refresh=False)
+        with self.partitioner.activate():
+            for batch, count in self.packing.batches(order):
+                state, losses = self.train_step(state, self.arrays, self.place(batch))
+                totals = losses if totals is None else jax.tree.map(jnp.add, totals, losses)
+                steps, seen = steps + 1, seen + count
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(
+                        targets_per_s=f"{seen / (time.perf_counter() - start):,.0f}",
+                        refresh=False)
         return state, {k: float(v) / steps for k, v in totals.items()}
 
     def evaluate(self, params) -> dict[str, dict[str, float]]:
-        return {e.split: e.evaluate(params) for e in self.evaluators}
+        with self.partitioner.activate():
+            return {e.split: e.evaluate(params) for e in self.evaluators}
 
 
 def train(config: Config, run_dir: Path, data_dir: Path | None = None,
@@ -124,6 +129,7 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: 
     history, best, stale, first_epoch = [], None, 0, 1
     if resume and checkpoints.latest_epoch() is not None:
         state, saved = checkpoints.restore(LATEST, state, fallback=True)
+        check_catalogue(saved, trainer.data.num_items, run_dir)
         shuffler.bit_generator.state = saved["shuffler"]
         history, best, stale = saved["history"], saved["best"], saved["stale"]
         first_epoch = saved["epoch"] + 1
@@ -170,13 +176,19 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: 
             start = time.perf_counter()
             checkpoints.save(epoch, state, {
                 "epoch": epoch, "shuffler": shuffler.bit_generator.state, "history": history,
-                "best": best, "stale": stale, "config": config.to_json()}, is_best)
+                "best": best, "stale": stale, "config": config.to_json(),
+                "num_items": trainer.data.num_items}, is_best)
             if primary:
                 print(_summary_line(record, config.train.epochs, time.perf_counter() - start,
                                     selection), file=sys.stderr, flush=True)
             if config.eval.patience and stale >= config.eval.patience and primary:
                 print(f"stopping early: no better valid {selection} in {stale} evaluations",
                       file=sys.stderr)
+            if stop_requested(epoch):
+                if primary:
+                    print(f"SIGTERM: stopped after epoch {epoch}'s checkpoint; continue with "
+                          f"train --resume {run_dir}", file=sys.stderr)
+                raise KeyboardInterrupt
     return best
 
 

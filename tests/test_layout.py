@@ -25,3 +25,18 @@ def test_no_module_is_over_300_lines_and_no_reproduction_piece_over_250():
     for name in pieces:
         path = Path(REPO / "experiments" / f"{name}.py")
         assert len(path.read_text().splitlines()) <= 250, path
+
+
+def test_the_mesh_and_the_model_do_not_depend_on_each_other():
+    """The partitioner maps logical axis names to the mesh; the model names its axes and reads
+    its table through :mod:`mqsa_jax.tables`: neither imports the other, and no code finds a
+    parameter by its path."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, mqsa_jax.partitioning; "
+         "print('mqsa_jax.model' in sys.modules)"],
+        cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    model_source = (REPO / "mqsa_jax" / "model.py").read_text()
+    assert "mqsa_jax.partitioning" not in model_source
+    for path in (REPO / "mqsa_jax").rglob("*.py"):
+        assert "tree_map_with_path" not in path.read_text(), path

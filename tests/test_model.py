@@ -1,5 +1,6 @@
 import itertools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +16,8 @@ def _model(**overrides):
     config = build_config({"max_len": T, "hidden": 16, "num_heads": 2, "num_blocks": 2,
                            **overrides})
     model = MQSA(config.model, N)
-    params = model.init({"params": jax.random.key(0)}, jnp.full((1, T), N), deterministic=True)
+    params = nn.meta.unbox(model.init({"params": jax.random.key(0)}, jnp.full((1, T), N),
+                                      deterministic=True))
     # Trained-looking weights: perturb LayerNorm scales and biases away from 1 and 0.
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
     return model, params

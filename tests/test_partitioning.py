@@ -2,20 +2,34 @@
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
+from mqsa_jax.data import registry
 from mqsa_jax.errors import UserError
 from mqsa_jax.partitioning import parse_mesh
-from tests.helpers import REPO
+from mqsa_jax.tables import padded_rows
+from tests.helpers import REPO, cli
 
 
 def _launch(argv: list[str], devices: int, processes: int = 1) -> list[str]:
     """Runs ``python *argv`` as ``processes`` cooperating JAX processes of ``devices`` CPU
     devices each; returns their outputs."""
+    commands = _start(argv, devices, processes)
+    outputs = [c.communicate(timeout=600) for c in commands]
+    for command, (_, err) in zip(commands, outputs):
+        assert command.returncode == 0, err[-3000:]
+    return [out for out, _ in outputs]
+
+
+def _start(argv: list[str], devices: int, processes: int) -> list[subprocess.Popen]:
     port = _free_port()
     commands = []
     for process in range(processes):
@@ -27,10 +41,7 @@ def _launch(argv: list[str], devices: int, processes: int = 1) -> list[str]:
         commands.append(subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                          text=True))
-    outputs = [c.communicate(timeout=600) for c in commands]
-    for command, (_, err) in zip(commands, outputs):
-        assert command.returncode == 0, err[-3000:]
-    return [out for out, _ in outputs]
+    return commands
 
 
 def _run(meshes, devices, processes=1):
@@ -59,17 +70,43 @@ def one_device():
 
 
 def test_meshes_match_one_device(one_device):
+    """45 items: the table is padded to 46 rows on model=2 and 48 on model=8."""
     results = _run([[8, 1], [4, 2], [1, 8]], devices=8)
     for mesh, epochs in results.items():
         _assert_same(epochs, one_device, mesh)
-        # The item table (48 rows) is split by rows over the model axis.
-        assert epochs[2]["shard_rows"] == 48 // int(mesh.split("x")[1])
+        # The item table is split by rows over the model axis.
+        model = int(mesh.split("x")[1])
+        assert epochs[2]["shard_rows"] == padded_rows(45, model) // model
+        assert epochs[2]["padding_rows_zero"]
 
 
 def test_two_processes_match_one_device(one_device):
     results = _run([[4, 2]], devices=4, processes=2)
     _assert_same(results["4x2"], one_device, "2 processes, 4x2")
     assert results["4x2"][2]["processes"] == 2
+
+
+def test_sigterm_stops_two_processes_together_and_the_run_resumes(tiny_dataset, tmp_path):
+    """With several processes JAX's preemption service catches SIGTERM; the processes agree to
+    stop after the same epoch's checkpoint (exit code 130), and the run resumes."""
+    run = tmp_path / "run"
+    train = ["-m", "mqsa_jax", "train", "--no-progress", "--data-dir", str(tiny_dataset / "data"),
+             "--set", "max_len=16", "--set", "batch_size=32"]
+    commands = _start([*train, "--dataset", "tiny", "--run-dir", str(run), "--epochs", "500",
+                       "--mesh", "data=2,model=2"], devices=2, processes=2)
+    deadline = time.monotonic() + 300
+    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
+        assert time.monotonic() < deadline and all(c.poll() is None for c in commands)
+        time.sleep(0.5)
+    for command in commands:
+        command.send_signal(signal.SIGTERM)
+    errors = [c.communicate(timeout=60)[1] for c in commands]
+    assert [c.returncode for c in commands] == [130, 130], errors
+    assert "SIGTERM: stopped after epoch" in errors[0]
+    stopped = len((run / "metrics.jsonl").read_text().splitlines())
+    assert stopped < 500
+    _launch([*train, "--resume", str(run), "--epochs", str(stopped + 1)], devices=1)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == stopped + 1
 
 
 def test_parse_mesh():
@@ -82,11 +119,12 @@ def test_parse_mesh():
 
 
 def test_no_step_moves_the_item_table_or_a_catalogue_wide_array():
-    """With the catalogue split over model (meshes 1x8 and 4x2, and 1x8 with 256-item blocks),
-    no collective that moves data between devices carries the item table, a slice of it, or an
-    array as wide as the catalogue: the lookups read rows where they live, the losses and the
-    ranking reduce per slice (the ranking moves no data at all).  A step gives the single
-    device's losses, and the per-slice ranking equals the plain one."""
+    """With the catalogue (803 items: padded to 804 and 808 rows) split over model (meshes 1x8
+    and 4x2, and 1x8 with 256-item blocks), no collective that moves data between devices
+    carries the item table, a slice of it, or an array as wide as the catalogue: the lookups
+    read rows where they live, the losses and the ranking reduce per slice (the ranking moves
+    no data at all).  A step gives the single device's losses, and the per-slice ranking equals
+    the plain one."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-m", "tests.workers.collectives"], cwd=REPO, env=env,
@@ -102,8 +140,9 @@ def test_no_step_moves_the_item_table_or_a_catalogue_wide_array():
     assert found["eval 1x8 chunk 0"] == [] and found["eval 4x2 chunk 0"] == []
     for step, moves in found.items():
         model = int(step.split(" ")[1].split("x")[1])
-        # The table's rows (with the padding row, or not), whole or one device's slice.
-        table_sizes = {800, 801, 800 // model, 800 // model + 1}
+        # The table's rows (with the padding id's row, or not), whole or one device's slice.
+        rows = padded_rows(803, model)
+        table_sizes = {803, 804, rows, rows + 1, rows // model, rows // model + 1}
         for kind, shapes in moves:
             for shape in shapes:
                 dims = {int(d) for d in shape.split(",") if d}
@@ -139,3 +178,59 @@ def test_cli_train_resumes_under_two_processes_on_another_mesh(tiny_dataset, tmp
         assert results["test"][name] == pytest.approx(value, rel=1e-4, abs=1e-6)
     assert sorted(p.name for p in (two / "checkpoints" / "latest").iterdir()
                   if p.name.isdigit()) == ["1", "2"]
+
+
+# Real catalogues on 8 CPU devices, small enough for the suite: beauty's 12,101 items and toys'
+# 11,924 split over no even model axis.  A small model and few, large batches keep the compiled
+# shapes (and so the time) down; the catalogue is the full one.
+_SMALL = ["--no-progress", "--set", "max_len=10", "--set", "hidden=16", "--set",
+          "batch_size=4096", "--set", "eval_batch_size=4096"]
+
+
+def _train(dataset, run_dir, epochs, mesh=None, devices=1, resume=False):
+    where = ["--resume", str(run_dir)] if resume else ["--dataset", dataset, "--run-dir",
+                                                       str(run_dir), *_SMALL]
+    _launch(["-m", "mqsa_jax", "train", *where, "--epochs", str(epochs),
+             *(["--mesh", mesh] if mesh else [])], devices)
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_epoch(ours, expected, label):
+    assert ours["epoch"] == expected["epoch"], label
+    assert ours["loss"] == pytest.approx(expected["loss"], rel=1e-4), label
+    for split in ("valid", "test"):
+        for name, value in expected[split].items():
+            assert ours[split][name] == pytest.approx(value, rel=1e-3, abs=1e-6), (label, name)
+
+
+def test_beauty_on_uneven_meshes_resumes_anywhere_and_serves_only_items(tmp_path):
+    """Beauty's 12,101 items on model=8 and model=4 (12,104 rows each): an epoch on 1x8 gives
+    the single device's metrics; that run, resumed on 1x1 (12,101 rows) and on 2x4, gives the
+    same second epoch on both; the exported table has 12,101 rows and `recommend` ranks items
+    only."""
+    reference = _train("beauty", tmp_path / "one", epochs=1)
+    run = tmp_path / "1x8"
+    _assert_same_epoch(_train("beauty", run, 1, "data=1,model=8", devices=8)[0], reference[0],
+                       "1x8")
+    shutil.copytree(run, tmp_path / "2x4")
+    single = _train("beauty", run, 2, "data=1,model=1", devices=1, resume=True)
+    _assert_same_epoch(_train("beauty", tmp_path / "2x4", 2, "data=2,model=4", devices=8,
+                              resume=True)[1], single[1], "1x8 resumed on 2x4 and on 1x1")
+
+    out = tmp_path / "export"
+    subprocess.run(cli("export", str(tmp_path / "2x4"), str(out)), check=True,
+                   capture_output=True)
+    with np.load(out / "item_embeddings.npz") as exported:
+        assert exported["item_embeddings"].shape == (12101, 16)
+    done = subprocess.run(cli("recommend", str(tmp_path / "2x4"), "--history", "0,1,2",
+                              "--keep-history", "--k", "12101"),
+                          check=True, capture_output=True, text=True)
+    items = json.loads(done.stdout)["items"]
+    assert sorted(items) == sorted(registry.load_dataset("beauty").item_ids.tolist())
+
+
+def test_toys_on_model_8_matches_one_device(tmp_path):
+    """Toys' 11,924 items, padded to 11,928 rows on model=8."""
+    reference = _train("toys", tmp_path / "one", epochs=1)
+    _assert_same_epoch(_train("toys", tmp_path / "1x8", 1, "data=1,model=8", devices=8)[0],
+                       reference[0], "toys 1x8")

@@ -21,25 +21,26 @@ from mqsa_jax.train import Trainer
 from tests.helpers import random_dataset
 
 MOVES = ("all-gather", "all-to-all", "collective-permute")  # data that changes devices
-data = build_sequence_data(random_dataset(num_users=96, num_items=800, max_length=18, seed=7),
+data = build_sequence_data(random_dataset(num_users=96, num_items=803, max_length=18, seed=7),
                            max_len=16)
 found, losses = {}, {}
 for data_size, model, chunk in ((1, 1, 0), (1, 8, 0), (4, 2, 0), (1, 8, 256)):
+    partitioner = Partitioner(data_size, model)
     trainer = Trainer(build_config({"max_len": 16, "batch_size": 96, "eval_batch_size": 48,
-                                    "logits_chunk": chunk}),
-                      data, Partitioner(data_size, model))
+                                    "logits_chunk": chunk}), data, partitioner)
     state = trainer.init_state()
     batch, _ = next(trainer.packing.batches(np.arange(96)))
     args = (trainer.arrays, trainer.place(batch))
-    train_hlo = trainer.train_step.lower(state, *args).compile().as_text()
-    evaluator = trainer.evaluators[0]
-    eval_hlo = evaluator.lowered(state.params, 0).compile().as_text()
+    with partitioner.activate():
+        train_hlo = trainer.train_step.lower(state, *args).compile().as_text()
+        eval_hlo = trainer.evaluators[0].lowered(state.params, 0).compile().as_text()
     case = f"{data_size}x{model} chunk {chunk}"
     for step, hlo in (("train", train_hlo), ("eval", eval_hlo)):
         found[f"{step} {case}"] = [
             [kind, re.findall(r"\[([\d,]*)\]", line.split(" = ")[1].split(f" {kind}")[0])]
             for line in hlo.splitlines() for kind in MOVES if f" {kind}(" in line]
-    losses[case] = {k: float(v) for k, v in trainer.train_step(state, *args)[1].items()}
+    with partitioner.activate():
+        losses[case] = {k: float(v) for k, v in trainer.train_step(state, *args)[1].items()}
 found["losses"] = losses
 
 # Per-slice ranking against the plain one, with ties and masks straddling the slices.
@@ -48,9 +49,11 @@ scores = rng.integers(0, 6, (48, 800)).astype(np.float32)
 labels = rng.integers(0, 800, 48)
 history = np.where(rng.random((48, 30)) < 0.8, rng.integers(0, 800, (48, 30)), 800)
 history[:4, 0] = labels[:4]
-mesh = Partitioner(1, 8).mesh
-sliced = jax.jit(lambda s, y, h: sliced_label_ranks(mesh, s, y, h, 20))(
-    jax.device_put(scores, NamedSharding(mesh, P("data", "model"))), labels, history)
+partitioner = Partitioner(1, 8)
+with partitioner.activate():
+    sliced = jax.jit(lambda s, y, h: sliced_label_ranks(s, y, h, 20))(
+        jax.device_put(scores, NamedSharding(partitioner.mesh, P("data", "model"))), labels,
+        history)
 plain = label_ranks(jnp.asarray(scores), jnp.asarray(labels), jnp.asarray(history), 20)
 found["same_ranks"] = bool((np.asarray(sliced) == np.asarray(plain)).all())
 print(json.dumps(found))

@@ -20,7 +20,7 @@ from mqsa_jax.train import Trainer
 from tests.helpers import random_dataset
 
 maybe_initialize_distributed()  # before anything touches the devices
-data = build_sequence_data(random_dataset(num_users=96, num_items=48, max_length=18, seed=7),
+data = build_sequence_data(random_dataset(num_users=96, num_items=45, max_length=18, seed=7),
                            max_len=16)
 # One batch: few shapes.
 config = build_config({"max_len": 16, "batch_size": 96, "eval_batch_size": 48})
@@ -34,8 +34,13 @@ for mesh in json.loads(sys.argv[1]):
         state, losses = trainer.train_epoch(state, rng.permutation(data.num_users))
         epochs.append({"losses": losses, **trainer.evaluate(state.params)})
     table = item_table(state.params)
+    moments = [m for m in jax.tree.leaves(state.opt_state) if m.shape == table.shape]
+    # The padding rows of the table and its moments, in the shards this process holds.
+    padding = [np.asarray(shard.data)[max(data.num_items - (shard.index[0].start or 0), 0):]
+               for x in [table, *moments] for shard in x.addressable_shards]
     epochs.append({"processes": jax.process_count(),
-                   "shard_rows": table.addressable_shards[0].data.shape[0]})
+                   "shard_rows": table.addressable_shards[0].data.shape[0],
+                   "padding_rows_zero": all(not p.any() for p in padding)})
     results["x".join(map(str, mesh))] = epochs
 if jax.process_index() == 0:
     print(json.dumps(results))
