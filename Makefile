@@ -12,7 +12,7 @@ SEEDS ?= 2023 2024 2025
 PARAM ?= L
 REPRODUCE = $(BIN)/python -m experiments.reproduce
 
-.PHONY: venv train test bench datasets reproduce ablation sweep summary clean
+.PHONY: venv train test test-scale bench datasets reproduce ablation sweep summary clean
 
 venv: $(VENV)/.installed
 
@@ -29,7 +29,11 @@ train: venv
 
 test: venv
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 -m "not scale"
+
+# Tests too long for `make test`'s 10 minutes on two cores (more real catalogues on 8 devices).
+test-scale: venv
+	$(BIN)/python -m pytest -n 2 -m scale
 
 bench: venv
 	$(BIN)/python -m experiments.bench $(BENCH_ARGS)

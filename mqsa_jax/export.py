@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mqsa_jax.data.arrays import right_aligned_tails
+from mqsa_jax.data.arrays import pad_to_shape, right_aligned_tails
 from mqsa_jax.data.dataset import full_sequences
 from mqsa_jax.evaluation import mask_items
 from mqsa_jax.io import atomic_output, write_json_atomic, write_text_atomic
@@ -97,8 +97,7 @@ def export_user_vectors(recommender: Recommender, out_dir: Path,
                                  recommender.num_items)
     encode = jax.jit(recommender.model.encode_last)
     rows = -(-len(inputs) // batch_size) * batch_size  # one shape for every batch
-    padded = np.full((rows, inputs.shape[1]), recommender.num_items, np.int32)
-    padded[:len(inputs)] = inputs
+    padded = pad_to_shape(inputs, rows, inputs.shape[1], recommender.num_items)
     vectors = np.concatenate([np.asarray(encode(recommender.params, chunk))
                               for chunk in padded.reshape(-1, batch_size, inputs.shape[1])])
     path = out_dir / "user_vectors.npz"

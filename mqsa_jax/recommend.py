@@ -24,7 +24,7 @@ import numpy as np
 
 from mqsa_jax.config import Config, read_run_config
 from mqsa_jax.data import registry
-from mqsa_jax.data.arrays import build_sequence_data, right_aligned_tails
+from mqsa_jax.data.arrays import build_sequence_data, pad_to_shape, right_aligned_tails
 from mqsa_jax.data.dataset import Dataset, full_sequences
 from mqsa_jax.errors import UserError
 from mqsa_jax.evaluation import mask_items
@@ -93,15 +93,10 @@ class Recommender:
         self.check_k(k)
         count = len(inputs)
         rows = rows or _bucket(count)
-
-        def pad(x, width):
-            out = np.full((rows, width), self.num_items, np.int32)
-            out[:count, width - x.shape[1]:] = x
-            return out
-
         width = max(self.exclude_width, _bucket(exclude.shape[1]))
-        scores, items = self._ranked(self.params, pad(inputs, inputs.shape[1]),
-                                     pad(exclude, width), k=k)
+        scores, items = self._ranked(
+            self.params, pad_to_shape(inputs, rows, inputs.shape[1], self.num_items),
+            pad_to_shape(exclude, rows, width, self.num_items), k=k)
         return np.asarray(items)[:count], np.asarray(scores)[:count]
 
     def topk(self, histories: Sequence[Sequence[int]], k: int = 10,
@@ -199,44 +194,42 @@ def recommend_file(recommender: Recommender, source: Path, target: Path, k: int 
         raise UserError(f"{source}: no such file")
     counts = {"lines": 0, "written": 0, "skipped_lines": 0, "skipped_items": 0}
     try:
-        _stream(recommender, source, target, k, exclude_history, skip_unknown, batch_size,
-                progress, counts)
+        with open(source, encoding="utf-8") as lines, atomic_output(target) as out:
+            numbered = ((n, t) for n, t in enumerate(lines, 1) if t.strip())
+            for chunk in _chunks(numbered, batch_size):
+                read = [_read_line(recommender, source, n, t, skip_unknown) for n, t in chunk]
+                kept = [line for line in read if line is not None and line[1]]
+                counts["lines"] += len(chunk)
+                counts["skipped_lines"] += len(chunk) - len(kept)
+                counts["skipped_items"] += sum(len(line[2]) for line in read if line is not None)
+                if kept:
+                    items, scores = recommender.topk([line[1] for line in kept], k,
+                                                     exclude_history, batch_size)
+                    out.write("".join(json.dumps({"id": line[0], "items": it, "scores": sc})
+                                      + "\n" for line, it, sc in zip(kept, items, scores))
+                              .encode())
+                    counts["written"] += len(kept)
+                if progress is not None:
+                    progress.update(len(chunk))
     except UnicodeDecodeError as e:
         raise UserError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start} of a "
                         "read block)") from None
     return counts
 
 
-def _stream(recommender, source, target, k, exclude_history, skip_unknown, batch_size,
-            progress, counts) -> None:
-    with open(source, encoding="utf-8") as lines, atomic_output(target) as out:
-        numbered = ((n, t) for n, t in enumerate(lines, 1) if t.strip())
-        for chunk in _chunks(numbered, batch_size):
-            ids, histories = [], []
-            for number, text in chunk:
-                counts["lines"] += 1
-                try:
-                    user, history = _parse_line(source, number, text)
-                    known, unknown = recommender.item_indices(history, skip_unknown)
-                except UserError as e:
-                    if not skip_unknown:
-                        raise UserError(str(e) if str(e).startswith(f"{source}:")
-                                        else f"{source}:{number}: {e}") from None
-                    counts["skipped_lines"] += 1
-                    continue
-                counts["skipped_items"] += len(unknown)
-                if not known:
-                    counts["skipped_lines"] += 1
-                    continue
-                ids.append(user)
-                histories.append(known)
-            if histories:
-                items, scores = recommender.topk(histories, k, exclude_history, batch_size)
-                out.write("".join(json.dumps({"id": i, "items": it, "scores": sc}) + "\n"
-                                  for i, it, sc in zip(ids, items, scores)).encode())
-                counts["written"] += len(histories)
-            if progress is not None:
-                progress.update(len(chunk))
+def _read_line(recommender: Recommender, source: Path, number: int, text: str,
+               skip_unknown: bool) -> tuple[object, list[int], list[str]] | None:
+    """One input line's id, known item indices and unknown item ids; None for a malformed
+    line that ``skip_unknown`` skips (without it, an error naming the line)."""
+    try:
+        user, history = _parse_line(source, number, text)
+        known, unknown = recommender.item_indices(history, skip_unknown)
+    except UserError as e:
+        if not skip_unknown:
+            raise UserError(str(e) if str(e).startswith(f"{source}:")
+                            else f"{source}:{number}: {e}") from None
+        return None
+    return user, known, unknown
 
 
 def recommend_all_users(recommender: Recommender, target: Path, k: int = 10,

@@ -21,6 +21,7 @@ from mqsa_jax.checkpoint import RunCheckpoints
 from mqsa_jax.config import Config, read_run_config
 from mqsa_jax.data import registry
 from mqsa_jax.data.arrays import SequenceData, build_sequence_data
+from mqsa_jax.data.dataset import Dataset
 from mqsa_jax.errors import UserError
 from mqsa_jax.evaluation import RankingEvaluator
 from mqsa_jax.io import atomic_output
@@ -49,16 +50,25 @@ def exclusive(run_dir: Path) -> Iterator[None]:
         yield
 
 
-def prepare_data(config: Config, data_dir: Path | None = None) -> SequenceData:
-    """The config's dataset as model-ready arrays, prepared once however many processes run."""
+def load_run_dataset(config: Config, data_dir: Path | None = None) -> Dataset:
+    """The config's dataset, prepared once however many processes run."""
     if jax.process_count() > 1:
         # The first use of a dataset prepares its TFDS files: one process does, on storage the
         # hosts share, while the others wait (on separate disks each host then prepares its own).
         if jax.process_index() == 0:
             registry.load_dataset(config.dataset, data_dir)
         multihost_utils.sync_global_devices("mqsa-jax: dataset prepared")
-    dataset = registry.load_dataset(config.dataset, data_dir)
+    return registry.load_dataset(config.dataset, data_dir)
+
+
+def sequence_data(config: Config, dataset: Dataset) -> SequenceData:
+    """``dataset`` as the model-ready arrays of ``config``."""
     return build_sequence_data(dataset, config.model.max_len, config.loss.time_span)
+
+
+def prepare_data(config: Config, data_dir: Path | None = None) -> SequenceData:
+    """The config's dataset as model-ready arrays."""
+    return sequence_data(config, load_run_dataset(config, data_dir))
 
 
 def enable_compilation_cache() -> None:
@@ -111,7 +121,8 @@ def evaluate_run(run_dir: Path, which: str = "best", splits: Sequence[str] = ("v
     of 1 / r.
     """
     config = read_run_config(run_dir)
-    data = prepare_data(config, data_dir)
+    dataset = load_run_dataset(config, data_dir)
+    data = sequence_data(config, dataset)
     model, state, progress = restore_trained(run_dir, which, config, data.num_items)
     result = {"checkpoint": which, "epoch": progress["epoch"]}
     evaluators = make_evaluators(model, data, config, splits=splits)
@@ -120,9 +131,8 @@ def evaluate_run(run_dir: Path, which: str = "best", splits: Sequence[str] = ("v
     if ranks_path is not None:
         ranks = {e.split: [int(r) + 1 if r < data.num_items else None
                            for r in e.ranks(state.params)] for e in evaluators}
-        users = registry.load_dataset(config.dataset, data_dir).user_ids.tolist()
         lines = (json.dumps({"user": user, **{s: ranks[s][u] for s in ranks}}) + "\n"
-                 for u, user in enumerate(users))
+                 for u, user in enumerate(dataset.user_ids.tolist()))
         with atomic_output(ranks_path) as f:
             for line in lines:
                 f.write(line.encode())

@@ -92,6 +92,14 @@ def right_aligned_tails(values: np.ndarray, offsets: np.ndarray, width: int,
     return matrix
 
 
+def pad_to_shape(matrix: np.ndarray, rows: int, width: int, pad: int) -> np.ndarray:
+    """``matrix`` [B, W] in the first rows of a ``[rows, width]`` int32 block of ``pad``, its
+    columns right-aligned: one static shape for a compiled call (rows >= B, width >= W)."""
+    out = np.full((rows, width), pad, np.int32)
+    out[:len(matrix), width - matrix.shape[1]:] = matrix
+    return out
+
+
 def transition_counts(cut: np.ndarray, num_items: int, time_span: int = 1) -> Transitions:
     """``A[s[n], s[n+k]] += 1`` for ``k`` in ``1..time_span`` over each right-aligned cut row."""
     heads, tails = [], []
