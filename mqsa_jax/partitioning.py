@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Sequence
 
 import flax.linen as nn
@@ -141,6 +142,39 @@ class Partitioner:
         return self.place(array, self.batch)
 
 
+# Threads of XLA:CPU's pool per local CPU device in a run of several processes (see
+# size_cpu_thread_pool): one per device stalls, one more for the process sufficed in every
+# measured run; two per device leave a margin.
+CPU_THREADS_PER_DEVICE = 2
+
+
+def cpu_devices_per_process(env: dict[str, str]) -> int:
+    """The CPU devices this process will have: ``jax_num_cpu_devices`` or XLA_FLAGS'
+    ``--xla_force_host_platform_device_count`` (1 when neither is set)."""
+    if jax.config.jax_num_cpu_devices > 0:
+        return jax.config.jax_num_cpu_devices
+    forced = re.search(r"--xla_force_host_platform_device_count=(\d+)", env.get("XLA_FLAGS", ""))
+    return int(forced.group(1)) if forced else 1
+
+
+def size_cpu_thread_pool(env: dict[str, str]) -> None:
+    """Gives XLA:CPU's thread pool at least ``CPU_THREADS_PER_DEVICE`` threads per local device,
+    before the CPU backend starts, unless ``PJRT_NPROC`` or ``NPROC`` already sizes it.
+
+    Across processes, CPU collectives go through Gloo, and a Gloo collective holds the pool
+    thread that runs it until every peer has joined.  The pool has one thread per core by
+    default.  Where a process has as many CPU devices as the pool has threads (two devices on
+    a two-core machine), a step's collectives can hold every thread while a peer device of the
+    same process still has work to start before it joins them: the run stalls inside a step,
+    for ever, with each process's threads idle in ``GlooCommunicator``.
+    """
+    if "PJRT_NPROC" in env or "NPROC" in env:
+        return
+    needed = CPU_THREADS_PER_DEVICE * cpu_devices_per_process(env)
+    if needed > (os.cpu_count() or 1):
+        env["PJRT_NPROC"] = str(needed)
+
+
 def maybe_initialize_distributed() -> bool:
     """Starts ``jax.distributed`` when the environment describes several processes.
 
@@ -149,6 +183,10 @@ def maybe_initialize_distributed() -> bool:
     (``TPU_WORKER_HOSTNAMES`` with several hosts) or a SLURM job with several tasks.
     """
     env = os.environ
+    several = bool(env.get("JAX_COORDINATOR_ADDRESS")) or (
+        "," in env.get("TPU_WORKER_HOSTNAMES", "") or int(env.get("SLURM_NTASKS", "1")) > 1)
+    if several:
+        size_cpu_thread_pool(env)
     if env.get("JAX_COORDINATOR_ADDRESS"):
         try:
             jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"],
@@ -158,7 +196,7 @@ def maybe_initialize_distributed() -> bool:
             raise UserError("JAX_COORDINATOR_ADDRESS needs JAX_NUM_PROCESSES and JAX_PROCESS_ID "
                             f"as integers ({e})") from None
         return True
-    if "," in env.get("TPU_WORKER_HOSTNAMES", "") or int(env.get("SLURM_NTASKS", "1")) > 1:
+    if several:
         jax.distributed.initialize()
         return True
     return False

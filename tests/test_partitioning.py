@@ -14,7 +14,7 @@ import pytest
 
 from mqsa_jax.data import registry
 from mqsa_jax.errors import UserError
-from mqsa_jax.partitioning import parse_mesh
+from mqsa_jax.partitioning import parse_mesh, size_cpu_thread_pool
 from mqsa_jax.tables import padded_rows
 from tests.helpers import EPOCHS, REPO, cli, tiny_train_args
 
@@ -111,6 +111,37 @@ def test_sigterm_stops_two_processes_together_and_the_run_resumes_anywhere(
                  (uninterrupted / "metrics.jsonl").read_text().splitlines()]
     for ours, expected in zip(history, reference):
         _assert_same_epoch(ours, expected, f"epoch {expected['epoch']}")
+
+
+def test_two_processes_of_two_devices_run_many_steps_without_stalling():
+    """Steps with collectives over both axes (mesh data=2,model=2), two processes of two CPU
+    devices each.  On a two-core machine XLA:CPU's default pool (a thread per core) let such
+    steps stall within 50 of them; the pool sized by ``size_cpu_thread_pool`` runs all 300."""
+    commands = _start(["-m", "tests.workers.gloo_steps", "300"], devices=2, processes=2)
+    try:
+        outputs = [c.communicate(timeout=300) for c in commands]
+    except subprocess.TimeoutExpired:
+        for command in commands:
+            command.kill()
+            command.wait()
+        pytest.fail("two processes of two devices stalled in their steps' collectives")
+    for command, (out, err) in zip(commands, outputs):
+        assert command.returncode == 0, err[-3000:]
+        assert out.strip().endswith("done 300")
+
+
+def test_cpu_thread_pool_gets_two_threads_per_device_unless_sized_already(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=8"}
+    size_cpu_thread_pool(env)
+    assert env["PJRT_NPROC"] == "16"
+    for sized in ({"PJRT_NPROC": "3"}, {"NPROC": "3"}):
+        env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", **sized}
+        size_cpu_thread_pool(env)
+        assert env == {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", **sized}
+    env = {}  # one device: the two cores' pool already has a spare thread
+    size_cpu_thread_pool(env)
+    assert env == {}
 
 
 def test_parse_mesh():
