@@ -27,6 +27,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from mqsa_jax.tables import real_rows
+
 # The release's clamp: TED takes log(p + 1e-24).
 LOG_EPSILON = 1e-24
 # Items per block when the config leaves it open: beauty epochs ran 3-5% faster than with 512
@@ -59,7 +61,7 @@ def _blocks(table: jax.Array, block: int, slices: int, valid: int):
     body, tail = split(table.reshape(slices, local, d))
     real_body = real_tail = None
     if valid < n:
-        real_body, real_tail = split(jnp.arange(n).reshape(slices, local) < valid)
+        real_body, real_tail = split(real_rows(n, valid).reshape(slices, local))
     return (body, real_body), (tail, real_tail)
 
 

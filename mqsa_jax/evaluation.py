@@ -16,7 +16,7 @@ import numpy as np
 from mqsa_jax.config import EvalConfig, metric_names
 from mqsa_jax.data.arrays import SequenceData
 from mqsa_jax.model import item_scores
-from mqsa_jax.tables import BATCH, ITEM, mesh_axis
+from mqsa_jax.tables import BATCH, ITEM, mesh_axis, real_rows
 
 KS = EvalConfig.eval_ks  # the reference's cut-offs
 # The reference selects the epoch (and the reproduction orders the variants) by valid NDCG@20.
@@ -196,7 +196,7 @@ class RankingEvaluator:
 def _batch_ranks(encode_last, num_items, params, inputs, labels, history):
     scores = item_scores(params, encode_last(params, inputs))  # [B, R]
     if scores.shape[1] > num_items:  # a mesh's padding rows: ranked below every item
-        scores = jnp.where(jnp.arange(scores.shape[1]) < num_items, scores, -jnp.inf)
+        scores = jnp.where(real_rows(scores.shape[1], num_items), scores, -jnp.inf)
     ranks = sliced_label_ranks if mesh_axis(ITEM)[1] > 1 else label_ranks
     return ranks(scores, labels, history, num_items)
 

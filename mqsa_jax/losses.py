@@ -28,7 +28,7 @@ from mqsa_jax import blocked
 from mqsa_jax.data.arrays import Transitions
 from mqsa_jax.dropout import dropout as apply_dropout
 from mqsa_jax.model import scale_embeddings
-from mqsa_jax.tables import lookup_rows, table_slices
+from mqsa_jax.tables import lookup_rows, real_rows, table_slices
 
 
 @flax.struct.dataclass
@@ -177,7 +177,7 @@ def fused_losses(
     # sliced, so that each device sums its own rows).
     items = table
     if num_items < len(table):
-        items = jnp.where(jnp.arange(len(table))[:, None] < num_items, table, 0.0)
+        items = jnp.where(real_rows(len(table), num_items)[:, None], table, 0.0)
     item_sum = items.sum(axis=0)
     log_sum = students @ item_sum - num_items * student_lse + correction
     kd = -(teacher.uniform * log_sum + _observed_log_probs(students, table, student_lse, teacher))

@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from mqsa_jax.config import TrainConfig
 from mqsa_jax.errors import UserError
-from mqsa_jax.tables import BATCH, ITEM
+from mqsa_jax.tables import BATCH, ITEM, mesh_axis
 
 DATA, MODEL = "data", "model"
 
@@ -83,8 +83,8 @@ class Partitioner:
 
     def devices_along(self, logical: str) -> int:
         """Over how many devices an axis named ``logical`` is split (1: replicated)."""
-        axis = nn.logical_to_mesh_axes((logical,), self.rules)[0]
-        return 1 if axis is None else self.mesh.shape[axis]
+        with self.activate():
+            return mesh_axis(logical)[1]
 
     @property
     def item_multiple(self) -> int:

@@ -33,6 +33,12 @@ def padded_rows(num_items: int, multiple: int) -> int:
     return -(-num_items // multiple) * multiple
 
 
+def real_rows(rows: int, num_items: int) -> jax.Array:
+    """[rows] bool: which rows of a padded item table (or columns of a score row) are items,
+    not padding."""
+    return jnp.arange(rows) < num_items
+
+
 def mesh_axis(logical: str) -> tuple[str | None, int]:
     """The current mesh's axis that ``logical`` maps to under the current rules, and its size;
     ``(None, 1)`` outside a mesh or where the rules replicate it."""
