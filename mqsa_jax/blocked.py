@@ -14,9 +14,8 @@ beauty; only such rows get one more blocked pass forward and one backward.
 
 On a mesh whose ``model`` axis splits the table by rows, the table is viewed as ``slices`` row
 slices; every block holds one block of each slice, each read on the device that holds it, and
-partial results stay per slice until the end, so no collective runs inside the scans.  There the
-table may end in padding rows (:func:`mqsa_jax.tables.padded_rows`): their logits are -inf, so
-they add nothing to a sum and get no gradient.
+partial results stay per slice until the end, so no collective runs inside the scans.  Padding
+rows at the table's end (:func:`mqsa_jax.tables.padded_rows`) have logits -inf: no sum, no gradient.
 """
 
 from __future__ import annotations
