@@ -31,7 +31,8 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 -m "not scale"
 
-# Tests too long for `make test`'s 10 minutes on two cores (more real catalogues on 8 devices).
+# Tests too long for `make test`'s 10 minutes on two cores: real catalogues on 8 devices, two
+# processes stopped by SIGTERM, the accelerator check's dry run.
 test-scale: venv
 	$(BIN)/python -m pytest -n 2 -m scale
 

@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import REPO
 
 
+@pytest.mark.scale
 def test_the_dry_run_writes_every_part(tmp_path, data_root):
     out = tmp_path / "out"
     done = subprocess.run(["bash", str(REPO / "experiments" / "accelerator" / "run.sh"), str(out),

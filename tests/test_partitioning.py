@@ -80,6 +80,7 @@ def test_meshes_match_one_device(one_device):
         assert epochs[2]["padding_rows_zero"]
 
 
+@pytest.mark.scale
 def test_sigterm_stops_two_processes_together_and_the_run_resumes_anywhere(
         tiny_dataset, uninterrupted, tmp_path):
     """Two processes of two devices each (mesh data=2,model=2, the layout of a pod slice) train
@@ -208,6 +209,7 @@ def _assert_same_epoch(ours, expected, label):
             assert ours[split][name] == pytest.approx(value, rel=1e-3, abs=1e-6), (label, name)
 
 
+@pytest.mark.scale
 def test_beauty_on_uneven_meshes_resumes_anywhere_and_serves_only_items(tmp_path):
     """Beauty's 12,101 items on model=8 and model=4 (12,104 rows each): an epoch on 1x8 gives
     the single device's metrics; that run, resumed on 1x1 (12,101 rows) and on 2x4, gives the
