@@ -118,7 +118,9 @@ def _pending_lines(groups: dict) -> list[str]:
     for variant, g in groups.items():
         for seed, p in g["pending"].items():
             line = f"- {VARIANTS[variant]}, seed {seed}: epoch {p['epochs_done']} of {p['epochs']}"
-            if p["epochs_done"] and p["epochs"]:
+            if p["epochs_done"] and not p.get("resumable", True):
+                line += ", no checkpoint on this machine: it must restart from epoch 1"
+            elif p["epochs_done"] and p["epochs"]:
                 left = (p["epochs"] - p["epochs_done"]) * p["seconds_per_epoch_recent"]
                 line += f", about {duration(left)} more at the pace of its last epochs"
             if b := p["best_so_far"]:

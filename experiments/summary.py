@@ -72,7 +72,8 @@ def _machines(run_dirs: list[Path]) -> list[str]:
 
 def group(run_dirs: list[Path]) -> dict:
     """Mean and sample std over the finished seeds; the unfinished ones listed as pending."""
-    statuses = {int(p.name.removeprefix("seed")): run_status(p) for p in sorted(run_dirs)}
+    paths = {int(p.name.removeprefix("seed")): p for p in sorted(run_dirs)}
+    statuses = {s: run_status(p) for s, p in paths.items()}
     done = {s: st for s, st in statuses.items() if st["complete"]}
 
     def over_seeds(figure) -> dict:
@@ -94,6 +95,8 @@ def group(run_dirs: list[Path]) -> dict:
         "pending": {
             str(s): {"epochs_done": st["epochs_done"],
                      "epochs": st["config"].train.epochs if st["config"] else None,
+                     # Checkpoints are not committed: a run whose machine is gone restarts.
+                     "resumable": any((paths[s] / "checkpoints" / "latest").glob("[0-9]*")),
                      "seconds_so_far": st["seconds"],
                      "seconds_per_epoch_recent": recent_pace(st["history"]),
                      "best_so_far": ({"epoch": st["best"]["epoch"],

@@ -49,6 +49,8 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     _fake_run(results / "beauty/mqsa_ted/seed2", [0.2, 0.1, 0.0], [0.08, 0.01, 0.01], 3, True,
               train_seconds=30.0)
     _fake_run(results / "beauty/mqsa_ted/seed3", [0.1, 0.5], [0.2, 0.4], 3, False)
+    latest = results / "beauty/mqsa_ted/seed3/checkpoints/latest/2"
+    latest.mkdir(parents=True)  # seed 3 can resume on this machine
     _fake_run(results / "beauty/sasrec/seed1", [0.1, 0.1, 0.1], [0.10, 0.10, 0.10], 3, True)
     _fake_run(results / "beauty/mqsa/seed1", [0.1, 0.1, 0.1], [0.06, 0.06, 0.06], 3, True)
 
@@ -80,6 +82,9 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     assert "MQSA-TED over SASRec (relative, on seed 1, which both finished): HR@5 -30.0%" in text
     assert "its best baseline (not necessarily SASRec): HR@5 +7.2%." in text
     assert "MQSA-TED, seed 3: epoch 2 of 3, about 12 s more at the pace of its last" in text
+    latest.rmdir()  # its checkpoints gone with another machine: no time left to promise
+    assert ("MQSA-TED, seed 3: epoch 2 of 3, no checkpoint on this machine: it must restart "
+            "from epoch 1") in report.markdown(*collect(results))
     # The plot draws the unfinished seed apart from the finished seeds' mean.
     [figure] = plots.plot(summary, sweeps, results)
     assert figure.read_bytes()[:4] == b"\x89PNG"
