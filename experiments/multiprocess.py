@@ -40,10 +40,20 @@ def parse_layout(text: str) -> tuple[int, int, int, int]:
     return processes, devices, data, int(model or 1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+def local_process_envs(processes: int, devices: int) -> list[dict[str, str]]:
+    """The environments of ``processes`` cooperating JAX processes on this machine, each of
+    ``devices`` CPU devices (one process: no coordinator), built on ``os.environ``."""
+    envs = [dict(os.environ, JAX_PLATFORMS="cpu",
+                 XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+            for _ in range(processes)]
+    if processes > 1:
+        with socket.socket() as s:  # a free port for process 0's coordinator
+            s.bind(("localhost", 0))
+            port = s.getsockname()[1]
+        for process, env in enumerate(envs):
+            env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                       JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(process))
+    return envs
 
 
 def run_layout(layout: str, dataset: str, epochs: int, timeout: float, workdir: Path) -> dict:
@@ -54,17 +64,10 @@ def run_layout(layout: str, dataset: str, epochs: int, timeout: float, workdir: 
     command = [sys.executable, "-m", "mqsa_jax.cli", "train", "--dataset", dataset,
                "--epochs", str(epochs), "--mesh", f"data={data},model={model}",
                "--run-dir", str(run_dir), "--no-progress"]
-    port = _free_port()
     started = time.perf_counter()
-    children = []
-    for process in range(processes):
-        env = dict(os.environ, JAX_PLATFORMS="cpu",
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-        if processes > 1:
-            env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-                       JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(process))
-        children.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, text=True))
+    children = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+                for env in local_process_envs(processes, devices)]
     record = {"layout": layout, "processes": processes, "devices_per_process": devices,
               "mesh": f"data={data},model={model}"}
     try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from experiments.markdown import table
 from experiments.measure import machine_line, median_step_seconds
+from experiments.multiprocess import local_process_envs
 from mqsa_jax.io import write_json_atomic, write_text_atomic
 
 DEVICES = 8
@@ -141,8 +141,7 @@ def main() -> None:
         print(json.dumps(run_case(items, model, chunk, args.steps, args.host_budget_gb)))
         return
 
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}")
+    env = local_process_envs(1, DEVICES)[0]
     results = []
     for items in args.items:
         chunk = args.chunk if items > args.chunk_above else 0

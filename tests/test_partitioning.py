@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from experiments.multiprocess import local_process_envs
 from mqsa_jax.data import registry
 from mqsa_jax.errors import UserError
 from mqsa_jax.partitioning import parse_mesh, size_cpu_thread_pool
@@ -30,29 +30,14 @@ def _launch(argv: list[str], devices: int, processes: int = 1) -> list[str]:
 
 
 def _start(argv: list[str], devices: int, processes: int) -> list[subprocess.Popen]:
-    port = _free_port()
-    commands = []
-    for process in range(processes):
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                   JAX_PLATFORMS="cpu")
-        if processes > 1:
-            env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-                       JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(process))
-        commands.append(subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         text=True))
-    return commands
+    return [subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+            for env in local_process_envs(processes, devices)]
 
 
 def _run(meshes, devices, processes=1):
     out = _launch(["-m", "tests.workers.two_epochs", json.dumps(meshes)], devices, processes)[0]
     return json.loads(out.strip().splitlines()[-1])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def _assert_same(epochs, reference, label):
@@ -161,8 +146,7 @@ def test_no_step_moves_the_item_table_or_a_catalogue_wide_array():
     read rows where they live, the losses and the ranking reduce per slice (the ranking moves
     no data at all).  A step gives the single device's losses, and the per-slice ranking equals
     the plain one."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
+    env = local_process_envs(1, 8)[0]
     done = subprocess.run([sys.executable, "-m", "tests.workers.collectives"], cwd=REPO, env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
