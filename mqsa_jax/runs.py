@@ -29,14 +29,18 @@ from mqsa_jax.model import MQSA
 from mqsa_jax.partitioning import Partitioner
 from mqsa_jax.state import TrainState, init_state, make_optimizer
 
+# What a resumed run may change: neither changes what is trained nor any rank.
+RESUMABLE_CHANGES = ("epochs", "eval_batch_size")
+
 
 def check_resumable(stored: Config, requested: Config, run_dir: Path) -> None:
-    """Only the number of epochs may change when a run is resumed."""
+    """Only :data:`RESUMABLE_CHANGES` may change when a run is resumed."""
     old, new = stored.flat(), requested.flat()
-    changed = [f"{k} ({old[k]} -> {new[k]})" for k in old if k != "epochs" and old[k] != new[k]]
+    changed = [f"{k} ({old[k]} -> {new[k]})" for k in old
+               if k not in RESUMABLE_CHANGES and old[k] != new[k]]
     if changed:
         raise UserError(f"cannot resume {run_dir} with a different config: {', '.join(changed)}; "
-                        "only epochs may change")
+                        f"only {' and '.join(RESUMABLE_CHANGES)} may change")
 
 
 @contextlib.contextmanager

@@ -135,6 +135,7 @@ def test_a_failed_save_loses_nothing_and_the_run_resumes(tiny_dataset, uninterru
 
 def test_resume_refuses_a_changed_config_but_allows_more_epochs(tiny_dataset, uninterrupted,
                                                                 capsys):
+    """More epochs, and another evaluation batch size (it changes no rank), are allowed."""
     run = tiny_dataset / "extended"
     shutil.copytree(uninterrupted, run)
     code, _, err = run_cli(capsys, "train", "--resume", str(run), "--data-dir",
@@ -143,8 +144,9 @@ def test_resume_refuses_a_changed_config_but_allows_more_epochs(tiny_dataset, un
     assert "tau (0.1 -> 0.2)" in err and "hidden (64 -> 32)" in err and err.count("\n") == 1
     code, out, err = run_cli(capsys, "train", "--resume", str(run), "--data-dir",
                              str(tiny_dataset / "data"), "--epochs", str(EPOCHS + 1),
-                             "--no-progress")
+                             "--set", "eval_batch_size=24", "--no-progress")
     assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["eval"]["eval_batch_size"] == 24
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == list(range(1, EPOCHS + 2))
 

@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mqsa_jax import evaluation
 from mqsa_jax.config import build_config
 from mqsa_jax.evaluation import RankingEvaluator, label_ranks, metric_sums
 from mqsa_jax.model import item_table
@@ -20,11 +21,20 @@ def _brute_force_rank(scores, label, history, top):
     return min(rank, top)
 
 
-def test_ranks_against_brute_force_with_ties_and_masks():
+@pytest.mark.parametrize("count", ["arithmetic", "comparison"])
+def test_ranks_against_brute_force_with_ties_and_masks(count, monkeypatch):
+    """Both forms of the N-wide count: the arithmetic one, and the comparisons that catalogues
+    of 2^24 items or more fall back to."""
+    if count == "comparison":
+        monkeypatch.setattr(evaluation, "_FLOAT_EXACT", 0)
     rng = np.random.default_rng(0)
     n, rows = 30, 60
     scores = rng.integers(0, 8, (rows, n)).astype(np.float32)  # many ties
-    labels = rng.integers(0, n, rows)
+    scores[:, -2:] = -np.inf  # as a mesh's padding rows are scored
+    scores[1, 5] = 1e-30  # tiny scores: their differences are still counted exactly
+    scores[1, 6] = 2e-30
+    labels = rng.integers(0, n - 2, rows)  # real items, never padding
+    labels[1] = 5
     # Up to 15 masked items of 30: the top 20 often holds masked (-inf) items.
     history = np.where(rng.random((rows, 15)) < 0.7, rng.integers(0, n, (rows, 15)), n)
     history[0, 0] = labels[0]  # a label in its own history can never be found
