@@ -110,7 +110,7 @@ def metric_names(ks: Sequence[int]) -> list[str]:
 class EvalConfig:
     # Users per ranking step: their scores [B, N] f32 stay under glibc's 32 MB mmap threshold
     # up to 32k items; above it every step faulted its buffer in afresh, and ranking took
-    # about twice as long (experiments/results/eval_speed.md).
+    # about 1.75 times as long (experiments/results/eval_speed.md).
     eval_batch_size: int = 256
     eval_every: int = 1  # evaluate every k epochs (and after the last)
     # Stop after this many evaluations without a better valid selection metric; 0: never.

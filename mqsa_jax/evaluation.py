@@ -51,9 +51,9 @@ def _count_beating(scores: jax.Array, ids: jax.Array, label_scores: jax.Array,
     beat the label (as :func:`_beats` decides), for ``label_scores`` and ``labels`` [B, 1].
 
     This is the ranking's one N-wide pass.  XLA:CPU runs a comparison's select or convert
-    inside a row sum more slowly than this form of max, ceil and min: alone, a count over
-    1024 x 18,357 scores took 45 ms against 100 ms; a whole evaluation takes up to a fifth less
-    (experiments/results/eval_speed.md).  It is exact below ``_FLOAT_EXACT`` items, where ids
+    inside a row sum more slowly than this form of max, ceil and min, which it vectorises:
+    a whole sports evaluation takes a fifth less (experiments/results/eval_speed.md, 256 users
+    per step; even on beauty).  It is exact below ``_FLOAT_EXACT`` items, where ids
     and counts are whole floats.  A difference of two scores that flushes to zero (scores
     below 1e-31 in magnitude) counts as a tie, as a comparison of two flushed scores does.
     """
