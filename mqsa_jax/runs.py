@@ -107,7 +107,10 @@ def restore_trained(run_dir: Path, which: str, config: Config,
     """The model (on one device: its item table has exactly ``num_items`` rows), and the train
     state and progress saved in a run's ``which`` (best or latest) checkpoint."""
     model = MQSA(config.model, num_items)
-    template = init_state(model, make_optimizer(config), config)
+    # Shapes only: initialising the parameters for real, only to overwrite them, took most of
+    # a one-history sports recommendation (12.05 s, against 4.79 s without: the two
+    # recommend_throughput*.md of experiments/results).
+    template = jax.eval_shape(lambda: init_state(model, make_optimizer(config), config))
     with RunCheckpoints(run_dir, read_only=True) as checkpoints:
         state, progress = checkpoints.restore(which, template)
     check_catalogue(progress, num_items, run_dir)
