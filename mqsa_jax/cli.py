@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every dataset user, from its whole history")
     p.add_argument("--output", metavar="FILE",
                    help='with --input or --all-users: JSON lines {"id", "items", "scores"}')
-    p.add_argument("--batch-size", type=int, default=1024,
-                   help="histories per device call with --input or --all-users (default 1024)")
+    p.add_argument("--batch-size", type=int,
+                   help="histories per device call with --input or --all-users (default: the "
+                        "run's eval_batch_size, 256 unless its config set another)")
     p.add_argument("--k", type=int, default=10, help="number of items (default 10)")
     p.add_argument("--keep-history", action="store_true",
                    help="allow items of the history in the recommendations")

@@ -108,7 +108,7 @@ def recommend(args) -> None:
         raise UserError("--output FILE goes with --input or --all-users, and only with them")
     if args.full_history and args.user is None:
         raise UserError("--full-history goes with --user")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: expected a positive integer")
     recommender = serving.Recommender.load(Path(args.run_dir), args.checkpoint, args.data_dir)
     recommender.check_k(args.k)

@@ -184,15 +184,18 @@ def _parse_line(source: Path, number: int, text: str) -> tuple[object, list[str]
 
 def recommend_file(recommender: Recommender, source: Path, target: Path, k: int = 10,
                    exclude_history: bool = True, skip_unknown: bool = False,
-                   batch_size: int = 1024, progress=None) -> dict:
+                   batch_size: int | None = None, progress=None) -> dict:
     """Streams ``source`` (JSON lines ``{"id", "history"}``, source item ids, oldest first) to
     ``target`` (``{"id", "items", "scores"}`` per line), ``batch_size`` histories per device
-    call.  A malformed line or an unknown item is an error naming the line, unless
+    call (default: the run's ``eval_batch_size``, the evaluation's users per ranking step, which
+    the same [B, N] scores make the fastest here too: recommend_throughput.md).  A malformed
+    line or an unknown item is an error naming the line, unless
     ``skip_unknown``: then unknown items are dropped, and lines left empty or malformed are
     skipped, all counted in the returned summary.  ``target`` is written atomically."""
     if not source.is_file():
         raise UserError(f"{source}: no such file")
     counts = {"lines": 0, "written": 0, "skipped_lines": 0, "skipped_items": 0}
+    batch_size = batch_size or recommender.config.eval.eval_batch_size
     try:
         with open(source, encoding="utf-8") as lines, atomic_output(target) as out:
             numbered = ((n, t) for n, t in enumerate(lines, 1) if t.strip())
@@ -233,11 +236,13 @@ def _read_line(recommender: Recommender, source: Path, number: int, text: str,
 
 
 def recommend_all_users(recommender: Recommender, target: Path, k: int = 10,
-                        exclude_history: bool = True, batch_size: int = 1024,
+                        exclude_history: bool = True, batch_size: int | None = None,
                         progress=None) -> dict:
     """Every dataset user's top-k from its whole history, as ``{"id", "items", "scores"}``
-    lines (the user's id in ``id``), written atomically to ``target``."""
+    lines (the user's id in ``id``), written atomically to ``target``, ``batch_size`` users per
+    device call (default: as ``recommend_file``)."""
     users = recommender.dataset.user_ids.tolist()
+    batch_size = batch_size or recommender.config.eval.eval_batch_size
     with atomic_output(target) as out:
         for chunk in _chunks(users, batch_size):
             items, scores = recommender.topk_for_users(chunk, k, exclude_history,
