@@ -56,7 +56,8 @@ def plot(summary: dict, sweeps: dict, results: Path) -> list[Path]:
             ax.set_ylim(bottom=0.95 * min(later))
         ax.set(xlabel="epoch", ylabel=f"validation {SELECTION_METRIC}", title=dataset)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_lines():  # a dataset whose runs have no epoch yet has nothing to name
+            ax.legend()
         written.append(_save(fig, folder / f"{dataset}_valid_ndcg20.png"))
     for dataset, params in sweeps.items():
         for param, points in params.items():
