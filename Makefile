@@ -10,6 +10,7 @@ CONFIG ?= experiments/configs/mqsa_ted.py:$(DATASET)
 DATASETS ?= beauty toys sports yelp
 SEEDS ?= 2023 2024 2025
 PARAM ?= L
+VALUES ?=
 REPRODUCE = $(BIN)/python -m experiments.reproduce
 
 .PHONY: venv train test test-scale bench datasets reproduce ablation sweep summary clean
@@ -48,7 +49,8 @@ ablation: venv
 	$(REPRODUCE) ablation --datasets $(DATASETS) --seeds $(SEEDS)
 
 sweep: venv
-	$(REPRODUCE) sweep $(PARAM) --datasets $(DATASETS) --seeds $(SEEDS)
+	$(REPRODUCE) sweep $(PARAM) --datasets $(DATASETS) --seeds $(SEEDS) \
+		$(if $(VALUES),--values $(VALUES))
 
 summary: venv
 	$(REPRODUCE) summary

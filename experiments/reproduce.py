@@ -2,7 +2,7 @@
 
     python -m experiments.reproduce main [--datasets beauty toys] [--seeds 2023 2024 2025]
     python -m experiments.reproduce ablation [--datasets beauty] [--seeds 2023]
-    python -m experiments.reproduce sweep L|alpha|lambda_kd|tau [--datasets beauty] [--seeds 2023]
+    python -m experiments.reproduce sweep L|alpha|lambda_kd|tau [--values 1 5] [--datasets beauty]
     python -m experiments.reproduce summary
 
 (`make reproduce`, `make ablation` and `make sweep PARAM=L` wrap the first three.)
@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             help=f"default: {' '.join(variants)}")
     sweep = sub.add_parser("sweep", parents=[common])
     sweep.add_argument("param", choices=sorted(plan.SWEEPS))
+    sweep.add_argument("--values", nargs="+", type=float,
+                       help="run only these of the parameter's points, in this order (default: "
+                            "all of experiments/configs/sweep.py's)")
     sub.add_parser("summary", parents=[base])
     args = parser.parse_args(argv)
     args.results.mkdir(parents=True, exist_ok=True)
@@ -78,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
                              (("epochs", args.epochs), ("patience", args.patience))
                              if v is not None])
     if args.command == "sweep":
-        runs = plan.sweep_runs(args.param, args.datasets, args.seeds, args.results)
+        points = plan.SWEEPS[args.param]
+        if unknown := [f"{v:g}" for v in args.values or () if v not in points]:
+            parser.error(f"--values: {', '.join(unknown)} not among the points of "
+                         f"{args.param} ({', '.join(f'{v:g}' for v in points)}); add it to "
+                         "experiments/configs/sweep.py first")
+        runs = plan.sweep_runs(args.param, args.datasets, args.seeds, args.results, args.values)
     else:
         runs = plan.variant_runs(args.variants, args.datasets, args.seeds, args.results)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as Ctrl-C does

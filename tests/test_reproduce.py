@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import plan, plots, report
+from experiments import plan, plots, report, reproduce
 from experiments.summary import collect, recent_pace, run_status
 from mqsa_jax.errors import UserError
 from mqsa_jax.runs import exclusive
@@ -138,6 +138,18 @@ def test_sweep_reuses_the_reference_run_for_its_reference_point(tmp_path):
     assert alphas[-1].run_dir == tmp_path / "beauty/sasrec_ted/seed7"
     kd = plan.sweep_runs("lambda_kd", ["beauty"], [7], tmp_path)
     assert kd[0].run_dir == tmp_path / "beauty/mqsa/seed7"
+    # Some points only, in the order asked for.
+    some = plan.sweep_runs("L", ["beauty"], [7], tmp_path, values=[5, 1])
+    assert [r.config({}).model.windows for r in some] == [(1, 5), (1, 1)]
+
+
+def test_a_sweep_value_outside_the_planned_points_is_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["sweep", "L", "--values", "1", "7", "--results", str(tmp_path)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--values: 7 not among the points of L (1, 2, 3, 4, 5)" in error
+    assert not list(tmp_path.iterdir())  # nothing ran
 
 
 def test_sweep_table_and_plot_take_the_reference_run_and_skip_unfinished_points(tmp_path):
@@ -201,7 +213,7 @@ def test_reproduction_runs_resumes_and_summarises(tiny_dataset, tmp_path):
     assert (results / "plots/tiny_valid_ndcg20.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_each_sensitivity_claim_is_judged_once_its_sweep_is_complete():
+def test_each_sensitivity_claim_is_judged_from_four_points_and_final_once_all_are_in():
     def points(scores):
         return {f"{v:g}": {"seeds": [1], "test": {"NDCG@20": {"mean": s, "std": None}}}
                 for v, s in scores.items()}
@@ -211,7 +223,13 @@ def test_each_sensitivity_claim_is_judged_once_its_sweep_is_complete():
         "The paper's claim, tau 0.05 or 0.1 is best: holds here (best test NDCG@20 at tau = "
         "0.1, 0.0800).")
     assert "does not hold" in report.claim_line("tau", points({**tau, 1.0: 0.09}))
-    assert report.claim_line("tau", points({0.1: 0.08})) is None  # not every point yet
+    # The reference and two others: too few to judge.  Four: a provisional verdict.
+    assert report.claim_line("tau", points({v: tau[v] for v in (0.01, 0.1, 1.0)})) is None
+    assert report.claim_line("tau", points({v: tau[v] for v in (0.01, 0.05, 0.1, 1.0)})) == (
+        "The paper's claim, tau 0.05 or 0.1 is best: holds here (best test NDCG@20 at tau = "
+        "0.1, 0.0800; provisional: 4 of its 5 points have finished).")
     kd = {0.0: 0.0795, 0.01: 0.07, 0.05: 0.075, 0.1: 0.08, 0.5: 0.078, 1.0: 0.07}
     assert "does not hold" in report.claim_line("lambda_kd", points(kd))  # 0 drops too little
     assert "holds" in report.claim_line("lambda_kd", points({**kd, 0.0: 0.07}))
+    # "0 drops clearly" needs lambda_kd = 0 itself, however many other points are in.
+    assert report.claim_line("lambda_kd", points({v: s for v, s in kd.items() if v})) is None
