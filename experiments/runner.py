@@ -12,14 +12,17 @@ from collections.abc import Callable
 
 from experiments.measure import machine
 from experiments.plan import Run
-from experiments.summary import run_status
+from experiments.summary import has_checkpoint, run_status
 from mqsa_jax.io import write_json_atomic
 
 
 def record_start(run: Run, command: list[str]) -> None:
     """Appends this (re)start's machine and load to the run's ``provenance.json``."""
     path = run.run_dir / "provenance.json"
-    record = json.loads(path.read_text()) if path.exists() else {"sessions": []}
+    # Without a checkpoint the run starts again from epoch 1: the earlier sessions' epochs (and
+    # so their machines) are no longer in its metrics.
+    resumes = path.exists() and has_checkpoint(run.run_dir)
+    record = json.loads(path.read_text()) if resumes else {"sessions": []}
     record["command"] = shlex.join(command[:-2] + ["--run-dir", command[-1]])
     # Wall times are only comparable on an unshared machine: say how busy it was at each start.
     record["sessions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **machine(),

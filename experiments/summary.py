@@ -48,6 +48,12 @@ def run_status(run_dir: Path) -> dict:
                                  for r in history), 1)}
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run can resume on this machine.  Checkpoints are not committed: a run whose
+    machine is gone starts again from epoch 1."""
+    return any((run_dir / "checkpoints" / "latest").glob("[0-9]*"))
+
+
 def recent_pace(history: list[dict], epochs: int = 10) -> float | None:
     """Median seconds per epoch over the last few: the machine's load now, not at the start."""
     seconds = [r.get("train_seconds", 0) + r.get("eval_seconds", 0) for r in history[-epochs:]]
@@ -95,8 +101,7 @@ def group(run_dirs: list[Path]) -> dict:
         "pending": {
             str(s): {"epochs_done": st["epochs_done"],
                      "epochs": st["config"].train.epochs if st["config"] else None,
-                     # Checkpoints are not committed: a run whose machine is gone restarts.
-                     "resumable": any((paths[s] / "checkpoints" / "latest").glob("[0-9]*")),
+                     "resumable": has_checkpoint(paths[s]),
                      "seconds_so_far": st["seconds"],
                      "seconds_per_epoch_recent": recent_pace(st["history"]),
                      "best_so_far": ({"epoch": st["best"]["epoch"],

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import plan, plots, report, reproduce
+from experiments import plan, plots, report, reproduce, runner
 from experiments.summary import collect, recent_pace, run_status
 from mqsa_jax.errors import UserError
 from mqsa_jax.runs import exclusive
@@ -211,6 +211,26 @@ def test_reproduction_runs_resumes_and_summarises(tiny_dataset, tmp_path):
         best["test"]["NDCG@20"])
     assert "## tiny" in (results / "summary.md").read_text()
     assert (results / "plots/tiny_valid_ndcg20.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_provenance_keeps_only_the_sessions_whose_epochs_the_run_still_holds(tmp_path):
+    run = plan.Run("beauty", "mqsa_ted.py:beauty", 1, tmp_path / "seed1")
+    command = ["mqsa-jax", "train", "--resume", str(run.run_dir)]
+    run.run_dir.mkdir()
+    (run.run_dir / "provenance.json").write_text(json.dumps(
+        {"sessions": [{"started": "lost", "cpu": "elsewhere", "cpu_count": 2}]}))
+
+    def starts() -> list[str]:
+        return [s["started"] for s in
+                json.loads((run.run_dir / "provenance.json").read_text())["sessions"]]
+
+    # No checkpoint here: training starts again from epoch 1, so the lost session goes.
+    runner.record_start(run, command)
+    assert len(starts()) == 1 and "lost" not in starts()
+    # With a checkpoint the run resumes, and this start joins the earlier one.
+    (run.run_dir / "checkpoints/latest/3").mkdir(parents=True)
+    runner.record_start(run, command)
+    assert len(starts()) == 2
 
 
 def test_each_sensitivity_claim_is_judged_from_four_points_and_final_once_all_are_in():
