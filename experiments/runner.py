@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from experiments.measure import machine
 from experiments.plan import Run
-from experiments.summary import has_checkpoint, run_status
+from experiments.summary import run_status
+from mqsa_jax.checkpoint import has_checkpoint
 from mqsa_jax.io import write_json_atomic
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.plan import METRICS, SWEEPS, VARIANTS, sweep_folder
+from mqsa_jax.checkpoint import has_checkpoint
 from mqsa_jax.config import read_run_config
 from mqsa_jax.evaluation import SELECTION_METRIC
 from mqsa_jax.io import read_json_lines
@@ -46,12 +47,6 @@ def run_status(run_dir: Path) -> dict:
             "complete": finished,
             "seconds": round(sum(r.get("train_seconds", 0) + r.get("eval_seconds", 0)
                                  for r in history), 1)}
-
-
-def has_checkpoint(run_dir: Path) -> bool:
-    """Whether the run can resume on this machine.  Checkpoints are not committed: a run whose
-    machine is gone starts again from epoch 1."""
-    return any((run_dir / "checkpoints" / "latest").glob("[0-9]*"))
 
 
 def recent_pace(history: list[dict], epochs: int = 10) -> float | None:

@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 from mqsa_jax.errors import UserError
 from mqsa_jax.io import write_json_atomic
 
+FOLDER = "checkpoints"  # inside the run directory
 LATEST, BEST = "latest", "best"
 CHECKSUMS = "checksums.json"
 
@@ -48,11 +49,18 @@ def _manager(directory: Path, keep: int, read_only: bool) -> ocp.CheckpointManag
     return ocp.CheckpointManager(directory.absolute(), options=options)
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a latest checkpoint to resume from.  Checkpoints are not
+    committed with a run's results: a run whose machine is gone has none and starts again from
+    epoch 1."""
+    return any((run_dir / FOLDER / LATEST).glob("[0-9]*"))
+
+
 class RunCheckpoints:
     """The ``checkpoints/latest`` and ``checkpoints/best`` managers of one run directory."""
 
     def __init__(self, run_dir: Path, read_only: bool = False):
-        root = run_dir / "checkpoints"
+        root = run_dir / FOLDER
         if read_only and not root.is_dir():
             raise UserError(f"{run_dir}: no checkpoints (not a training run directory?)")
         self._managers = {LATEST: _manager(root / LATEST, 2, read_only),
