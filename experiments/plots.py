@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.plan import VARIANTS
-from experiments.summary import run_status
+from experiments.summary import run_status, sweep_scores
 from mqsa_jax.evaluation import SELECTION_METRIC
 from mqsa_jax.io import atomic_output
 
@@ -61,18 +61,20 @@ def plot(summary: dict, sweeps: dict, results: Path) -> list[Path]:
         written.append(_save(fig, folder / f"{dataset}_valid_ndcg20.png"))
     for dataset, params in sweeps.items():
         for param, points in params.items():
-            done = {float(v): g for v, g in points.items() if g["seeds"]}
-            if not done:
+            # On the seeds every finished point has, as the claims are judged; a curve needs two.
+            seeds, finished = sweep_scores(points)
+            if len(finished) < 2:
                 continue
             fig, ax = plt.subplots(figsize=(5, 3.5))
-            values = sorted(done)
             for split in ("valid", "test"):
-                means = [done[v][split][SELECTION_METRIC]["mean"] for v in values]
-                stds = [done[v][split][SELECTION_METRIC]["std"] or 0 for v in values]
-                ax.errorbar(values, means, yerr=stds, marker="o", capsize=3, label=split)
+                scores = sweep_scores(points, split)[1]
+                values = sorted(scores)
+                ax.plot(values, [scores[v] for v in values], marker="o", label=split)
             if param in ("lambda_kd", "tau"):  # symlog: lambda_kd's point 0 stays on the axis
                 ax.set_xscale("symlog", linthresh=0.01)
-            ax.set(xlabel=param, ylabel=SELECTION_METRIC, title=f"{dataset}: MQSA-TED, {param}")
+            ax.set(xlabel=param, ylabel=SELECTION_METRIC,
+                   title=f"{dataset}: MQSA-TED, {param} "
+                         f"({'seeds' if len(seeds) > 1 else 'seed'} {', '.join(seeds)})")
             ax.grid(alpha=0.3)
             ax.legend()
             written.append(_save(fig, folder / f"{dataset}_sweep_{param}.png"))

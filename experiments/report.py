@@ -20,7 +20,7 @@ from experiments.plan import (
     SWEEPS,
     VARIANTS,
 )
-from experiments.summary import sweep_progress
+from experiments.summary import common_seeds, sweep_progress, sweep_scores
 from mqsa_jax.evaluation import SELECTION_METRIC as SELECTION
 from mqsa_jax.io import write_text_atomic
 
@@ -31,11 +31,6 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 def _seeds(seeds: list[str]) -> str:
     """'seed 1' or 'seeds 1, 2'."""
     return ("seeds " if len(seeds) > 1 else "seed ") + ", ".join(seeds)
-
-
-def _common_seeds(by_seed: list[dict]) -> list[str]:
-    """The seeds that every one of these variants finished, in order."""
-    return sorted(set.intersection(*(set(seeds) for seeds in by_seed)), key=int)
 
 
 def ordering_line(groups: dict) -> str | None:
@@ -52,7 +47,7 @@ def ordering_line(groups: dict) -> str | None:
     # The means may average different seeds; the seeds every variant finished compare like with
     # like.
     by_seed = [groups[v]["test_by_seed"] for v in ORDERING]
-    if not (common := _common_seeds(by_seed)):
+    if not (common := common_seeds(by_seed)):
         return line
     chains, failing = [], []
     for seed in common:
@@ -70,7 +65,7 @@ def ordering_line(groups: dict) -> str | None:
 def gain_line(groups: dict, dataset: str) -> str | None:
     """MQSA-TED's relative gain over SASRec here, beside the paper's over its best baseline."""
     ours, base = (groups.get(v, {}).get("test_by_seed", {}) for v in ("mqsa_ted", BASELINE))
-    if not (common := _common_seeds([ours, base])):
+    if not (common := common_seeds([ours, base])):
         return None
     gains = PAPER["relative_gain_over_best_baseline"].get(dataset, {})
 
@@ -103,9 +98,10 @@ def baseline_line(groups: dict, dataset: str) -> str | None:
 
 
 def claim_line(param: str, points: dict) -> str | None:
-    """Whether the paper's claim about ``param`` holds on the finished points (test NDCG@20),
-    once :data:`MIN_CLAIM_POINTS` of them have a finished seed; provisional until all have."""
-    scores = {float(v): g["test"][SELECTION]["mean"] for v, g in points.items() if g["seeds"]}
+    """Whether the paper's claim about ``param`` holds on the finished points (test NDCG@20 on
+    the seeds they all finished), once :data:`MIN_CLAIM_POINTS` of them have; provisional
+    until all have."""
+    seeds, scores = sweep_scores(points)
     text, holds, needed = CLAIMS[param]
     if len(scores) < MIN_CLAIM_POINTS or any(v not in scores for v in needed):
         return None
@@ -114,14 +110,16 @@ def claim_line(param: str, points: dict) -> str | None:
     partial = (f"; provisional: {len(scores)} of its {planned} points have finished"
                if len(scores) < planned else "")
     return (f"The paper's claim, {text}: {'holds' if holds(best, scores) else 'does not hold'} "
-            f"here (best test {SELECTION} at {param} = {best:g}, {scores[best]:.4f}{partial}).")
+            f"here (best test {SELECTION} on {_seeds(seeds)} at {param} = {best:g}, "
+            f"{scores[best]:.4f}{partial}).")
 
 
-def _pending_lines(groups: dict) -> list[str]:
+def _pending_lines(groups: dict, name=VARIANTS.get) -> list[str]:
+    """One line per unfinished seed of ``groups`` (a name, as ``name`` gives it -> its group)."""
     lines = []
-    for variant, g in groups.items():
+    for key, g in groups.items():
         for seed, p in g["pending"].items():
-            line = f"- {VARIANTS[variant]}, seed {seed}: epoch {p['epochs_done']} of {p['epochs']}"
+            line = f"- {name(key)}, seed {seed}: epoch {p['epochs_done']} of {p['epochs']}"
             if p["epochs_done"] and not p.get("resumable", True):
                 line += ", no checkpoint on this machine: it must restart from epoch 1"
             elif p["epochs_done"] and p["epochs"]:
@@ -172,6 +170,29 @@ def _dataset_section(dataset: str, groups: dict) -> list[str]:
     return out
 
 
+def _sweep_section(dataset: str, param: str, points: dict) -> list[str]:
+    """A sweep's table, each point at the mean of its finished seeds; where some point has more
+    seeds than the others (the reference point reuses a variant's runs), one more column gives
+    test NDCG@20 on the seeds they all finished, the figures the claim is judged on."""
+    seeds, scores = sweep_scores(points)
+    shared = bool(scores) and any(len(g["seeds"]) > len(seeds) for g in points.values())
+    header = [param, "seeds", f"valid {SELECTION}", "test HR@5", "test NDCG@5",
+              f"test {SELECTION}"] + ([f"test {SELECTION}, {_seeds(seeds)}"] if shared else [])
+    rows = [[value, ", ".join(map(str, g["seeds"])) or "pending",
+             mean_std(g["valid"].get(SELECTION)), mean_std(g["test"].get("HR@5")),
+             mean_std(g["test"].get("NDCG@5")), mean_std(g["test"].get(SELECTION))]
+            + ([f"{scores[float(value)]:.4f}" if float(value) in scores else "–"]
+               if shared else [])
+            for value, g in points.items()]
+    out = [f"## Sweep of {param} on {dataset} (MQSA-TED, others at the reference)", "",
+           *table(header, rows), ""]
+    if line := claim_line(param, points):
+        out += [line, ""]
+    if pending := _pending_lines(points, name=lambda value: f"{param} = {value}"):
+        out += ["Pending (not in the table above):", *pending, ""]
+    return out
+
+
 def markdown(summary: dict, sweeps: dict) -> str:
     out = ["# Reproduction results", "",
            "Written by `python -m experiments.reproduce` from the run directories beside this "
@@ -186,15 +207,7 @@ def markdown(summary: dict, sweeps: dict) -> str:
         out += _dataset_section(dataset, groups)
     for dataset, params in sweeps.items():
         for param, points in params.items():
-            rows = [[value, ", ".join(map(str, g["seeds"])) or "pending",
-                     mean_std(g["valid"].get(SELECTION)), mean_std(g["test"].get("HR@5")),
-                     mean_std(g["test"].get("NDCG@5")), mean_std(g["test"].get(SELECTION))]
-                    for value, g in points.items()]
-            out += [f"## Sweep of {param} on {dataset} (MQSA-TED, others at the reference)", "",
-                    *table([param, "seeds", f"valid {SELECTION}", "test HR@5", "test NDCG@5",
-                            f"test {SELECTION}"], rows), ""]
-            if line := claim_line(param, points):
-                out += [line, ""]
+            out += _sweep_section(dataset, param, points)
     return "\n".join(out)
 
 

@@ -90,6 +90,7 @@ def group(run_dirs: list[Path]) -> dict:
         "test_max_over_epochs": over_seeds(
             lambda st, m: max(r["test"][m] for r in st["history"] if "test" in r)),
         "best_epoch": {str(s): st["best"]["epoch"] for s, st in done.items()},
+        "valid_by_seed": {str(s): st["best"]["valid"] for s, st in done.items()},
         "test_by_seed": {str(s): st["best"]["test"] for s, st in done.items()},
         "train_eval_seconds": {str(s): st["seconds"] for s, st in done.items()},
         "machines": _machines(run_dirs),
@@ -105,6 +106,32 @@ def group(run_dirs: list[Path]) -> dict:
                                       "test": st["best"]["test"]} if st["best"] else None)}
             for s, st in statuses.items() if not st["complete"]},
     }
+
+
+def common_seeds(by_seed: list[dict]) -> list[str]:
+    """The seeds that every one of these groups finished, in order."""
+    return sorted(set.intersection(*(set(seeds) for seeds in by_seed)), key=int)
+
+
+def sweep_scores(points: dict, split: str = "test") -> tuple[list[str], dict[float, float]]:
+    """A sweep's finished points compared like with like: the seeds that all of them finished,
+    and each point's mean selection metric over those seeds alone.  The reference point reuses
+    a variant's run, which may have more seeds than the sweep; its mean over all of them would
+    not compare with the other points'.
+
+    Args:
+      points: value -> :func:`group` of that sweep point.
+      split: "valid" or "test".
+
+    Returns:
+      (the common seeds, value -> mean selection metric over them); ([], {}) when no point
+      has finished or they share no seed.
+    """
+    finished = {float(v): g[f"{split}_by_seed"] for v, g in points.items() if g["seeds"]}
+    if not finished or not (common := common_seeds(list(finished.values()))):
+        return [], {}
+    return common, {v: float(np.mean([by_seed[s][SELECTION_METRIC] for s in common]))
+                    for v, by_seed in finished.items()}
 
 
 def seed_dirs(folder: Path) -> list[Path]:

@@ -168,6 +168,7 @@ def test_sweep_table_and_plot_take_the_reference_run_and_skip_unfinished_points(
     assert "| 0.1 | 1 | 0.3000 | 0.0300 | 0.0400 | 0.0800 |" in text
     assert "| 0.5 | 1 | 0.2000 | 0.0200 | 0.0300 | 0.0700 |" in text
     assert "| 1 | pending | – |" in text
+    assert "- tau = 1, seed 1: epoch 1 of 2, no checkpoint on this machine" in text
     written = plots.plot(summary, sweeps, results)
     assert results / "plots/beauty_sweep_tau.png" in written
     assert (results / "plots/beauty_sweep_tau.png").read_bytes()[:4] == b"\x89PNG"
@@ -235,21 +236,42 @@ def test_provenance_keeps_only_the_sessions_whose_epochs_the_run_still_holds(tmp
 
 def test_each_sensitivity_claim_is_judged_from_four_points_and_final_once_all_are_in():
     def points(scores):
-        return {f"{v:g}": {"seeds": [1], "test": {"NDCG@20": {"mean": s, "std": None}}}
+        return {f"{v:g}": {"seeds": [1], "test_by_seed": {"1": {"NDCG@20": s}}}
                 for v, s in scores.items()}
 
     tau = {0.01: 0.05, 0.05: 0.07, 0.1: 0.08, 0.5: 0.06, 1.0: 0.04}
     assert report.claim_line("tau", points(tau)) == (
-        "The paper's claim, tau 0.05 or 0.1 is best: holds here (best test NDCG@20 at tau = "
-        "0.1, 0.0800).")
+        "The paper's claim, tau 0.05 or 0.1 is best: holds here (best test NDCG@20 on seed 1 at "
+        "tau = 0.1, 0.0800).")
     assert "does not hold" in report.claim_line("tau", points({**tau, 1.0: 0.09}))
     # The reference and two others: too few to judge.  Four: a provisional verdict.
     assert report.claim_line("tau", points({v: tau[v] for v in (0.01, 0.1, 1.0)})) is None
     assert report.claim_line("tau", points({v: tau[v] for v in (0.01, 0.05, 0.1, 1.0)})) == (
-        "The paper's claim, tau 0.05 or 0.1 is best: holds here (best test NDCG@20 at tau = "
-        "0.1, 0.0800; provisional: 4 of its 5 points have finished).")
+        "The paper's claim, tau 0.05 or 0.1 is best: holds here (best test NDCG@20 on seed 1 at "
+        "tau = 0.1, 0.0800; provisional: 4 of its 5 points have finished).")
     kd = {0.0: 0.0795, 0.01: 0.07, 0.05: 0.075, 0.1: 0.08, 0.5: 0.078, 1.0: 0.07}
     assert "does not hold" in report.claim_line("lambda_kd", points(kd))  # 0 drops too little
     assert "holds" in report.claim_line("lambda_kd", points({**kd, 0.0: 0.07}))
     # "0 drops clearly" needs lambda_kd = 0 itself, however many other points are in.
     assert report.claim_line("lambda_kd", points({v: s for v, s in kd.items() if v})) is None
+
+
+def test_sweep_points_are_compared_on_the_seeds_they_all_finished(tmp_path):
+    results = tmp_path / "results"
+    # The reference point (tau 0.1) reuses MQSA-TED's two seeds; the sweep ran seed 1 alone.
+    # Over both seeds tau 0.1 would be best (0.095); on seed 1, the one all share, 0.05 is.
+    _fake_run(results / "beauty/mqsa_ted/seed1", [0.3], [0.05], 1, True)
+    _fake_run(results / "beauty/mqsa_ted/seed2", [0.3], [0.09], 1, True)
+    for tau, test in ((0.01, 0.03), (0.05, 0.06), (1.0, 0.04)):
+        _fake_run(results / f"beauty/sweep_tau/{tau:g}/seed1", [0.3], [test], 1, True)
+
+    summary, sweeps = collect(results)
+    points = sweeps["beauty"]["tau"]
+    assert points["0.1"]["test"]["NDCG@20"]["mean"] == pytest.approx(0.12)  # 0.05 and 0.09, + 0.05
+    text = report.markdown(summary, sweeps)
+    assert "| test NDCG@20 | test NDCG@20, seed 1 |" in text
+    assert "| 0.1 | 1, 2 | 0.3000 ± 0.0000 |" in text and "| 0.1200 ± 0.0283 | 0.1000 |" in text
+    assert "| 0.05 | 1 | 0.3000 |" in text and "| 0.1100 | 0.1100 |" in text
+    assert ("The paper's claim, tau 0.05 or 0.1 is best: holds here (best test NDCG@20 on seed 1 "
+            "at tau = 0.05, 0.1100; provisional: 4 of its 5 points have finished).") in text
+    assert (results / "plots/beauty_sweep_tau.png") in plots.plot(summary, sweeps, results)
