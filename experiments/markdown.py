@@ -11,6 +11,11 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
             + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
 
 
+def seed_list(seeds: Sequence[object]) -> str:
+    """``seed 1`` or ``seeds 1, 2``."""
+    return ("seeds " if len(seeds) > 1 else "seed ") + ", ".join(map(str, seeds))
+
+
 def duration(seconds: float) -> str:
     """``42 s``, ``12 min`` or ``1.5 h``."""
     if seconds >= 3600:

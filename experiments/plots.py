@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.markdown import seed_list
 from experiments.plan import VARIANTS
 from experiments.summary import run_status, sweep_scores
 from mqsa_jax.evaluation import SELECTION_METRIC
@@ -73,8 +74,7 @@ def plot(summary: dict, sweeps: dict, results: Path) -> list[Path]:
             if param in ("lambda_kd", "tau"):  # symlog: lambda_kd's point 0 stays on the axis
                 ax.set_xscale("symlog", linthresh=0.01)
             ax.set(xlabel=param, ylabel=SELECTION_METRIC,
-                   title=f"{dataset}: MQSA-TED, {param} "
-                         f"({'seeds' if len(seeds) > 1 else 'seed'} {', '.join(seeds)})")
+                   title=f"{dataset}: MQSA-TED, {param} ({seed_list(seeds)})")
             ax.grid(alpha=0.3)
             ax.legend()
             written.append(_save(fig, folder / f"{dataset}_sweep_{param}.png"))

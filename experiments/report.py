@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.markdown import duration, mean_std, relative_gap, table
+from experiments.markdown import duration, mean_std, relative_gap, seed_list, table
 from experiments.plan import (
     BASELINE,
     CLAIMS,
@@ -26,11 +26,6 @@ from mqsa_jax.io import write_text_atomic
 
 PAPER = json.loads((HERE / "reference" / "paper_results.json").read_text())
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
-
-
-def _seeds(seeds: list[str]) -> str:
-    """'seed 1' or 'seeds 1, 2'."""
-    return ("seeds " if len(seeds) > 1 else "seed ") + ", ".join(seeds)
 
 
 def ordering_line(groups: dict) -> str | None:
@@ -58,7 +53,7 @@ def ordering_line(groups: dict) -> str | None:
         chains.append(f"{seed}: {chain}")
         if any(a >= b for a, b in zip(scores, scores[1:])):
             failing.append(seed)
-    verdict = "it holds on each" if not failing else f"it does not hold on {_seeds(failing)}"
+    verdict = "it holds on each" if not failing else f"it does not hold on {seed_list(failing)}"
     return line + f" Per seed finished by all: {'; '.join(chains)} ({verdict})."
 
 
@@ -72,7 +67,7 @@ def gain_line(groups: dict, dataset: str) -> str | None:
     def mean(by_seed: dict, metric: str) -> float:
         return float(np.mean([by_seed[seed][metric] for seed in common]))
 
-    line = (f"MQSA-TED over SASRec (relative, on {_seeds(common)}, which both finished): "
+    line = (f"MQSA-TED over SASRec (relative, on {seed_list(common)}, which both finished): "
             + ", ".join(f"{m} {relative_gap(mean(ours, m), mean(base, m))}"
                         for m in ("HR@5", "NDCG@5", SELECTION)))
     if gains:
@@ -110,7 +105,7 @@ def claim_line(param: str, points: dict) -> str | None:
     partial = (f"; provisional: {len(scores)} of its {planned} points have finished"
                if len(scores) < planned else "")
     return (f"The paper's claim, {text}: {'holds' if holds(best, scores) else 'does not hold'} "
-            f"here (best test {SELECTION} on {_seeds(seeds)} at {param} = {best:g}, "
+            f"here (best test {SELECTION} on {seed_list(seeds)} at {param} = {best:g}, "
             f"{scores[best]:.4f}{partial}).")
 
 
@@ -177,7 +172,7 @@ def _sweep_section(dataset: str, param: str, points: dict) -> list[str]:
     seeds, scores = sweep_scores(points)
     shared = bool(scores) and any(len(g["seeds"]) > len(seeds) for g in points.values())
     header = [param, "seeds", f"valid {SELECTION}", "test HR@5", "test NDCG@5",
-              f"test {SELECTION}"] + ([f"test {SELECTION}, {_seeds(seeds)}"] if shared else [])
+              f"test {SELECTION}"] + ([f"test {SELECTION}, {seed_list(seeds)}"] if shared else [])
     rows = [[value, ", ".join(map(str, g["seeds"])) or "pending",
              mean_std(g["valid"].get(SELECTION)), mean_std(g["test"].get("HR@5")),
              mean_std(g["test"].get("NDCG@5")), mean_std(g["test"].get(SELECTION))]
@@ -225,7 +220,7 @@ def readme_table(summary: dict, results: Path, planned: dict = PLANNED,
                        for s, p in g["pending"].items()]
             if waiting := [s for s in planned_seeds.get(variant, ())
                            if s not in g["seeds"] and str(s) not in g["pending"]]:
-                pending.append(f"{_seeds(list(map(str, waiting)))}: not started")
+                pending.append(f"{seed_list(waiting)}: not started")
             rows.append([dataset, VARIANTS[variant], ", ".join(map(str, g["seeds"])) or "–",
                          *(mean_std(g["test"].get(m)) for m in shown),
                          ", ".join(pending) or "–"])
@@ -236,8 +231,8 @@ def readme_table(summary: dict, results: Path, planned: dict = PLANNED,
     for dataset, seeds in planned_sweeps.items():
         progress = ", ".join(f"{param} {finished}/{total}" for param, (finished, total)
                              in sweep_progress(results, dataset, seeds).items())
-        lines += ["", f"Sweeps on {dataset} (MQSA-TED, seed{'s' * (len(seeds) > 1)} "
-                      f"{', '.join(map(str, seeds))}), runs finished: {progress}."]
+        lines += ["", f"Sweeps on {dataset} (MQSA-TED, {seed_list(seeds)}), runs finished: "
+                      f"{progress}."]
     return "\n".join(lines)
 
 
