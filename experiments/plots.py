@@ -63,12 +63,12 @@ def plot(summary: dict, sweeps: dict, results: Path) -> list[Path]:
     for dataset, params in sweeps.items():
         for param, points in params.items():
             # On the seeds every finished point has, as the claims are judged; a curve needs two.
-            seeds, finished = sweep_scores(points)
+            curves = {split: sweep_scores(points, split) for split in ("valid", "test")}
+            seeds, finished = curves["test"]
             if len(finished) < 2:
                 continue
             fig, ax = plt.subplots(figsize=(5, 3.5))
-            for split in ("valid", "test"):
-                scores = sweep_scores(points, split)[1]
+            for split, (_, scores) in curves.items():
                 values = sorted(scores)
                 ax.plot(values, [scores[v] for v in values], marker="o", label=split)
             if param in ("lambda_kd", "tau"):  # symlog: lambda_kd's point 0 stays on the axis
