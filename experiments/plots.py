@@ -12,6 +12,14 @@ from experiments.summary import run_status, sweep_scores
 from mqsa_jax.evaluation import SELECTION_METRIC
 from mqsa_jax.io import atomic_output
 
+FOLDER = Path("plots")
+
+
+def figure_path(dataset: str, param: str | None = None) -> Path:
+    """Where a plot lives, relative to the results folder (and so to ``summary.md``): a
+    dataset's validation curves, or the sweep of ``param`` on it."""
+    return FOLDER / (f"{dataset}_sweep_{param}.png" if param else f"{dataset}_valid_ndcg20.png")
+
 
 def mean_curve(run_dirs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """Validation NDCG@20 per epoch, averaged over the seeds that reached each epoch."""
@@ -26,13 +34,14 @@ def mean_curve(run_dirs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot(summary: dict, sweeps: dict, results: Path) -> list[Path]:
+    """Draws each dataset's validation curves and each sweep with two finished points or more
+    into ``results`` (at :func:`figure_path`); returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    folder = results / "plots"
-    folder.mkdir(exist_ok=True)
+    (results / FOLDER).mkdir(exist_ok=True)
     written = []
     for dataset, groups in summary.items():
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -59,7 +68,7 @@ def plot(summary: dict, sweeps: dict, results: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         if ax.get_lines():  # a dataset whose runs have no epoch yet has nothing to name
             ax.legend()
-        written.append(_save(fig, folder / f"{dataset}_valid_ndcg20.png"))
+        written.append(_save(fig, results / figure_path(dataset)))
     for dataset, params in sweeps.items():
         for param, points in params.items():
             # On the seeds every finished point has, as the claims are judged; a curve needs two.
@@ -77,7 +86,7 @@ def plot(summary: dict, sweeps: dict, results: Path) -> list[Path]:
                    title=f"{dataset}: MQSA-TED, {param} ({seed_list(seeds)})")
             ax.grid(alpha=0.3)
             ax.legend()
-            written.append(_save(fig, folder / f"{dataset}_sweep_{param}.png"))
+            written.append(_save(fig, results / figure_path(dataset, param)))
     return written
 
 

@@ -1,8 +1,9 @@
-"""The reproduction's report: ``summary.md`` and the README's results table."""
+"""The reproduction's report, ``summary.md``: the variants per dataset, then the sweeps."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +16,14 @@ from experiments.plan import (
     METRICS,
     MIN_CLAIM_POINTS,
     ORDERING,
-    PLANNED,
-    PLANNED_SWEEPS,
     SWEEPS,
     VARIANTS,
 )
-from experiments.summary import common_seeds, sweep_progress, sweep_scores
+from experiments.plots import figure_path
+from experiments.summary import common_seeds, sweep_scores
 from mqsa_jax.evaluation import SELECTION_METRIC as SELECTION
-from mqsa_jax.io import write_text_atomic
 
 PAPER = json.loads((HERE / "reference" / "paper_results.json").read_text())
-README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def ordering_line(groups: dict) -> str | None:
@@ -129,7 +127,14 @@ def _pending_lines(groups: dict, name=VARIANTS.get) -> list[str]:
     return lines
 
 
-def _dataset_section(dataset: str, groups: dict) -> list[str]:
+def _figure(figures: Collection[Path], alt: str, dataset: str, param: str | None = None
+            ) -> list[str]:
+    """A plot as a markdown image, if it was drawn (``figures``: as :func:`figure_path` gives)."""
+    path = figure_path(dataset, param)
+    return [f"![{alt}]({path.as_posix()})", ""] if path in figures else []
+
+
+def _dataset_section(dataset: str, groups: dict, figures: Collection[Path]) -> list[str]:
     rows = []
     for variant in (v for v in VARIANTS if v in groups):
         g = groups[variant]
@@ -143,7 +148,8 @@ def _dataset_section(dataset: str, groups: dict) -> list[str]:
         rows.append(["MQSA-TED, paper", "–", *(f"{paper[m]:.4f}" if m in paper else "–"
                                                for m in METRICS), "–", "–"])
     out = [f"## {dataset}", "", *table(["model", "seeds", *METRICS, "best epoch",
-                                        "train + eval time, fastest seed"], rows), ""]
+                                        "train + eval time, fastest seed"], rows), "",
+           *_figure(figures, f"{dataset}: validation {SELECTION} per epoch", dataset)]
     ours = groups.get("mqsa_ted")
     if paper and ours and ours["seeds"]:
         gaps = ", ".join(f"{m} {relative_gap(ours['test'][m]['mean'], paper[m])}" for m in paper)
@@ -165,7 +171,8 @@ def _dataset_section(dataset: str, groups: dict) -> list[str]:
     return out
 
 
-def _sweep_section(dataset: str, param: str, points: dict) -> list[str]:
+def _sweep_section(dataset: str, param: str, points: dict, figures: Collection[Path]
+                   ) -> list[str]:
     """A sweep's table, each point at the mean of its finished seeds; where some point has more
     seeds than the others (the reference point reuses a variant's runs), one more column gives
     test NDCG@20 on the seeds they all finished, the figures the claim is judged on."""
@@ -180,7 +187,8 @@ def _sweep_section(dataset: str, param: str, points: dict) -> list[str]:
                if shared else [])
             for value, g in points.items()]
     out = [f"## Sweep of {param} on {dataset} (MQSA-TED, others at the reference)", "",
-           *table(header, rows), ""]
+           *table(header, rows), "",
+           *_figure(figures, f"{dataset}: {SELECTION} against {param}", dataset, param)]
     if line := claim_line(param, points):
         out += [line, ""]
     if pending := _pending_lines(points, name=lambda value: f"{param} = {value}"):
@@ -188,7 +196,9 @@ def _sweep_section(dataset: str, param: str, points: dict) -> list[str]:
     return out
 
 
-def markdown(summary: dict, sweeps: dict) -> str:
+def markdown(summary: dict, sweeps: dict, figures: Collection[Path] = ()) -> str:
+    """``summary.md``: a section per dataset, then per sweep; ``figures`` are the plots drawn,
+    relative to it (as :func:`experiments.plots.figure_path` gives), shown in their sections."""
     out = ["# Reproduction results", "",
            "Written by `python -m experiments.reproduce` from the run directories beside this "
            "file (do not edit). Test metrics at each run's first epoch with the best validation "
@@ -199,48 +209,8 @@ def markdown(summary: dict, sweeps: dict) -> str:
            "has the load average and nice level at each start), so the table gives the fastest "
            "seed's.", ""]
     for dataset, groups in summary.items():
-        out += _dataset_section(dataset, groups)
+        out += _dataset_section(dataset, groups, figures)
     for dataset, params in sweeps.items():
         for param, points in params.items():
-            out += _sweep_section(dataset, param, points)
+            out += _sweep_section(dataset, param, points, figures)
     return "\n".join(out)
-
-
-def readme_table(summary: dict, results: Path, planned: dict = PLANNED,
-                 planned_sweeps: dict = PLANNED_SWEEPS) -> str:
-    """The README's results table: test metrics of what was run, and what is pending, started
-    or not, among the ``planned`` runs; then how far the planned sweeps are."""
-    shown = ("HR@5", "NDCG@5", "NDCG@20")
-    rows = []
-    for dataset in dict.fromkeys([*planned, *summary]):
-        groups, planned_seeds = summary.get(dataset, {}), planned.get(dataset, {})
-        for variant in (v for v in VARIANTS if v in groups or v in planned_seeds):
-            g = groups.get(variant, {"seeds": [], "test": {}, "pending": {}})
-            pending = [f"seed {s}: epoch {p['epochs_done']}/{p['epochs']}"
-                       for s, p in g["pending"].items()]
-            if waiting := [s for s in planned_seeds.get(variant, ())
-                           if s not in g["seeds"] and str(s) not in g["pending"]]:
-                pending.append(f"{seed_list(waiting)}: not started")
-            rows.append([dataset, VARIANTS[variant], ", ".join(map(str, g["seeds"])) or "–",
-                         *(mean_std(g["test"].get(m)) for m in shown),
-                         ", ".join(pending) or "–"])
-        if paper := PAPER["mqsa_ted"].get(dataset):
-            rows.append([dataset, "MQSA-TED, paper", "–",
-                         *(f"{paper[m]:.4f}" if m in paper else "–" for m in shown), "–"])
-    lines = table(["dataset", "model", "seeds done", *shown, "pending"], rows)
-    for dataset, seeds in planned_sweeps.items():
-        progress = ", ".join(f"{param} {finished}/{total}" for param, (finished, total)
-                             in sweep_progress(results, dataset, seeds).items())
-        lines += ["", f"Sweeps on {dataset} (MQSA-TED, {seed_list(seeds)}), runs finished: "
-                      f"{progress}."]
-    return "\n".join(lines)
-
-
-def update_readme(readme: Path, table_text: str) -> None:
-    """Rewrites the README's block between the results markers, if it has them."""
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        return
-    head, rest = text.split(README_START, 1)
-    write_text_atomic(readme, head + README_START + "\n" + table_text + "\n" + README_END
-                      + rest.split(README_END, 1)[1])

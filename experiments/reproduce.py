@@ -9,12 +9,12 @@
 
 The runs are planned in :mod:`experiments.plan` (which config, which seed, which directory), run
 by :mod:`experiments.runner`, collected by :mod:`experiments.summary`, and reported by
-:mod:`experiments.report` and :mod:`experiments.plots`.  A finished run (it has results.json)
-is skipped and a started one is resumed from its latest checkpoint, so an interrupted
-reproduction continues where it stopped.  Each run directory also gets ``provenance.json``: the
-command and, per (re)start, the machine.  After every run, and with ``summary``, the summary is
-rewritten from whatever runs exist, finished or not: ``summary.json``, ``summary.md``,
-``sweeps.json`` and the PNG plots.
+:mod:`experiments.report` (summary.md), :mod:`experiments.readme` (the README's table) and
+:mod:`experiments.plots`.  A finished run (it has results.json) is skipped and a started one is
+resumed from its latest checkpoint, so an interrupted reproduction continues where it stopped.
+Each run directory also gets ``provenance.json``: the command and, per (re)start, the machine.
+After every run, and with ``summary``, the summary is rewritten from whatever runs exist,
+finished or not: ``summary.json``, ``summary.md``, ``sweeps.json`` and the PNG plots.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import signal
 import sys
 from pathlib import Path
 
-from experiments import plan, plots, report
+from experiments import plan, plots, readme, report
 from experiments.runner import execute
 from experiments.summary import collect
 from mqsa_jax.config import parse_overrides
@@ -35,13 +35,14 @@ from mqsa_jax.io import write_json_atomic, write_text_atomic
 def write_summary(results: Path) -> None:
     summary, sweeps = collect(results)
     write_json_atomic(results / "summary.json", summary)
-    write_text_atomic(results / "summary.md", report.markdown(summary, sweeps))
     if sweeps:
         write_json_atomic(results / "sweeps.json", sweeps)
-    plots.plot(summary, sweeps, results)
+    # The plots first: summary.md shows those that were drawn.
+    figures = {path.relative_to(results) for path in plots.plot(summary, sweeps, results)}
+    write_text_atomic(results / "summary.md", report.markdown(summary, sweeps, figures))
     if results.resolve() == plan.DEFAULT_RESULTS:  # the project's own results: the README's
-        report.update_readme(plan.HERE.parent / "README.md",
-                             report.readme_table(summary, results))
+        readme.update_readme(plan.HERE.parent / "README.md",
+                             readme.readme_table(summary, results))
 
 
 def _interrupt(signum, frame):

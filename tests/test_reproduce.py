@@ -3,6 +3,7 @@ plots."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import plan, plots, report, reproduce, runner
+from experiments import plan, plots, readme, report, reproduce, runner
 from experiments.summary import collect, recent_pace, run_status
 from mqsa_jax.errors import UserError
 from mqsa_jax.runs import exclusive
@@ -89,14 +90,14 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     [figure] = plots.plot(summary, sweeps, results)
     assert figure.read_bytes()[:4] == b"\x89PNG"
 
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\nrest\n")
+    readme_path = tmp_path / "README.md"
+    readme_path.write_text(f"intro\n{readme.README_START}\nold\n{readme.README_END}\nrest\n")
     planned = {"beauty": {"mqsa_ted": (1, 2, 3, 4, 5), "sasrec_ted": (1,)},
                "yelp": {"sasrec": (1,)}}
     _fake_run(results / "beauty/sweep_tau/0.5/seed1", [0.1], [0.1], 1, True)
-    report.update_readme(readme, report.readme_table(summary, results, planned,
-                                                      {"beauty": (1,)}))
-    updated = readme.read_text()
+    readme.update_readme(readme_path, readme.readme_table(summary, results, planned,
+                                                          {"beauty": (1,)}))
+    updated = readme_path.read_text()
     assert updated.startswith("intro\n") and updated.endswith("\nrest\n") and "old" not in updated
     assert "| beauty | MQSA-TED | 1, 2 | 0.0750 ± 0.0071 |" in updated
     # Pending: started runs with their epoch, then the planned seeds that are not started.
@@ -172,6 +173,20 @@ def test_sweep_table_and_plot_take_the_reference_run_and_skip_unfinished_points(
     written = plots.plot(summary, sweeps, results)
     assert results / "plots/beauty_sweep_tau.png" in written
     assert (results / "plots/beauty_sweep_tau.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summary_shows_the_plots_it_drew_and_no_other(tmp_path):
+    results = tmp_path / "results"
+    _fake_run(results / "beauty/mqsa_ted/seed1", [0.2, 0.3], [0.02, 0.03], 2, True)  # tau 0.1, L 3
+    _fake_run(results / "beauty/sweep_tau/0.5/seed1", [0.1, 0.2], [0.01, 0.02], 2, True)
+    _fake_run(results / "beauty/sweep_L/1/seed1", [0.1], [0.01], 2, False)  # L: one point done
+
+    reproduce.write_summary(results)
+    text = (results / "summary.md").read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert linked == ["plots/beauty_valid_ndcg20.png", "plots/beauty_sweep_tau.png"]
+    assert all((results / link).read_bytes()[:4] == b"\x89PNG" for link in linked)
+    assert not (results / "plots/beauty_sweep_L.png").exists()
 
 
 def test_a_second_process_cannot_train_a_locked_run(tmp_path):
