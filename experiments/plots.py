@@ -35,7 +35,8 @@ def mean_curve(run_dirs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
 
 def plot(summary: dict, sweeps: dict, results: Path) -> list[Path]:
     """Draws each dataset's validation curves and each sweep with two finished points or more
-    into ``results`` (at :func:`figure_path`); returns the files written."""
+    into ``results`` (at :func:`figure_path`), and removes the plots it no longer draws (a point
+    whose run was removed) so that none outlives its data; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -87,6 +88,8 @@ def plot(summary: dict, sweeps: dict, results: Path) -> list[Path]:
             ax.grid(alpha=0.3)
             ax.legend()
             written.append(_save(fig, results / figure_path(dataset, param)))
+    for stale in set((results / FOLDER).glob("*.png")) - set(written):
+        stale.unlink()
     return written
 
 

@@ -175,11 +175,13 @@ def test_sweep_table_and_plot_take_the_reference_run_and_skip_unfinished_points(
     assert (results / "plots/beauty_sweep_tau.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_summary_shows_the_plots_it_drew_and_no_other(tmp_path):
+def test_summary_shows_the_plots_it_drew_and_removes_stale_ones(tmp_path):
     results = tmp_path / "results"
     _fake_run(results / "beauty/mqsa_ted/seed1", [0.2, 0.3], [0.02, 0.03], 2, True)  # tau 0.1, L 3
     _fake_run(results / "beauty/sweep_tau/0.5/seed1", [0.1, 0.2], [0.01, 0.02], 2, True)
     _fake_run(results / "beauty/sweep_L/1/seed1", [0.1], [0.01], 2, False)  # L: one point done
+    (results / "plots").mkdir()
+    (results / "plots/beauty_sweep_L.png").write_bytes(b"drawn when L had two points")
 
     reproduce.write_summary(results)
     text = (results / "summary.md").read_text()
