@@ -5,9 +5,9 @@ epoch costs when most do.
 
 A student row takes the clamp's extra blocked pass forward and backward (``mqsa_jax.blocked``)
 when one of its probabilities falls below 1e-15.  The share of such rows is read from each run's
-latest checkpoint, over the same batches as in training (20 of them, dropout on).  Then beauty's
-sweep config is trained for a few epochs at each ``tau``, in turn in one process; an epoch's
-figure is the median of the epochs after the first (which compiles).  Time it alone.
+latest checkpoint, over 20 batches of random users packed as in training (dropout on).  Then
+beauty's sweep config is trained for a few epochs at each ``tau``, in turn in one process; an
+epoch's figure is the median of the epochs after the first (which compiles).  Time it alone.
 """
 
 from __future__ import annotations
