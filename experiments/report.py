@@ -102,9 +102,12 @@ def claim_line(param: str, points: dict) -> str | None:
     planned = len(SWEEPS[param])
     partial = (f"; provisional: {len(scores)} of its {planned} points have finished"
                if len(scores) < planned else "")
+    # The points the test needs besides the best are shown too, so that a verdict says why.
+    others = "".join(f"; {param} = {v:g}: {scores[v]:.4f}, {relative_gap(scores[v], scores[best])}"
+                     for v in needed if v != best)
     return (f"The paper's claim, {text}: {'holds' if holds(best, scores) else 'does not hold'} "
             f"here (best test {SELECTION} on {seed_list(seeds)} at {param} = {best:g}, "
-            f"{scores[best]:.4f}{partial}).")
+            f"{scores[best]:.4f}{others}{partial}).")
 
 
 def _pending_lines(groups: dict, name=VARIANTS.get) -> list[str]:

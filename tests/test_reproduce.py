@@ -267,7 +267,10 @@ def test_each_sensitivity_claim_is_judged_from_four_points_and_final_once_all_ar
         "The paper's claim, tau 0.05 or 0.1 is best: holds here (best test NDCG@20 on seed 1 at "
         "tau = 0.1, 0.0800; provisional: 4 of its 5 points have finished).")
     kd = {0.0: 0.0795, 0.01: 0.07, 0.05: 0.075, 0.1: 0.08, 0.5: 0.078, 1.0: 0.07}
-    assert "does not hold" in report.claim_line("lambda_kd", points(kd))  # 0 drops too little
+    assert report.claim_line("lambda_kd", points(kd)) == (  # 0 drops too little
+        "The paper's claim, lambda_kd near 0.1 is best (0.05 to 0.5), and 0 drops clearly (2% or "
+        "more below the best): does not hold here (best test NDCG@20 on seed 1 at lambda_kd = "
+        "0.1, 0.0800; lambda_kd = 0: 0.0795, -0.6%).")
     assert "holds" in report.claim_line("lambda_kd", points({**kd, 0.0: 0.07}))
     # "0 drops clearly" needs lambda_kd = 0 itself, however many other points are in.
     assert report.claim_line("lambda_kd", points({v: s for v, s in kd.items() if v})) is None
