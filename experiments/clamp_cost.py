@@ -50,8 +50,9 @@ def clamp_share(run_dir: Path, batches: int = 20) -> dict:
         heads = batch.items[batch.segments > 0]
         students = ted_students(table_rows[heads], jax.random.key(index), config.model.dropout,
                                 config.loss.tau)
-        log_p = jax.nn.log_softmax(students @ table_rows.T, axis=1)
-        clamped += int((log_p.min(axis=1) < blocked.CLAMP_FREE_LOG_PROB).sum())
+        # The step's own decision: the correction is 0 exactly for the rows it leaves out.
+        _, correction = blocked.catalogue_sums(students, table_rows, 0, data.num_items)
+        clamped += int((correction > 0).sum())
         rows += len(heads)
     return {"run": str(run_dir), "epoch": progress["epoch"], "tau": config.loss.tau,
             "lambda_kd": config.loss.lambda_kd, "student_rows": rows, "clamped": clamped}

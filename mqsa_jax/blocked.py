@@ -35,7 +35,7 @@ LOG_EPSILON = 1e-24
 DEFAULT_BLOCK = 1024
 # Below this log-probability the clamp moves a log by more than float32 resolution allows to
 # ignore: log(p + eps) - log(p) < eps / p = 1e-9 for p above 1e-15.
-CLAMP_FREE_LOG_PROB = math.log(LOG_EPSILON) + math.log(1e9)
+_CLAMP_FREE_LOG_PROB = math.log(LOG_EPSILON) + math.log(1e9)
 # The clamp's pass runs on the rows that need it, gathered into the smallest of these shares of
 # the student rows (1/64, 1/8, 1/4) that holds them, or on every row when more need it.  On
 # beauty 4-7% of the rows needed it around epoch 5 and 0.04% at epoch 150: a pass costs in
@@ -189,7 +189,7 @@ def _clamped_rows(students, lse, low):
     1e-15.  The others (none early in training, a few percent later) are gathered into the
     smallest buffer that holds them, or all rows are taken when more need it.
     """
-    clamped = low - lse < CLAMP_FREE_LOG_PROB
+    clamped = low - lse < _CLAMP_FREE_LOG_PROB
     count = clamped.sum()
     sizes = _gather_sizes(len(students))
     index = jnp.nonzero(clamped, size=sizes[-1], fill_value=len(students))[0]
