@@ -6,17 +6,19 @@ from pathlib import Path
 
 from experiments.markdown import mean_std, seed_list, table
 from experiments.plan import PLANNED, PLANNED_SWEEPS, VARIANTS
-from experiments.report import PAPER
+from experiments.report import PAPER, claim_verdict
 from experiments.summary import sweep_progress
 from mqsa_jax.io import write_text_atomic
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def readme_table(summary: dict, results: Path, planned: dict = PLANNED,
+def readme_table(summary: dict, sweeps: dict, results: Path, planned: dict = PLANNED,
                  planned_sweeps: dict = PLANNED_SWEEPS) -> str:
     """The README's results table: test metrics of what was run, and what is pending, started
-    or not, among the ``planned`` runs; then how far the planned sweeps are."""
+    or not, among the ``planned`` runs; then how far the planned sweeps are, and whether the
+    paper's claim about each swept parameter holds (``summary``, ``sweeps``: as
+    :func:`experiments.summary.collect` gives them)."""
     shown = ("HR@5", "NDCG@5", "NDCG@20")
     rows = []
     for dataset in dict.fromkeys([*planned, *summary]):
@@ -36,10 +38,17 @@ def readme_table(summary: dict, results: Path, planned: dict = PLANNED,
                          *(f"{paper[m]:.4f}" if m in paper else "–" for m in shown), "–"])
     lines = table(["dataset", "model", "seeds done", *shown, "pending"], rows)
     for dataset, seeds in planned_sweeps.items():
-        progress = ", ".join(f"{param} {finished}/{total}" for param, (finished, total)
-                             in sweep_progress(results, dataset, seeds).items())
-        lines += ["", f"Sweeps on {dataset} (MQSA-TED, {seed_list(seeds)}), runs finished: "
-                      f"{progress}."]
+        parts = []
+        for param, (finished, total) in sweep_progress(results, dataset, seeds).items():
+            verdict = claim_verdict(param, sweeps.get(dataset, {}).get(param, {}))
+            parts.append(f"{param} {finished}/{total}, " + (
+                "not judged yet" if verdict is None else
+                ("holds" if verdict[0] else "does not hold")
+                + (" (provisional)" if verdict[1] else "")))
+        lines += ["", f"Sweeps on {dataset} (MQSA-TED, {seed_list(seeds)}): runs finished, and "
+                      f"whether the paper's claim holds: {'; '.join(parts)}. "
+                      "`experiments/results/summary.md` shows each sweep and how its claim is "
+                      "judged."]
     return "\n".join(lines)
 
 

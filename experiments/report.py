@@ -90,22 +90,31 @@ def baseline_line(groups: dict, dataset: str) -> str | None:
                         for m, level in implied.items()) + ".")
 
 
-def claim_line(param: str, points: dict) -> str | None:
+def claim_verdict(param: str, points: dict) -> tuple[bool, bool] | None:
     """Whether the paper's claim about ``param`` holds on the finished points (test NDCG@20 on
-    the seeds they all finished), once :data:`MIN_CLAIM_POINTS` of them have; provisional
-    until all have."""
-    seeds, scores = sweep_scores(points)
-    text, holds, needed = CLAIMS[param]
+    the seeds they all finished), and whether that is provisional (not every point finished);
+    None until :data:`MIN_CLAIM_POINTS` of them, and the points its test needs, have finished."""
+    _, scores = sweep_scores(points)
+    _, holds, needed = CLAIMS[param]
     if len(scores) < MIN_CLAIM_POINTS or any(v not in scores for v in needed):
         return None
+    return holds(max(scores, key=scores.get), scores), len(scores) < len(SWEEPS[param])
+
+
+def claim_line(param: str, points: dict) -> str | None:
+    """:func:`claim_verdict` as a sentence, with the figures it was judged on."""
+    if (verdict := claim_verdict(param, points)) is None:
+        return None
+    holds, provisional = verdict
+    seeds, scores = sweep_scores(points)
+    text, _, needed = CLAIMS[param]
     best = max(scores, key=scores.get)
-    planned = len(SWEEPS[param])
-    partial = (f"; provisional: {len(scores)} of its {planned} points have finished"
-               if len(scores) < planned else "")
+    partial = (f"; provisional: {len(scores)} of its {len(SWEEPS[param])} points have finished"
+               if provisional else "")
     # The points the test needs besides the best are shown too, so that a verdict says why.
     others = "".join(f"; {param} = {v:g}: {scores[v]:.4f}, {relative_gap(scores[v], scores[best])}"
                      for v in needed if v != best)
-    return (f"The paper's claim, {text}: {'holds' if holds(best, scores) else 'does not hold'} "
+    return (f"The paper's claim, {text}: {'holds' if holds else 'does not hold'} "
             f"here (best test {SELECTION} on {seed_list(seeds)} at {param} = {best:g}, "
             f"{scores[best]:.4f}{others}{partial}).")
 

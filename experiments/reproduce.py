@@ -42,7 +42,7 @@ def write_summary(results: Path) -> None:
     write_text_atomic(results / "summary.md", report.markdown(summary, sweeps, figures))
     if results.resolve() == plan.DEFAULT_RESULTS:  # the project's own results: the README's
         readme.update_readme(plan.HERE.parent / "README.md",
-                             readme.readme_table(summary, results))
+                             readme.readme_table(summary, sweeps, results))
 
 
 def _interrupt(signum, frame):

@@ -91,14 +91,17 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     assert figure.read_bytes()[:4] == b"\x89PNG"
 
     readme_path = tmp_path / "README.md"
-    readme_path.write_text(f"intro\n{readme.README_START}\nold\n{readme.README_END}\nrest\n")
+    readme_path.write_text(f"intro\n{readme.README_START}\nstale\n{readme.README_END}\nrest\n")
     planned = {"beauty": {"mqsa_ted": (1, 2, 3, 4, 5), "sasrec_ted": (1,)},
                "yelp": {"sasrec": (1,)}}
-    _fake_run(results / "beauty/sweep_tau/0.5/seed1", [0.1], [0.1], 1, True)
-    readme.update_readme(readme_path, readme.readme_table(summary, results, planned,
+    for tau, test in (("0.5", 0.1), ("0.05", 0.2), ("0.01", 0.05)):
+        _fake_run(results / f"beauty/sweep_tau/{tau}/seed1", [0.1], [test], 1, True)
+    summary, sweeps = collect(results)
+    readme.update_readme(readme_path, readme.readme_table(summary, sweeps, results, planned,
                                                           {"beauty": (1,)}))
     updated = readme_path.read_text()
-    assert updated.startswith("intro\n") and updated.endswith("\nrest\n") and "old" not in updated
+    assert updated.startswith("intro\n") and updated.endswith("\nrest\n")
+    assert "stale" not in updated
     assert "| beauty | MQSA-TED | 1, 2 | 0.0750 ± 0.0071 |" in updated
     # Pending: started runs with their epoch, then the planned seeds that are not started.
     assert "| seed 3: epoch 2/3, seeds 4, 5: not started |" in updated
@@ -106,9 +109,11 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     assert "| beauty | SASRec + TED | – | – | – | – | seed 1: not started |" in updated
     assert "| yelp | SASRec | – | – | – | – | seed 1: not started |" in updated
     assert "| yelp | MQSA-TED, paper | – | – | 0.0205 |" in updated
-    # tau 0.1 is the reference (the finished mqsa_ted seed 1); 0.5 is the other finished one;
-    # lambda_kd 0 is the finished MQSA (no TED) seed 1.
-    assert "runs finished: L 1/5, alpha 1/6, lambda_kd 2/6, tau 2/5." in updated
+    # tau 0.1 is the reference (the finished mqsa_ted seed 1), three more have finished, the
+    # best at 0.05; lambda_kd 0 is the finished MQSA (no TED) seed 1.
+    assert ("runs finished, and whether the paper's claim holds: L 1/5, not judged yet; alpha "
+            "1/6, not judged yet; lambda_kd 2/6, not judged yet; tau 4/5, holds (provisional)."
+            in updated)
 
 
 def test_time_left_follows_the_last_epochs_not_a_slow_start():
