@@ -43,8 +43,7 @@ def readme_table(summary: dict, sweeps: dict, results: Path, planned: dict = PLA
             verdict = claim_verdict(param, sweeps.get(dataset, {}).get(param, {}))
             parts.append(f"{param} {finished}/{total}, " + (
                 "not judged yet" if verdict is None else
-                ("holds" if verdict[0] else "does not hold")
-                + (" (provisional)" if verdict[1] else "")))
+                verdict.wording + (" (provisional)" if verdict.provisional else "")))
         lines += ["", f"Sweeps on {dataset} (MQSA-TED, {seed_list(seeds)}): runs finished, and "
                       f"whether the paper's claim holds: {'; '.join(parts)}. "
                       "`experiments/results/summary.md` shows each sweep and how its claim is "

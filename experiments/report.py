@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -90,32 +91,45 @@ def baseline_line(groups: dict, dataset: str) -> str | None:
                         for m, level in implied.items()) + ".")
 
 
-def claim_verdict(param: str, points: dict) -> tuple[bool, bool] | None:
+class ClaimVerdict(NamedTuple):
+    """A sweep's verdict on the paper's claim, with the figures it was judged on."""
+    holds: bool
+    provisional: bool  # not every planned point has finished
+    seeds: list[str]  # the seeds every finished point has
+    scores: dict[float, float]  # value -> test NDCG@20 on those seeds
+    best: float
+
+    @property
+    def wording(self) -> str:
+        return "holds" if self.holds else "does not hold"
+
+
+def claim_verdict(param: str, points: dict) -> ClaimVerdict | None:
     """Whether the paper's claim about ``param`` holds on the finished points (test NDCG@20 on
     the seeds they all finished), and whether that is provisional (not every point finished);
     None until :data:`MIN_CLAIM_POINTS` of them, and the points its test needs, have finished."""
-    _, scores = sweep_scores(points)
+    seeds, scores = sweep_scores(points)
     _, holds, needed = CLAIMS[param]
     if len(scores) < MIN_CLAIM_POINTS or any(v not in scores for v in needed):
         return None
-    return holds(max(scores, key=scores.get), scores), len(scores) < len(SWEEPS[param])
+    best = max(scores, key=scores.get)
+    return ClaimVerdict(holds(best, scores), len(scores) < len(SWEEPS[param]), seeds, scores,
+                        best)
 
 
 def claim_line(param: str, points: dict) -> str | None:
     """:func:`claim_verdict` as a sentence, with the figures it was judged on."""
     if (verdict := claim_verdict(param, points)) is None:
         return None
-    holds, provisional = verdict
-    seeds, scores = sweep_scores(points)
     text, _, needed = CLAIMS[param]
-    best = max(scores, key=scores.get)
+    scores, best = verdict.scores, verdict.best
     partial = (f"; provisional: {len(scores)} of its {len(SWEEPS[param])} points have finished"
-               if provisional else "")
+               if verdict.provisional else "")
     # The points the test needs besides the best are shown too, so that a verdict says why.
     others = "".join(f"; {param} = {v:g}: {scores[v]:.4f}, {relative_gap(scores[v], scores[best])}"
                      for v in needed if v != best)
-    return (f"The paper's claim, {text}: {'holds' if holds else 'does not hold'} "
-            f"here (best test {SELECTION} on {seed_list(seeds)} at {param} = {best:g}, "
+    return (f"The paper's claim, {text}: {verdict.wording} "
+            f"here (best test {SELECTION} on {seed_list(verdict.seeds)} at {param} = {best:g}, "
             f"{scores[best]:.4f}{others}{partial}).")
 
 
