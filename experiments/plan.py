@@ -34,24 +34,6 @@ PLANNED = {"beauty": {**dict.fromkeys(MAIN_VARIANTS, (2023, 2024, 2025)), "sasre
            "yelp": dict.fromkeys(MAIN_VARIANTS, (2023,))}
 PLANNED_SWEEPS = {"beauty": (2023,)}  # dataset -> seeds, for every parameter of SWEEPS
 SWEEPS = load_config_module(CONFIGS / "sweep.py").POINTS  # parameter -> its values
-# A claim is judged once this many of its sweep's points have finished: the reference point and
-# three others (issue 16's minimum); until every point has, the verdict says it is provisional.
-MIN_CLAIM_POINTS = 4
-# The paper's sensitivity claims, each with the test that decides it from a sweep (the point
-# with the best test NDCG@20, ``best``, and every finished point's figure, ``scores``: value ->
-# mean) and the points the test cannot do without.
-CLAIMS = {
-    "L": ("L works best between 2 and 4", lambda best, scores: 2 <= best <= 4, ()),
-    "alpha": ("alpha near 0.5 is best (0.3 to 0.7)", lambda best, scores: 0.3 <= best <= 0.7,
-              ()),
-    "lambda_kd": ("lambda_kd near 0.1 is best (0.05 to 0.5), and 0 drops clearly (2% or more "
-                  "below the best)",
-                  lambda best, scores: 0.05 <= best <= 0.5
-                  and scores[0.0] <= 0.98 * max(scores.values()), (0.0,)),
-    "tau": ("tau 0.05 or 0.1 is best", lambda best, scores: best in (0.05, 0.1), ()),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class Run:
     dataset: str

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from experiments.claims import claim_verdict
 from experiments.markdown import mean_std, seed_list, table
 from experiments.plan import PLANNED, PLANNED_SWEEPS, VARIANTS
-from experiments.report import PAPER, claim_verdict
+from experiments.report import PAPER
 from experiments.summary import sweep_progress
 from mqsa_jax.io import write_text_atomic
 

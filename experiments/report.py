@@ -5,19 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Collection
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
+from experiments.claims import claim_line
 from experiments.markdown import duration, mean_std, relative_gap, seed_list, table
 from experiments.plan import (
     BASELINE,
-    CLAIMS,
     HERE,
     METRICS,
-    MIN_CLAIM_POINTS,
     ORDERING,
-    SWEEPS,
     VARIANTS,
 )
 from experiments.plots import figure_path
@@ -89,48 +86,6 @@ def baseline_line(groups: dict, dataset: str) -> str | None:
             + ", ".join(f"{m} {ours['test'][m]['mean']:.4f} against {level:.4f} "
                         f"({relative_gap(ours['test'][m]['mean'], level)})"
                         for m, level in implied.items()) + ".")
-
-
-class ClaimVerdict(NamedTuple):
-    """A sweep's verdict on the paper's claim, with the figures it was judged on."""
-    holds: bool
-    provisional: bool  # not every planned point has finished
-    seeds: list[str]  # the seeds every finished point has
-    scores: dict[float, float]  # value -> test NDCG@20 on those seeds
-    best: float
-
-    @property
-    def wording(self) -> str:
-        return "holds" if self.holds else "does not hold"
-
-
-def claim_verdict(param: str, points: dict) -> ClaimVerdict | None:
-    """Whether the paper's claim about ``param`` holds on the finished points (test NDCG@20 on
-    the seeds they all finished), and whether that is provisional (not every point finished);
-    None until :data:`MIN_CLAIM_POINTS` of them, and the points its test needs, have finished."""
-    seeds, scores = sweep_scores(points)
-    _, holds, needed = CLAIMS[param]
-    if len(scores) < MIN_CLAIM_POINTS or any(v not in scores for v in needed):
-        return None
-    best = max(scores, key=scores.get)
-    return ClaimVerdict(holds(best, scores), len(scores) < len(SWEEPS[param]), seeds, scores,
-                        best)
-
-
-def claim_line(param: str, points: dict) -> str | None:
-    """:func:`claim_verdict` as a sentence, with the figures it was judged on."""
-    if (verdict := claim_verdict(param, points)) is None:
-        return None
-    text, _, needed = CLAIMS[param]
-    scores, best = verdict.scores, verdict.best
-    partial = (f"; provisional: {len(scores)} of its {len(SWEEPS[param])} points have finished"
-               if verdict.provisional else "")
-    # The points the test needs besides the best are shown too, so that a verdict says why.
-    others = "".join(f"; {param} = {v:g}: {scores[v]:.4f}, {relative_gap(scores[v], scores[best])}"
-                     for v in needed if v != best)
-    return (f"The paper's claim, {text}: {verdict.wording} "
-            f"here (best test {SELECTION} on {seed_list(verdict.seeds)} at {param} = {best:g}, "
-            f"{scores[best]:.4f}{others}{partial}).")
 
 
 def _pending_lines(groups: dict, name=VARIANTS.get) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import plan, plots, readme, report, reproduce, runner
+from experiments import claims, plan, plots, readme, report, reproduce, runner
 from experiments.summary import collect, recent_pace, run_status
 from mqsa_jax.errors import UserError
 from mqsa_jax.runs import exclusive
@@ -262,23 +262,46 @@ def test_each_sensitivity_claim_is_judged_from_four_points_and_final_once_all_ar
                 for v, s in scores.items()}
 
     tau = {0.01: 0.05, 0.05: 0.07, 0.1: 0.08, 0.5: 0.06, 1.0: 0.04}
-    assert report.claim_line("tau", points(tau)) == (
+    assert claims.claim_line("tau", points(tau)) == (
         "The paper's claim, tau 0.05 or 0.1 is best: holds here (best test NDCG@20 on seed 1 at "
         "tau = 0.1, 0.0800).")
-    assert "does not hold" in report.claim_line("tau", points({**tau, 1.0: 0.09}))
+    assert "does not hold" in claims.claim_line("tau", points({**tau, 1.0: 0.09}))
     # The reference and two others: too few to judge.  Four: a provisional verdict.
-    assert report.claim_line("tau", points({v: tau[v] for v in (0.01, 0.1, 1.0)})) is None
-    assert report.claim_line("tau", points({v: tau[v] for v in (0.01, 0.05, 0.1, 1.0)})) == (
+    assert claims.claim_line("tau", points({v: tau[v] for v in (0.01, 0.1, 1.0)})) is None
+    assert claims.claim_line("tau", points({v: tau[v] for v in (0.01, 0.05, 0.1, 1.0)})) == (
         "The paper's claim, tau 0.05 or 0.1 is best: holds here (best test NDCG@20 on seed 1 at "
         "tau = 0.1, 0.0800; provisional: 4 of its 5 points have finished).")
     kd = {0.0: 0.0795, 0.01: 0.07, 0.05: 0.075, 0.1: 0.08, 0.5: 0.078, 1.0: 0.07}
-    assert report.claim_line("lambda_kd", points(kd)) == (  # 0 drops too little
+    assert claims.claim_line("lambda_kd", points(kd)) == (  # 0 drops too little
         "The paper's claim, lambda_kd near 0.1 is best (0.05 to 0.5), and 0 drops clearly (2% or "
         "more below the best): does not hold here (best test NDCG@20 on seed 1 at lambda_kd = "
         "0.1, 0.0800; lambda_kd = 0: 0.0795, -0.6%).")
-    assert "holds" in report.claim_line("lambda_kd", points({**kd, 0.0: 0.07}))
+    assert "holds" in claims.claim_line("lambda_kd", points({**kd, 0.0: 0.07}))
     # "0 drops clearly" needs lambda_kd = 0 itself, however many other points are in.
-    assert report.claim_line("lambda_kd", points({v: s for v, s in kd.items() if v})) is None
+    assert claims.claim_line("lambda_kd", points({v: s for v, s in kd.items() if v})) is None
+
+
+def test_a_point_that_must_drop_is_compared_with_the_best_on_every_seed_the_two_share():
+    # lambda_kd 0 and the reference (0.1) ran seeds 1 and 2; the other points seed 1 alone.  On
+    # seed 1, 0 is 1% below the best (not clear); on both seeds, 3% (clear).
+    def point(by_seed):
+        return {"seeds": [int(s) for s in by_seed],
+                "test_by_seed": {s: {"NDCG@20": v} for s, v in by_seed.items()}}
+
+    kd = {"0": point({"1": 0.0792, "2": 0.0760}), "0.01": point({"1": 0.07}),
+          "0.1": point({"1": 0.08, "2": 0.08}), "1": point({"1": 0.07})}
+    assert claims.claim_line("lambda_kd", kd) == (
+        "The paper's claim, lambda_kd near 0.1 is best (0.05 to 0.5), and 0 drops clearly (2% or "
+        "more below the best): holds here (best test NDCG@20 on seed 1 at lambda_kd = 0.1, "
+        "0.0800; lambda_kd = 0: 0.0776 against 0.0800 on seeds 1, 2, which both finished, -3.0% "
+        "(on seed 1: 0.0792, -1.0%); provisional: 4 of its 6 points have finished).")
+    # Where the best has seed 1 alone, seed 1 is all the two share.
+    kd["0.01"] = point({"1": 0.09})
+    assert claims.claim_line("lambda_kd", kd) == (
+        "The paper's claim, lambda_kd near 0.1 is best (0.05 to 0.5), and 0 drops clearly (2% or "
+        "more below the best): does not hold here (best test NDCG@20 on seed 1 at lambda_kd = "
+        "0.01, 0.0900; lambda_kd = 0: 0.0792, -12.0%; provisional: 4 of its 6 points have "
+        "finished).")
 
 
 def test_sweep_points_are_compared_on_the_seeds_they_all_finished(tmp_path):
