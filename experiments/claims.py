@@ -21,8 +21,9 @@ CLEAR_DROP = 0.02  # "drops clearly": this far or further below the best, relati
 CLAIMS = {
     "L": ("L works best between 2 and 4", lambda best: 2 <= best <= 4, ()),
     "alpha": ("alpha near 0.5 is best (0.3 to 0.7)", lambda best: 0.3 <= best <= 0.7, ()),
-    "lambda_kd": ("lambda_kd near 0.1 is best (0.05 to 0.5), and 0 drops clearly (2% or more "
-                  "below the best)", lambda best: 0.05 <= best <= 0.5, (0.0,)),
+    "lambda_kd": ("lambda_kd near 0.1 is best (0.05 to 0.5), and 0 drops clearly "
+                  f"({100 * CLEAR_DROP:g}% or more below the best)",
+                  lambda best: 0.05 <= best <= 0.5, (0.0,)),
     "tau": ("tau 0.05 or 0.1 is best", lambda best: best in (0.05, 0.1), ()),
 }
 
@@ -47,7 +48,7 @@ class ClaimVerdict(NamedTuple):
     seeds: list[str]  # the seeds every finished point has
     scores: dict[float, float]  # value -> test NDCG@20 on those seeds
     best: float
-    drops: list[Drop]
+    drops: list[Drop]  # the points the claim says fall clearly below the best
 
     @property
     def wording(self) -> str:
@@ -55,9 +56,9 @@ class ClaimVerdict(NamedTuple):
 
 
 def claim_verdict(param: str, points: dict) -> ClaimVerdict | None:
-    """Whether the paper's claim about ``param`` holds on the finished points, as
-    :data:`CLAIMS` decides it, and whether that is provisional (not every point
-    finished); None until :data:`MIN_CLAIM_POINTS` of them, and those it needs, have finished."""
+    """Whether the paper's claim about ``param`` holds on the finished points, as :data:`CLAIMS`
+    decides it, and whether that is provisional (not every point finished); None until
+    :data:`MIN_CLAIM_POINTS` of them, and those it needs, have finished."""
     seeds, scores = sweep_scores(points)
     _, in_range, must_drop = CLAIMS[param]
     if len(scores) < MIN_CLAIM_POINTS or any(v not in scores for v in must_drop):
