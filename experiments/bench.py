@@ -115,7 +115,7 @@ def step_breakdown(trainer: Trainer, state, batch: Batch) -> dict:
     states = trainer.model.apply(state.params, batch.items, deterministic=True, **packed)
     states = jnp.pad(states.reshape(-1, d)[positions], ((0, pad), (0, 0)))
     distill = config.loss.lambda_kd > 0
-    teacher = trainer.arrays.teacher.rows(heads, weights, batch.pair_capacity) if distill else None
+    teacher = trainer.arrays.teacher.rows(heads, weights) if distill else None
     students = (ted_students(lookup_rows(table, heads, n), key, config.model.dropout,
                              config.loss.tau)
                 if distill else None)
@@ -142,7 +142,6 @@ def step_breakdown(trainer: Trainer, state, batch: Batch) -> dict:
     flops = nwide_flops(rows, d, n)
     return {
         "capacity": capacity, "packed_rows": batch.items.shape[0],
-        "pair_capacity": batch.pair_capacity,
         "step_ms": round(step_s * 1e3, 1),
         "nwide_loss_ms": round(nwide_s * 1e3, 1),
         "nwide_matmuls_ms": round(matmul_s * 1e3, 1),

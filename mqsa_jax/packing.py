@@ -10,9 +10,6 @@ A batch is the release's: 256 users in the shuffled order.  What the step comput
   position's state is the one of the unpacked row.
 - **Targets.** Only positions with a real target reach the N-wide products, packed into a
   buffer of ``capacity`` rows (a multiple of 256, so an epoch compiles a handful of shapes).
-- **Teacher pairs.** TED's observed successors of those positions' items, packed into
-  ``pair_capacity`` (row, item) pairs: a fixed multiple of ``capacity`` per dataset, so they add
-  no shapes of their own (a larger size is used for the rare batch that needs it).
 
 The static sizes travel with the batch (:class:`Batch`'s non-pytree fields and the number of its
 rows), so each distinct combination is one compiled step.
@@ -31,9 +28,6 @@ import numpy as np
 CAPACITY_QUANTUM = 256
 # Likewise for the number of packed rows.
 ROWS_QUANTUM = 8
-# Teacher pairs get this much headroom over the dataset's mean pairs per target, so that nearly
-# every batch fits ``capacity * ratio`` pairs.
-PAIR_HEADROOM = 1.15
 
 
 @flax.struct.dataclass
@@ -49,7 +43,6 @@ class Batch:
     segments: jax.Array  # [R, T] int32
     positions: jax.Array  # [R, T] int32
     capacity: int = flax.struct.field(pytree_node=False)
-    pair_capacity: int = flax.struct.field(pytree_node=False)
 
 
 def round_up(value: int, quantum: int) -> int:
@@ -80,22 +73,17 @@ class Packing:
 
     Args:
       inputs, targets: [U, T] the users' left-padded training rows.
-      pairs_per_user: [U] TED teacher pairs of each user: the observed successors of the items
-        at its real target positions, summed (zeros when TED is off).
       padding_id: the padding item id.
       batch_size: users per batch.
       row_multiple: the packed rows are a multiple of this (the mesh's ``data`` axis).
     """
 
-    def __init__(self, inputs: np.ndarray, targets: np.ndarray, pairs_per_user: np.ndarray,
-                 padding_id: int, batch_size: int, row_multiple: int = 1):
+    def __init__(self, inputs: np.ndarray, targets: np.ndarray, padding_id: int,
+                 batch_size: int, row_multiple: int = 1):
         self.inputs, self.targets, self.padding_id = inputs, targets, padding_id
         self.batch_size = batch_size
         self.lengths = (targets != padding_id).sum(axis=1)
-        self.pairs = pairs_per_user
         self.row_quantum = np.lcm(ROWS_QUANTUM, row_multiple)
-        mean_pairs = self.pairs.sum() / max(self.lengths.sum(), 1)
-        self.pair_ratio = max(1, int(np.ceil(PAIR_HEADROOM * mean_pairs)))
 
     def batches(self, order: np.ndarray) -> Iterator[tuple[Batch, int]]:
         """Yields each batch of ``order`` (host arrays) with its number of real targets."""
@@ -125,8 +113,4 @@ class Packing:
         packed["positions"][target] = source[1]
         count = len(segment)
         capacity = max(CAPACITY_QUANTUM, round_up(count, CAPACITY_QUANTUM))
-        pairs = int(self.pairs[users].sum())
-        pair_capacity = capacity * self.pair_ratio
-        if pairs > pair_capacity:
-            pair_capacity = round_up(pairs, capacity)
-        return Batch(**packed, capacity=capacity, pair_capacity=pair_capacity), count
+        return Batch(**packed, capacity=capacity), count

@@ -12,17 +12,17 @@ import functools
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from mqsa_jax.config import Config
 from mqsa_jax.data.arrays import SequenceData
-from mqsa_jax.losses import TeacherWeights, fused_losses, l2_penalty, ted_students
+from mqsa_jax.losses import fused_losses, l2_penalty
 from mqsa_jax.model import MQSA, item_table
 from mqsa_jax.packing import Batch
 from mqsa_jax.partitioning import Partitioner
 from mqsa_jax.state import TrainState
 from mqsa_jax.tables import lookup_rows
+from mqsa_jax.teacher import TeacherWeights, ted_students
 
 
 @flax.struct.dataclass
@@ -34,16 +34,6 @@ class TrainArrays:
     @classmethod
     def from_data(cls, data: SequenceData, config: Config) -> TrainArrays:
         return cls(teacher=TeacherWeights.from_transitions(data.transitions, config.loss.tau))
-
-
-def pairs_per_user(data: SequenceData, teacher: TeacherWeights, config: Config) -> np.ndarray:
-    """[U] TED teacher pairs of each user: the successors of the items at its real target
-    positions (zeros without TED); the packing sizes each batch's pair buffer from them."""
-    if config.loss.lambda_kd == 0:
-        return np.zeros(data.num_users, np.int64)
-    real = data.train_targets != data.padding_id
-    successors = np.append(teacher.successor_counts, 0)  # the padding id has none
-    return np.where(real, successors[data.train_inputs], 0).sum(axis=1)
 
 
 def make_loss_fn(model: MQSA, config: Config):
@@ -66,7 +56,7 @@ def make_loss_fn(model: MQSA, config: Config):
             heads = batch.items.reshape(-1)[positions]
             head_rows = lookup_rows(table, heads, model.num_items, batch_split=False)
             students = ted_students(head_rows, student_key, config.model.dropout, loss_config.tau)
-            teacher_rows = teacher.rows(heads, weights, batch.pair_capacity)
+            teacher_rows = teacher.rows(heads, weights)
         rec, kd = fused_losses(states, batch.targets.reshape(-1)[positions], weights, table,
                                students, teacher_rows, loss_config.logits_chunk,
                                num_items=model.num_items)

@@ -37,7 +37,7 @@ from mqsa_jax.runs import (
     prepare_data,
 )
 from mqsa_jax.state import TrainState, init_state, logical_specs, make_optimizer
-from mqsa_jax.steps import TrainArrays, make_train_step, pairs_per_user
+from mqsa_jax.steps import TrainArrays, make_train_step
 
 
 class Trainer:
@@ -55,11 +55,9 @@ class Trainer:
             logical_specs(self.model, self.optimizer, config))
         self.train_step = make_train_step(self.model, self.optimizer, config, partitioner,
                                           self.state_shardings)
-        host_arrays = TrainArrays.from_data(data, config)
-        self.arrays = partitioner.replicate(host_arrays)
-        self.packing = Packing(data.train_inputs, data.train_targets,
-                               pairs_per_user(data, host_arrays.teacher, config),
-                               data.padding_id, config.train.batch_size, partitioner.data)
+        self.arrays = partitioner.replicate(TrainArrays.from_data(data, config))
+        self.packing = Packing(data.train_inputs, data.train_targets, data.padding_id,
+                               config.train.batch_size, partitioner.data)
         self.evaluators = make_evaluators(self.model, data, config, partitioner)
         self.targets_per_epoch = int((data.train_targets != data.padding_id).sum())
 

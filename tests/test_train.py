@@ -7,8 +7,9 @@ import pytest
 from mqsa_jax.config import build_config
 from mqsa_jax.data import registry
 from mqsa_jax.data.arrays import build_sequence_data
-from mqsa_jax.losses import TeacherWeights, l2_penalty
+from mqsa_jax.losses import l2_penalty
 from mqsa_jax.model import item_table
+from mqsa_jax.teacher import TeacherWeights
 from mqsa_jax.train import Trainer
 from tests.helpers import first_users, run_cli, small_data, tiny_train_args
 
