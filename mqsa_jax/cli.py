@@ -7,6 +7,7 @@ import logging
 import sys
 
 from mqsa_jax import commands
+from mqsa_jax.data.importers import FORMATS
 from mqsa_jax.errors import UserError
 
 PROG = "mqsa-jax"
@@ -49,12 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = data_commands.add_parser("import", help="turn an interaction log into a dataset")
     p.add_argument("path")
-    p.add_argument("--format", required=True, choices=["csv", "sasrec", "recbole"])
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="csv (tsv with a .tsv name), sasrec, recbole or parquet")
     p.add_argument("--name", required=True, help="dataset name (lower-case letters, digits, _)")
     p.add_argument("--min-count", type=int, default=5, help="k of the k-core filter (default 5)")
-    p.add_argument("--user-col", default="user_id", help="csv/recbole user column")
-    p.add_argument("--item-col", default="item_id", help="csv/recbole item column")
-    p.add_argument("--time-col", default="timestamp", help="csv/recbole time column")
+    p.add_argument("--user-col", default="user_id", help="csv/recbole/parquet user column")
+    p.add_argument("--item-col", default="item_id", help="csv/recbole/parquet item column")
+    p.add_argument("--time-col", default="timestamp", help="csv/recbole/parquet time column")
     p.add_argument("--delimiter", help="csv field delimiter (default: tab for .tsv, else comma)")
     p.add_argument("--encoding", default="utf-8",
                    help="the file's text encoding, e.g. latin-1 or cp1252 (default utf-8)")

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mqsa_jax.data import registry
+from mqsa_jax.data import importers, registry
 from mqsa_jax.data.from_log import build_dataset, dense_ids, k_core
 from mqsa_jax.data.importers import Columns, read_csv, read_recbole, read_sasrec
 from mqsa_jax.data.release import RELEASE_DATASETS
@@ -113,9 +113,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, text,
 
 def test_unknown_format_and_bad_name(tmp_path, capsys):
     path = _write(tmp_path, "log", "1 2\n")
-    code, _, err = run_cli(capsys, "data", "import", str(path), "--format", "parquet",
+    code, _, err = run_cli(capsys, "data", "import", str(path), "--format", "xlsx",
                            "--name", "m")
-    assert code == 2 and "invalid choice: 'parquet'" in err and err.count("\n") == 1
+    assert code == 2 and "invalid choice: 'xlsx'" in err and err.count("\n") == 1
     code, _, err = run_cli(capsys, "data", "import", str(path), "--format", "sasrec",
                            "--name", "Bad Name")
     assert code == 2 and "dataset name 'Bad Name'" in err
@@ -176,3 +176,64 @@ def test_build_dataset_reports_what_the_k_core_removed(tmp_path):
                                  "users_removed": 2, "items_removed": 1}
     assert dataset.user_ids.tolist() == ["u1", "u2"]
     assert dataset.item_ids.tolist() == ["a", "b", "c"]
+
+
+def _log_text(users=9, per_user=7):
+    """A CSV log with quoted and padded fields, ties in time, string and integer ids."""
+    rows = [f' "u{u}" ,{(u * 3 + k) % 6},{1000 + (k // 2)}\n' for u in range(users)
+            for k in range(per_user)]
+    return "user_id,item_id,timestamp\n" + "".join(reversed(rows))
+
+
+def test_the_columnar_reader_and_the_exact_reader_give_one_dataset(tmp_path, monkeypatch):
+    path = _write(tmp_path, "log.csv", _log_text())
+    fast = importers._arrow_table(path, ",", lambda _p, h: [x.strip() for x in h], Columns(),
+                                  "utf-8")
+    assert fast is not None  # the file takes the columnar path
+    columnar, columnar_summary = build_dataset("x", read_csv(path), min_count=2)
+    monkeypatch.setattr(importers, "_arrow_table", lambda *args: None)
+    exact, exact_summary = build_dataset("x", read_csv(path), min_count=2)
+    assert columnar_summary == exact_summary
+    for key in ("train_items", "train_offsets", "valid", "test", "user_ids", "item_ids"):
+        np.testing.assert_array_equal(getattr(columnar, key), getattr(exact, key))
+
+
+def test_parquet_gives_the_csv_dataset_and_names_the_bad_row(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    csv_path = _write(tmp_path, "log.csv", _log_text().replace('"', "").replace(" ", ""))
+    table = pa_csv.read_csv(csv_path)  # integer item ids, as Parquet files often have them
+    pq.write_table(table, tmp_path / "log.parquet")
+    from_csv, _ = build_dataset("x", read_csv(csv_path), min_count=2)
+    from_parquet, _ = build_dataset("x", importers.read_parquet(tmp_path / "log.parquet"), 2)
+    for key in ("train_items", "train_offsets", "valid", "test", "user_ids", "item_ids"):
+        np.testing.assert_array_equal(getattr(from_parquet, key), getattr(from_csv, key))
+    times = table["timestamp"].to_pylist()
+    times[4] = None
+    pq.write_table(table.set_column(2, "timestamp", pa.array(times, pa.float64())),
+                   tmp_path / "bad.parquet")
+    for name, message in (("bad.parquet", "bad.parquet: row 5: timestamp None is not a finite"),
+                          ("log.csv", "log.csv: not a readable Parquet file")):
+        code, _, err = run_cli(capsys, "data", "import", str(tmp_path / name), "--format",
+                               "parquet", "--name", "p", "--data-dir", str(tmp_path / "d"))
+        assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_a_block_of_records_loads_just_its_users(tmp_path, capsys):
+    """Records hold consecutive users; a process reads only the records it asks for."""
+    from mqsa_jax.data import tfds_dataset
+    from mqsa_jax.data.dataset import load_id_maps
+
+    root = tmp_path / "data"
+    whole = registry.load_dataset("toys", root)
+    prepared = tfds_dataset.prepared_dir(root / "tfds", "toys")
+    per = tfds_dataset.USERS_PER_RECORD
+    part = tfds_dataset.load(prepared, "toys", *load_id_maps(registry.store_path("toys", root)),
+                             records=[3, 1])
+    users = np.r_[per:2 * per, 3 * per:4 * per]
+    np.testing.assert_array_equal(part.user_ids, whole.user_ids[users])
+    np.testing.assert_array_equal(part.valid, whole.valid[users])
+    for k, user in enumerate(users[::97]):
+        np.testing.assert_array_equal(part.train_sequence(k * 97), whole.train_sequence(user))

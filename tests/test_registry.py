@@ -37,14 +37,19 @@ def test_tfds_dataset_equals_the_store(data_root):
 def test_tfds_loads_it_directly_without_tensorflow(data_root):
     registry.load_dataset("toys", data_root)
     source = tfds.data_source("mqsa_sequences/toys", data_dir=str(data_root / "tfds"))
-    users = source["users"]
-    assert len(users) == 19412
-    record = users[0]
-    assert set(record) == {"user", "train", "valid", "test"}
+    records = source["users"]
+    # Records of 1,024 consecutive users each, read by index.
+    assert len(records) == tfds_dataset.num_records(19412) == 19
+    blocks = [records[i] for i in range(len(records))]
+    assert set(blocks[0]) == {"first_user", "lengths", "train", "valid", "test"}
+    firsts = sorted(int(b["first_user"]) for b in blocks)
+    assert firsts == list(range(0, 19412, tfds_dataset.USERS_PER_RECORD))
+    assert sum(len(b["valid"]) for b in blocks) == 19412
+    assert all(len(b["train"]) == b["lengths"].sum() for b in blocks)
     builder = tfds.builder_from_directory(
         str(tfds_dataset.prepared_dir(data_root / "tfds", "toys")))
     assert builder.info.metadata["num_items"] == 11924
-    assert builder.info.splits["users"].num_examples == 19412
+    assert builder.info.metadata["num_users"] == 19412
 
 
 def test_data_list_shows_builtins(capsys):

@@ -86,7 +86,9 @@ class Dataset:
 def save_store(dataset: Dataset, path: Path) -> None:
     """Writes ``dataset`` to ``path`` atomically: a reader sees the old file or the new one."""
     with atomic_output(path) as f:
-        np.savez_compressed(
+        # Uncompressed: a 10^7-event store wrote in 6 s compressed, and its size is small beside
+        # the log's.
+        np.savez(
             f,
             train_items=dataset.train_items.astype(np.int32),
             train_offsets=dataset.train_offsets.astype(np.int64),

@@ -47,38 +47,46 @@ def dense_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniques[order], rank[codes]
 
 
+def dense_codes(names: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`dense_ids` of ``names[codes]`` without spelling out an id per entry: (the sorted
+    ids that occur, each entry's dense code)."""
+    present = np.flatnonzero(np.bincount(codes, minlength=len(names)))
+    local = np.zeros(len(names), np.int64)
+    local[present] = np.arange(len(present))
+    uniques, rank = dense_ids(names[present])
+    return uniques, rank[local[codes]]
+
+
 def build_dataset(name: str, log: EventLog, min_count: int = 5) -> tuple[Dataset, dict]:
     """k-core filter, per-user time order (ties in file order), leave-one-out split, dense ids.
 
-    Returns the dataset and a summary of what was removed at each step.
+    Every step runs on the log's integer columns.  Returns the dataset and a summary of what
+    was removed at each step.
     """
     if min_count < 1:
         raise UserError(f"--min-count {min_count}: expected a positive integer")
-    user_uniques, user_codes = np.unique(log.users, return_inverse=True)
-    item_uniques, item_codes = np.unique(log.items, return_inverse=True)
-    keep, passes = k_core(user_codes, item_codes, min_count)
+    keep, passes = k_core(log.users, log.items, min_count)
     if not keep.any():
         raise UserError(
             f"{log.source}: the {min_count}-core filter removed every event "
             f"({len(keep)} events); lower --min-count"
         )
-    users, items = log.users[keep], log.items[keep]
-    times, lines = log.times[keep], log.lines[keep]
+    users, items, times = log.users[keep], log.items[keep], log.times[keep]
+    kept_items = int(np.count_nonzero(np.bincount(items)))
 
     # Users left with too few events for leave-one-out are dropped (only possible for k < 3).
-    _, kept_users, user_counts = np.unique(users, return_inverse=True, return_counts=True)
-    long_enough = user_counts[kept_users] >= MIN_EVENTS_PER_USER
-    short_users = int((user_counts < MIN_EVENTS_PER_USER).sum())
+    user_counts = np.bincount(users, minlength=len(log.user_ids))
+    long_enough = user_counts[users] >= MIN_EVENTS_PER_USER
+    short_users = int(((user_counts > 0) & (user_counts < MIN_EVENTS_PER_USER)).sum())
     if not long_enough.any():
         raise UserError(
             f"{log.source}: no user has {MIN_EVENTS_PER_USER} or more events after filtering"
         )
-    users, items = users[long_enough], items[long_enough]
-    times, lines = times[long_enough], lines[long_enough]
+    users, items, times = users[long_enough], items[long_enough], times[long_enough]
 
-    user_ids, user_index = dense_ids(users)
-    item_ids, item_index = dense_ids(items)
-    order = np.lexsort((lines, times, user_index))
+    user_ids, user_index = dense_codes(log.user_ids, users)
+    item_ids, item_index = dense_codes(log.item_ids, items)
+    order = np.lexsort((times, user_index))  # stable: ties keep the file's order
     offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
     np.cumsum(np.bincount(user_index, minlength=len(user_ids)), out=offsets[1:])
     dataset = from_full_sequences(
@@ -90,8 +98,8 @@ def build_dataset(name: str, log: EventLog, min_count: int = 5) -> tuple[Dataset
             "min_count": min_count,
             "passes": passes,
             "events_removed": int((~keep).sum()),
-            "users_removed": len(user_uniques) - len(np.unique(user_codes[keep])),
-            "items_removed": len(item_uniques) - len(np.unique(item_codes[keep])),
+            "users_removed": len(log.user_ids) - int((user_counts > 0).sum()),
+            "items_removed": len(log.item_ids) - kept_items,
         },
         "users_dropped_too_short": short_users,
         "events_dropped_too_short": int((~long_enough).sum()),

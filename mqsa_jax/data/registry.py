@@ -4,7 +4,7 @@ The user data directory (``--data-dir``, else ``$MQSA_DATA_DIR``, else
 ``~/.local/share/mqsa-jax``) holds::
 
     imported/<name>.npz                    stores written by `mqsa-jax data import`
-    tfds/mqsa_sequences/<name>/1.0.0/      TFDS datasets prepared from the stores (built-in too)
+    tfds/mqsa_sequences/<name>/2.0.0/      TFDS datasets prepared from the stores (built-in too)
 
 Built-in stores ship inside the package (``mqsa_jax/data/builtin``).
 """

@@ -1,7 +1,11 @@
 """Datasets as TFDS builders over array_record files, read through TFDS data sources.
 
 TensorFlow is not needed: the builder writes array_record files, and reading goes through
-``as_data_source()``.  One example per user: ``{"user", "train", "valid", "test"}``.  The
+``as_data_source()``.  One example holds a block of :data:`USERS_PER_RECORD` consecutive users
+as columns (``first_user``; each user's training ``lengths``, the ``train`` items end to end, and
+the ``valid`` and ``test`` items; raw bytes, no per-value encoding), so a log of millions of
+users is written and read in thousands of records, with no Python work per user or event.  A
+process that trains on some users reads only their records, by index (:func:`load`).  The
 dataset's statistics are in the builder's metadata, so ``tfds.builder_from_directory`` alone
 tells what a prepared dataset holds.
 """
@@ -9,12 +13,14 @@ tells what a prepared dataset holds.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
 import logging
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +30,11 @@ from mqsa_jax.data.dataset import Dataset, load_store
 
 BUILDER_NAME = "mqsa_sequences"
 SPLIT = "users"
+# Users per record: a record of a log's users is a few tens of KiB, and 10^7 users are 10^4
+# records.
+USERS_PER_RECORD = 1024
+_COLUMN = functools.partial(tfds.features.Tensor, shape=(None,), dtype=np.int32,
+                            encoding=tfds.features.Encoding.BYTES)
 
 tfds.display_progress_bar(False)
 logging.getLogger("absl").setLevel(logging.ERROR)
@@ -33,8 +44,11 @@ class SequenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Prepares one dataset (the builder config's name) from its pickle-free store."""
 
     name = BUILDER_NAME
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Per user: time-ordered training items, one valid and one test item."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Per user: time-ordered training items, one valid and one test item.",
+        "2.0.0": "Records of 1,024 users each, as columns.",
+    }
 
     def __init__(self, *, store: Path, dataset_name: str, data_dir: Path):
         self._dataset = load_store(store, dataset_name)
@@ -51,12 +65,16 @@ class SequenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             description="Leave-one-out interaction sequences for sequential recommendation.",
             features=tfds.features.FeaturesDict(
                 {
-                    "user": np.int32,
-                    "train": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-                    "valid": np.int32,
-                    "test": np.int32,
+                    "first_user": np.int64,
+                    "lengths": _COLUMN(),
+                    "train": _COLUMN(),
+                    "valid": _COLUMN(),
+                    "test": _COLUMN(),
                 }
             ),
+            # Record k holds users k * USERS_PER_RECORD onwards: a process's users are a range
+            # of record indices.
+            disable_shuffling=True,
             metadata=tfds.core.MetadataDict(
                 **self._dataset.statistics(), store_sha256=self._store_sha256
             ),
@@ -67,12 +85,15 @@ class SequenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self):
         dataset = self._dataset
-        for user in range(dataset.num_users):
-            yield user, {
-                "user": user,
-                "train": dataset.train_sequence(user),
-                "valid": dataset.valid[user],
-                "test": dataset.test[user],
+        for record, first in enumerate(range(0, dataset.num_users, USERS_PER_RECORD)):
+            end = min(first + USERS_PER_RECORD, dataset.num_users)
+            offsets = dataset.train_offsets
+            yield record, {
+                "first_user": first,
+                "lengths": np.diff(offsets[first:end + 1]).astype(np.int32),
+                "train": dataset.train_items[offsets[first]:offsets[end]],
+                "valid": dataset.valid[first:end],
+                "test": dataset.test[first:end],
             }
 
 
@@ -113,29 +134,43 @@ def prepare(store: Path, dataset_name: str, tfds_root: Path) -> Path:
     return target
 
 
-def read_sequences(prepared: Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Reads a prepared dataset through its TFDS data source.
+def num_records(num_users: int) -> int:
+    """How many records hold ``num_users`` users."""
+    return -(-num_users // USERS_PER_RECORD)
 
-    Returns the metadata and, ordered by user, the concatenated train items, their offsets, and
-    the valid and test items.
+
+def read_sequences(prepared: Path, records: Sequence[int] | None = None
+                   ) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Reads records of a prepared dataset through its TFDS data source.
+
+    Args:
+      prepared: the prepared dataset's directory.
+      records: which records (each :data:`USERS_PER_RECORD` users; None: all).
+
+    Returns:
+      The metadata and, ordered by user, the users read [U'], their concatenated train items,
+      their offsets [U' + 1], and their valid and test items [U'].
     """
     builder = tfds.builder_from_directory(str(prepared))
     source = builder.as_data_source()[SPLIT]
-    records = source.__getitems__(range(len(source)))
-    users = np.fromiter((r["user"] for r in records), dtype=np.int64, count=len(records))
-    order = np.argsort(users)
-    ordered = [records[i] for i in order]
-    lengths = np.fromiter((len(r["train"]) for r in ordered), dtype=np.int64, count=len(ordered))
-    offsets = np.zeros(len(ordered) + 1, dtype=np.int64)
+    blocks = source.__getitems__(range(len(source)) if records is None else sorted(records))
+    lengths = np.concatenate([b["lengths"] for b in blocks] or [np.zeros(0, np.int32)])
+    users = np.concatenate([int(b["first_user"]) + np.arange(len(b["lengths"]))
+                            for b in blocks] or [np.zeros(0, np.int64)])
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    train = np.concatenate([r["train"] for r in ordered]).astype(np.int32)
-    valid = np.fromiter((r["valid"] for r in ordered), dtype=np.int32, count=len(ordered))
-    test = np.fromiter((r["test"] for r in ordered), dtype=np.int32, count=len(ordered))
-    return dict(builder.info.metadata), train, offsets, valid, test
+
+    def column(name):
+        return np.concatenate([b[name] for b in blocks] or [np.zeros(0, np.int32)])
+
+    return (dict(builder.info.metadata), users, column("train"), offsets, column("valid"),
+            column("test"))
 
 
-def load(prepared: Path, dataset_name: str, user_ids: np.ndarray, item_ids: np.ndarray) -> Dataset:
-    metadata, train, offsets, valid, test = read_sequences(prepared)
+def load(prepared: Path, dataset_name: str, user_ids: np.ndarray, item_ids: np.ndarray,
+         records: Sequence[int] | None = None) -> Dataset:
+    """The dataset of a prepared directory: its users of ``records`` (None: every user)."""
+    metadata, users, train, offsets, valid, test = read_sequences(prepared, records)
     dataset = Dataset(
         name=dataset_name,
         train_items=train,
@@ -143,7 +178,7 @@ def load(prepared: Path, dataset_name: str, user_ids: np.ndarray, item_ids: np.n
         valid=valid,
         test=test,
         num_items=int(metadata["num_items"]),
-        user_ids=user_ids,
+        user_ids=user_ids[users],
         item_ids=item_ids,
     )
     dataset.validate(str(prepared))
