@@ -15,10 +15,7 @@ it the same way or names the line at fault in one error: bad input costs time, n
 
 from __future__ import annotations
 
-import codecs
-import contextlib
 import csv
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -28,88 +25,18 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from mqsa_jax.data.dataset import Dataset, full_sequences
+from mqsa_jax.data.events import (
+    DEFAULT_COLUMNS,
+    DEFAULT_ENCODING,
+    Columns,
+    EventLog,
+    arrow_log,
+    open_text,
+)
 from mqsa_jax.errors import UserError
 from mqsa_jax.io import write_text_atomic
 
 FORMATS = ("csv", "sasrec", "recbole", "parquet")
-
-
-@dataclasses.dataclass(frozen=True)
-class EventLog:
-    """Events in file order (a stable sort by time keeps ties in file order), as columns.
-
-    ``users`` and ``items`` [E] are codes into ``user_ids`` and ``item_ids``, the distinct ids
-    as the file spells them; ``times`` [E] float64 (the file order where there is no time).
-    """
-
-    source: str
-    users: np.ndarray
-    items: np.ndarray
-    user_ids: np.ndarray
-    item_ids: np.ndarray
-    times: np.ndarray
-
-    @classmethod
-    def from_strings(cls, source: str, users: np.ndarray, items: np.ndarray,
-                     times: np.ndarray) -> EventLog:
-        user_ids, user_codes = np.unique(users, return_inverse=True)
-        item_ids, item_codes = np.unique(items, return_inverse=True)
-        return cls(source, user_codes, item_codes, user_ids, item_ids, times)
-
-    @classmethod
-    def from_arrow(cls, source: str, users: pa.ChunkedArray, items: pa.ChunkedArray,
-                   times: np.ndarray) -> EventLog:
-        user_ids, user_codes = _encode(users)
-        item_ids, item_codes = _encode(items)
-        return cls(source, user_codes, item_codes, user_ids, item_ids, times)
-
-
-def _encode(ids: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct ids as a numpy str array, [E] int32 code of each entry), by hashing."""
-    encoded = ids.dictionary_encode().combine_chunks()
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-    return np.asarray(encoded.dictionary.to_pylist(), dtype=str), codes
-
-
-@dataclasses.dataclass(frozen=True)
-class Columns:
-    user: str = "user_id"
-    item: str = "item_id"
-    time: str = "timestamp"
-
-
-DEFAULT_ENCODING = "utf-8"
-
-
-@contextlib.contextmanager
-def _open_text(path: Path, encoding: str):
-    """``path`` as text; a byte that does not decode ends in one line naming its line."""
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise UserError(f"--encoding {encoding!r}: not a known text encoding") from None
-    try:
-        f = open(path, newline="", encoding=encoding)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    with f:
-        try:
-            yield f
-        except UnicodeDecodeError as e:
-            raise UserError(_undecodable(path, encoding, e)) from None
-
-
-def _undecodable(path: Path, encoding: str, error: UnicodeDecodeError) -> str:
-    """Where the file stops decoding: its first line that does not decode, and the byte."""
-    hint = "pass --encoding (for example --encoding latin-1)"
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                raw.decode(encoding)
-            except UnicodeDecodeError as e:
-                return (f"{path}:{number}: byte 0x{raw[e.start]:02x} at column {e.start + 1} "
-                        f"is not {encoding} text (a binary file?); {hint}")
-    return f"{path}: not {encoding} text ({error.reason}); {hint}"
 
 
 def _check_no_nul(path: Path, line: int, *fields: str) -> None:
@@ -147,7 +74,7 @@ def _read_table(path: Path, delimiter: str, header_columns, columns: Columns, ne
     log = _arrow_table(path, delimiter, header_columns, columns, encoding)
     if log is not None:
         return log
-    with _open_text(path, encoding) as f:
+    with open_text(path, encoding) as f:
         rows = csv.reader(f, delimiter=delimiter)
         try:
             return _parse_table(path, rows, header_columns, columns, need_time)
@@ -198,7 +125,7 @@ def _arrow_table(path: Path, delimiter: str, header_columns, columns: Columns,
     """The file read by Arrow, or None where the exact reader must read it (or say what is
     wrong with it): Arrow refused it, or the header or a column breaks a rule."""
     try:
-        with _open_text(path, encoding) as f:
+        with open_text(path, encoding) as f:
             header = next((row for row in csv.reader(f, delimiter=delimiter) if row), None)
     except (UserError, csv.Error):
         return None
@@ -223,27 +150,10 @@ def _arrow_table(path: Path, delimiter: str, header_columns, columns: Columns,
         times = table[raw[columns.time]].to_numpy()  # a missing time reads as NaN
         if not np.isfinite(times).all():
             return None
-    return _arrow_log(path, table[raw[columns.user]], table[raw[columns.item]], times)
+    return arrow_log(path, table[raw[columns.user]], table[raw[columns.item]], times)
 
 
-def _arrow_log(path: Path, users: pa.ChunkedArray, items: pa.ChunkedArray,
-               times: np.ndarray | None, separators: str = "") -> EventLog | None:
-    """The log of Arrow's id columns (stripped, as the exact reader strips them), or None
-    where an id is empty or holds a NUL byte (or one of ``separators``, a regex class)."""
-    if len(users) == 0:
-        return None
-    users, items = pc.utf8_trim_whitespace(users), pc.utf8_trim_whitespace(items)
-    forbidden = "[\\x00" + separators + "]"
-    for ids in (users, items):
-        if ids.null_count or pc.min(pc.utf8_length(ids)).as_py() == 0 or pc.any(
-                pc.match_substring_regex(ids, forbidden)).as_py():
-            return None
-    if times is None:  # the file order is the time order
-        times = np.arange(len(users), dtype=np.float64)
-    return EventLog.from_arrow(str(path), users, items, times)
-
-
-def read_csv(path: Path, columns: Columns = Columns(), delimiter: str | None = None,
+def read_csv(path: Path, columns: Columns = DEFAULT_COLUMNS, delimiter: str | None = None,
              encoding: str = DEFAULT_ENCODING) -> EventLog:
     """CSV/TSV with a header; the delimiter defaults to a tab for .tsv/.tab files, else a comma."""
     if delimiter is None:
@@ -264,7 +174,7 @@ def _recbole_header(path: Path, header: list[str]) -> list[str]:
     return names
 
 
-def read_recbole(path: Path, columns: Columns = Columns(),
+def read_recbole(path: Path, columns: Columns = DEFAULT_COLUMNS,
                  encoding: str = DEFAULT_ENCODING) -> EventLog:
     """RecBole atomic ``.inter`` file: tab-separated, ``name:type`` header fields.
 
@@ -279,7 +189,7 @@ def read_sasrec(path: Path, encoding: str = DEFAULT_ENCODING) -> EventLog:
     if log is not None:
         return log
     users, items, lines = [], [], []
-    with _open_text(path, encoding) as f:
+    with open_text(path, encoding) as f:
         for line_number, line in enumerate(f, 1):
             _check_no_nul(path, line_number, line)
             fields = line.split()
@@ -313,19 +223,19 @@ def _arrow_sasrec(path: Path, encoding: str) -> EventLog | None:
                                                                 "item": pa.string()}))
     except (pa.ArrowException, ValueError, OSError):
         return None
-    return _arrow_log(path, table["user"], table["item"], None, separators="\\s")
+    return arrow_log(path, table["user"], table["item"], None, separators="\\s")
 
 
 def _open_text_check(path: Path, encoding: str) -> bool:
     """Whether opening ``path`` as ``encoding`` text fails (the exact reader then says why)."""
     try:
-        with _open_text(path, encoding):
+        with open_text(path, encoding):
             return False
     except UserError:
         return True
 
 
-def read_parquet(path: Path, columns: Columns = Columns()) -> EventLog:
+def read_parquet(path: Path, columns: Columns = DEFAULT_COLUMNS) -> EventLog:
     """A Parquet file with user, item and time columns (ids of any type, read as text)."""
     try:
         names = pq.read_schema(path).names
@@ -355,13 +265,13 @@ def read_parquet(path: Path, columns: Columns = Columns()) -> EventLog:
         row = int(np.argmax(bad))
         raise UserError(f"{path}: row {row + 1}: timestamp {table[columns.time][row].as_py()!r} "
                         f"is not a finite number")
-    log = _arrow_log(path, users, items, times)
+    log = arrow_log(path, users, items, times)
     if log is None:
         raise UserError(f"{path}: an id holds a NUL byte")
     return log
 
 
-def read_log(path: Path, fmt: str, columns: Columns = Columns(), delimiter: str | None = None,
+def read_log(path: Path, fmt: str, columns: Columns = DEFAULT_COLUMNS, delimiter: str | None = None,
              encoding: str = DEFAULT_ENCODING) -> EventLog:
     """Reads an interaction log of format ``fmt`` (one of :data:`FORMATS`), decoded with
     ``encoding``."""
