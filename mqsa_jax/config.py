@@ -92,12 +92,19 @@ class TrainConfig:
     # rows and the item table's rows go; names not listed (the rest of the parameters) are
     # replicated.  See mqsa_jax.tables for the names.
     logical_axis_rules: tuple[str, ...] = ("batch:data", "item:model")
+    # For logs whose epoch takes hours: stop after this many steps (0: no limit), and evaluate
+    # and checkpoint every this many steps as well as at each epoch's end (0: epochs only).
+    max_steps: int = 0
+    eval_every_steps: int = 0
+    # A progress line every this many seconds when stderr is not a terminal (0: none).
+    log_every_seconds: float = 60.0
 
     def __post_init__(self):
         problems = [f"logical_axis_rules: {rule!r} is not LOGICAL:data or LOGICAL:model"
                     for rule in self.logical_axis_rules
                     if len(rule.split(":")) != 2 or rule.split(":")[1] not in ("data", "model")]
         _refuse(problems + _at_least(self, ("batch_size", "epochs"), 1)
+                + _at_least(self, ("max_steps", "eval_every_steps", "log_every_seconds"), 0)
                 + _above_zero(self, ("learning_rate",)))
 
 

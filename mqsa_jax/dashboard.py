@@ -9,6 +9,8 @@ run was interrupted.
 from __future__ import annotations
 
 import shutil
+import sys
+import time
 from pathlib import Path
 
 from tensorboardX import SummaryWriter
@@ -55,9 +57,9 @@ class TensorBoardLog:
             self.append(record)
 
     def append(self, record: dict) -> None:
-        """Writes one epoch's record, at step = its epoch."""
+        """Writes one record, at its step in a run that counts steps, else at its epoch."""
         for tag, value in scalars(record).items():
-            self._writer.add_scalar(tag, value, record["epoch"])
+            self._writer.add_scalar(tag, value, record.get("step", record["epoch"]))
         self._writer.flush()
 
     def close(self) -> None:
@@ -68,3 +70,28 @@ class TensorBoardLog:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class ProgressLog:
+    """Progress lines for a log that is not a terminal (a scheduler's, nohup's): every
+    ``every_seconds`` of an epoch, one line with steps/s, targets/s and the last batch's loss.
+
+    Reading the loss waits for that step: once a line, never once a step.
+    """
+
+    def __init__(self, every_seconds: float, epoch: int, epochs: int, batches: int):
+        self.every, self.epoch, self.epochs, self.batches = every_seconds, epoch, epochs, batches
+        self.start = self.last = time.perf_counter()
+        self.first = None  # the epoch's batches done at the first step seen
+
+    def step(self, done: int, targets: int, losses: dict) -> None:
+        """After a step: ``done`` batches of the epoch, ``targets`` since this log started."""
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = done - 1
+        if not self.every or now - self.last < self.every:
+            return
+        self.last, seconds = now, now - self.start
+        print(f"epoch {self.epoch}/{self.epochs} batch {done}/{self.batches}  "
+              f"{(done - self.first) / seconds:.3g} steps/s  {targets / seconds:,.0f} targets/s  "
+              f"loss {float(losses['loss']):.4f}", file=sys.stderr, flush=True)

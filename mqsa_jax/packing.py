@@ -85,10 +85,17 @@ class Packing:
         self.lengths = (targets != padding_id).sum(axis=1)
         self.row_quantum = np.lcm(ROWS_QUANTUM, row_multiple)
 
-    def batches(self, order: np.ndarray) -> Iterator[tuple[Batch, int]]:
-        """Yields each batch of ``order`` (host arrays) with its number of real targets."""
-        for start in range(0, len(order), self.batch_size):
-            yield self.pack(order[start:start + self.batch_size])
+    def num_batches(self, users: int) -> int:
+        """How many batches an order of ``users`` users makes."""
+        return -(-users // self.batch_size)
+
+    def batches(self, order: np.ndarray, first: int = 0,
+                stop: int | None = None) -> Iterator[tuple[Batch, int]]:
+        """Yields batches ``first`` to ``stop`` (None: the last) of ``order`` (host arrays), each
+        with its number of real targets."""
+        stop = self.num_batches(len(order)) if stop is None else stop
+        for index in range(first, stop):
+            yield self.pack(order[index * self.batch_size:(index + 1) * self.batch_size])
 
     def pack(self, users: np.ndarray) -> tuple[Batch, int]:
         """The batch of ``users`` and its number of real targets."""

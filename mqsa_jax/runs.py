@@ -29,8 +29,8 @@ from mqsa_jax.model import MQSA
 from mqsa_jax.partitioning import Partitioner
 from mqsa_jax.state import TrainState, init_state, make_optimizer
 
-# What a resumed run may change: neither changes what is trained nor any rank.
-RESUMABLE_CHANGES = ("epochs", "eval_batch_size")
+# What a resumed run may change: none changes what is trained nor any rank.
+RESUMABLE_CHANGES = ("epochs", "max_steps", "eval_batch_size", "log_every_seconds")
 
 
 def check_resumable(stored: Config, requested: Config, run_dir: Path) -> None:
@@ -40,7 +40,7 @@ def check_resumable(stored: Config, requested: Config, run_dir: Path) -> None:
                if k not in RESUMABLE_CHANGES and old[k] != new[k]]
     if changed:
         raise UserError(f"cannot resume {run_dir} with a different config: {', '.join(changed)}; "
-                        f"only {' and '.join(RESUMABLE_CHANGES)} may change")
+                        f"only {', '.join(RESUMABLE_CHANGES)} may change")
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ directory (:mod:`mqsa_jax.runs`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from mqsa_jax.checkpoint import LATEST, RunCheckpoints
 from mqsa_jax.config import Config, read_run_config
-from mqsa_jax.dashboard import TensorBoardLog
+from mqsa_jax.dashboard import ProgressLog, TensorBoardLog
 from mqsa_jax.data.arrays import SequenceData
 from mqsa_jax.errors import UserError
 from mqsa_jax.io import write_json_atomic, write_text_atomic
@@ -71,9 +72,18 @@ class Trainer:
 
     def train_epoch(self, state: TrainState, order: np.ndarray, progress: tqdm | None = None):
         """One pass over the users in ``order``; returns the state and the mean batch losses."""
-        totals, steps, seen, start = None, 0, 0, time.perf_counter()
+        stop = self.packing.num_batches(len(order))
+        state, partial = self.train_steps(state, order, EpochPartial(), stop, progress)
+        return state, partial.means()
+
+    def train_steps(self, state: TrainState, order: np.ndarray, partial: EpochPartial,
+                    stop: int, progress: tqdm | None = None,
+                    log: ProgressLog | None = None) -> tuple[TrainState, EpochPartial]:
+        """The batches of ``order`` from ``partial.batches`` up to ``stop``; returns the state
+        and ``partial`` with their losses added."""
+        totals, steps, seen, start = partial.totals, partial.batches, 0, time.perf_counter()
         with self.partitioner.activate():
-            for batch, count in self.packing.batches(order):
+            for batch, count in self.packing.batches(order, partial.batches, stop):
                 state, losses = self.train_step(state, self.arrays, self.place(batch))
                 totals = losses if totals is None else jax.tree.map(jnp.add, totals, losses)
                 steps, seen = steps + 1, seen + count
@@ -82,7 +92,10 @@ class Trainer:
                     progress.set_postfix(
                         targets_per_s=f"{seen / (time.perf_counter() - start):,.0f}",
                         refresh=False)
-        return state, {k: float(v) / steps for k, v in totals.items()}
+                if log is not None:
+                    log.step(steps, seen, losses)
+        return state, EpochPartial(steps, totals, partial.seconds + time.perf_counter() - start,
+                                   partial.targets + seen)
 
     def evaluate(self, params) -> dict[str, dict[str, float]]:
         with self.partitioner.activate():
@@ -111,6 +124,7 @@ def train(config: Config, run_dir: Path, data_dir: Path | None = None,
         checkpoints = stack.enter_context(RunCheckpoints(run_dir))
         best = _train_epochs(config, run_dir, trainer, checkpoints, resume, progress, primary)
         results = {"dataset": config.dataset, "best_epoch": best["epoch"] if best else None,
+                   **({"best_step": best["step"]} if best and "step" in best else {}),
                    "valid": best["valid"] if best else {}, "test": best["test"] if best else {}}
         if primary:
             write_json_atomic(run_dir / "results.json", results)
@@ -119,79 +133,154 @@ def train(config: Config, run_dir: Path, data_dir: Path | None = None,
 
 def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: RunCheckpoints,
                   resume: bool, progress: bool | None, primary: bool) -> dict | None:
-    """The epoch loop; returns the best evaluated record."""
+    """The epoch loop; returns the best evaluated record.
+
+    With ``max_steps`` or ``eval_every_steps`` (a run that counts steps), it also stops,
+    evaluates and checkpoints inside an epoch; such a checkpoint holds the epoch's position (its
+    shuffle and the batches done), and a resume continues from that very batch.
+    """
     metrics_path = run_dir / "metrics.jsonl"
-    selection = config.eval.selection_metric
+    selection, train_config = config.eval.selection_metric, config.train
+    counts_steps = bool(train_config.max_steps or train_config.eval_every_steps)
     state = trainer.init_state()
     shuffler = np.random.default_rng(config.seed)
-    history, best, stale, first_epoch = [], None, 0, 1
+    history, best, stale, first_epoch, partial = [], None, 0, 1, EpochPartial()
     if resume and checkpoints.latest_epoch() is not None:
         state, saved = checkpoints.restore(LATEST, state, fallback=True)
         check_catalogue(saved, trainer.data.num_items, run_dir)
         shuffler.bit_generator.state = saved["shuffler"]
         history, best, stale = saved["history"], saved["best"], saved["stale"]
         first_epoch = saved["epoch"] + 1
+        if saved.get("partial"):  # stopped inside that epoch: its shuffle is drawn again
+            partial, first_epoch = EpochPartial.from_json(saved["partial"]), saved["epoch"]
+            shuffler.bit_generator.state = saved["partial"]["shuffle"]
         if primary:
-            print(f"resuming {run_dir} after epoch {saved['epoch']}", file=sys.stderr)
+            where = f"at batch {partial.batches} of" if partial.batches else "after"
+            print(f"resuming {run_dir} {where} epoch {saved['epoch']}", file=sys.stderr)
     board = contextlib.nullcontext()
     if primary:
         # Drops the epochs newer than the checkpoint, here and in the TensorBoard files.
         write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
         board = TensorBoardLog(run_dir, config, history, selection)
 
-    steps_per_epoch = -(-trainer.data.num_users // config.train.batch_size)
+    batches = trainer.packing.num_batches(trainer.data.num_users)
+    step = int(state.step)
     with board:
-        for epoch in range(first_epoch, config.train.epochs + 1):
+        for epoch in range(first_epoch, train_config.epochs + 1):
             if config.eval.patience and stale >= config.eval.patience:
                 break
             # The loss shown is the previous epoch's: reading this epoch's would stall the
             # device.  tqdm's disable=None shows the bar on a terminal only; other hosts never.
             last_loss = f" (loss {history[-1]['loss']:.4f})" if history else ""
             disable = True if not primary else (None if progress is None else not progress)
-            bar = tqdm(total=steps_per_epoch, unit="batch", leave=False, disable=disable,
-                       desc=f"epoch {epoch}/{config.train.epochs}{last_loss}")
-            start = time.perf_counter()
+            bar = tqdm(total=batches, initial=partial.batches, unit="batch", leave=False,
+                       disable=disable, desc=f"epoch {epoch}/{train_config.epochs}{last_loss}")
+            log = (ProgressLog(train_config.log_every_seconds, epoch, train_config.epochs,
+                               batches) if primary and bar.disable else None)
+            epoch_shuffle = shuffler.bit_generator.state
             order = shuffler.permutation(trainer.data.num_users)
-            state, losses = trainer.train_epoch(state, order, bar)
-            train_seconds = time.perf_counter() - start
+            while True:
+                done = partial.batches
+                stop = _next_stop(train_config, step, done, batches)
+                state, partial = trainer.train_steps(state, order, partial, stop, bar, log)
+                step += partial.batches - done
+                end_of_epoch = partial.batches == batches
+                finished = bool(train_config.max_steps) and step >= train_config.max_steps
+                due = bool(train_config.eval_every_steps) and (
+                    step % train_config.eval_every_steps == 0)
+                if end_of_epoch or finished or due:
+                    evaluate = due or finished or (end_of_epoch and (
+                        epoch % config.eval.eval_every == 0 or epoch == train_config.epochs))
+                    record = {"epoch": epoch, **({"step": step} if counts_steps else {}),
+                              **{k: round(v, 6) for k, v in partial.means().items()},
+                              "train_seconds": round(partial.seconds, 3),
+                              "targets_per_second": round(partial.targets
+                                                          / max(partial.seconds, 1e-9))}
+                    is_best = False
+                    if evaluate:
+                        start = time.perf_counter()
+                        record.update(trainer.evaluate(state.params))
+                        record["eval_seconds"] = round(time.perf_counter() - start, 3)
+                        score = record["valid"][selection]
+                        is_best = best is None or score > best["valid"][selection]
+                        best, stale = (record, 0) if is_best else (best, stale + 1)
+                    history.append(record)
+                    if primary:
+                        with open(metrics_path, "a") as f:
+                            f.write(json.dumps(record) + "\n")
+                        board.append(record)
+                    start = time.perf_counter()
+                    index = step if counts_steps else epoch  # checkpoints count steps then
+                    checkpoints.save(index, state, {
+                        "epoch": epoch, "shuffler": shuffler.bit_generator.state,
+                        "history": history, "best": best, "stale": stale,
+                        "config": config.to_json(), "num_items": trainer.data.num_items,
+                        "partial": None if end_of_epoch else {**partial.to_json(),
+                                                              "shuffle": epoch_shuffle}},
+                        is_best)
+                    if primary:
+                        print(_summary_line(record, train_config.epochs,
+                                            time.perf_counter() - start, selection),
+                              file=sys.stderr, flush=True)
+                    if stop_requested(index):
+                        if primary:
+                            print(f"SIGTERM: stopped after {'step' if counts_steps else 'epoch'}"
+                                  f" {index}'s checkpoint; continue with train --resume "
+                                  f"{run_dir}", file=sys.stderr)
+                        raise KeyboardInterrupt
+                if end_of_epoch or finished:
+                    break
             bar.close()
-            record = {"epoch": epoch, **{k: round(v, 6) for k, v in losses.items()},
-                      "train_seconds": round(train_seconds, 3),
-                      "targets_per_second": round(trainer.targets_per_epoch / train_seconds)}
-            is_best = False
-            if epoch % config.eval.eval_every == 0 or epoch == config.train.epochs:
-                start = time.perf_counter()
-                record.update(trainer.evaluate(state.params))
-                record["eval_seconds"] = round(time.perf_counter() - start, 3)
-                score = record["valid"][selection]
-                is_best = best is None or score > best["valid"][selection]
-                best, stale = (record, 0) if is_best else (best, stale + 1)
-            history.append(record)
-            if primary:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                board.append(record)
-            start = time.perf_counter()
-            checkpoints.save(epoch, state, {
-                "epoch": epoch, "shuffler": shuffler.bit_generator.state, "history": history,
-                "best": best, "stale": stale, "config": config.to_json(),
-                "num_items": trainer.data.num_items}, is_best)
-            if primary:
-                print(_summary_line(record, config.train.epochs, time.perf_counter() - start,
-                                    selection), file=sys.stderr, flush=True)
+            partial = EpochPartial()
+            if finished:
+                break
             if config.eval.patience and stale >= config.eval.patience and primary:
                 print(f"stopping early: no better valid {selection} in {stale} evaluations",
                       file=sys.stderr)
-            if stop_requested(epoch):
-                if primary:
-                    print(f"SIGTERM: stopped after epoch {epoch}'s checkpoint; continue with "
-                          f"train --resume {run_dir}", file=sys.stderr)
-                raise KeyboardInterrupt
     return best
 
 
+def _next_stop(train_config, step: int, done: int, batches: int) -> int:
+    """Where the batches run to before the loop stops to evaluate or finish: the epoch's end,
+    the next multiple of ``eval_every_steps``, or ``max_steps``, whichever comes first."""
+    stop = batches
+    if train_config.eval_every_steps:
+        stop = min(stop, done + train_config.eval_every_steps
+                   - step % train_config.eval_every_steps)
+    if train_config.max_steps:
+        stop = min(stop, done + max(train_config.max_steps - step, 0))
+    return stop
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochPartial:
+    """How far an epoch has gone: its batches done, their summed losses (device scalars), and
+    its training seconds and targets."""
+
+    batches: int = 0
+    totals: dict | None = None
+    seconds: float = 0.0
+    targets: int = 0
+
+    def means(self) -> dict[str, float]:
+        """The mean batch losses (none before a batch)."""
+        return {k: float(v) / self.batches for k, v in (self.totals or {}).items()}
+
+    def to_json(self) -> dict:
+        return {"batches": self.batches,
+                "totals": {k: float(v) for k, v in (self.totals or {}).items()},
+                "seconds": self.seconds, "targets": self.targets}
+
+    @classmethod
+    def from_json(cls, saved: dict) -> EpochPartial:
+        # float32, as the device summed them: the sums go on exactly as without the stop.
+        return cls(saved["batches"], {k: np.float32(v) for k, v in saved["totals"].items()},
+                   saved["seconds"], saved["targets"])
+
+
 def _summary_line(record: dict, epochs: int, checkpoint_seconds: float, selection: str) -> str:
-    line = (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f} "
+    step = f" step {record['step']}" if "step" in record else ""
+    line = (f"epoch {record['epoch']}/{epochs}{step}  loss {record['loss']:.4f} "
             f"(rec {record['loss_rec']:.4f}, kd {record['loss_kd']:.4f})  "
             f"{record['train_seconds']:.1f} s, checkpoint {checkpoint_seconds:.2f} s")
     if "valid" in record:
