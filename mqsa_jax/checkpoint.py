@@ -107,7 +107,7 @@ class RunCheckpoints:
         epochs = sorted(manager.all_steps(), reverse=True)
         if not epochs:
             raise UserError(f"{manager.directory}: no complete checkpoint")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        abstract = jax.tree.map(_restore_target, template)
         problems = []
         for epoch in epochs if fallback else epochs[:1]:
             problem = _damage(self._step_dir(which, epoch))
@@ -151,6 +151,17 @@ class RunCheckpoints:
 
 
 @contextlib.contextmanager
+def _restore_target(leaf) -> jax.ShapeDtypeStruct:
+    """What a leaf of the template restores as: its own sharding, or, for a template of shapes
+    alone (serving, evaluation), this process's first device; never the saved one, whose
+    topology (8 devices, 2 processes) may not exist here."""
+    target = ocp.utils.to_shape_dtype_struct(leaf)
+    if getattr(target, "sharding", None) is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.ShapeDtypeStruct(target.shape, target.dtype, sharding=device)
+    return target
+
+
 def _quiet_orbax():
     """Orbax's writer threads log a failed write with its traceback before the save raises it;
     the save's own error says what happened, in one line."""

@@ -166,7 +166,9 @@ def size_cpu_thread_pool(env: dict[str, str]) -> None:
     default.  Where a process has as many CPU devices as the pool has threads (two devices on
     a two-core machine), a step's collectives can hold every thread while a peer device of the
     same process still has work to start before it joins them: the run stalls inside a step,
-    for ever, with each process's threads idle in ``GlooCommunicator``.
+    for ever, with each process's threads idle in ``GlooCommunicator``.  One process with more
+    CPU devices than cores starves the same way inside XLA's own collectives (8 devices on two
+    cores: "waiting for all reduce ... may be stuck", then an abort), so every run sizes it.
     """
     if "PJRT_NPROC" in env or "NPROC" in env:
         return
@@ -185,8 +187,7 @@ def maybe_initialize_distributed() -> bool:
     env = os.environ
     several = bool(env.get("JAX_COORDINATOR_ADDRESS")) or (
         "," in env.get("TPU_WORKER_HOSTNAMES", "") or int(env.get("SLURM_NTASKS", "1")) > 1)
-    if several:
-        size_cpu_thread_pool(env)
+    size_cpu_thread_pool(env)
     if env.get("JAX_COORDINATOR_ADDRESS"):
         try:
             jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"],

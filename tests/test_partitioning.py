@@ -221,8 +221,11 @@ def test_beauty_on_uneven_meshes_resumes_anywhere_and_serves_only_items(tmp_path
 
 
 @pytest.mark.scale
-def test_toys_on_model_8_matches_one_device(tmp_path):
-    """Toys' 11,924 items, padded to 11,928 rows on model=8."""
+def test_toys_on_model_8_and_the_readmes_4x2_match_one_device(tmp_path):
+    """Toys' 11,924 items, padded to 11,928 rows on model=8, and the README's one-host mesh
+    data=4,model=2: 8 CPU devices in one process on this machine's cores, with no variable set
+    by hand (the CPU pool is sized for the devices)."""
     reference = _train("toys", tmp_path / "one", epochs=1)
-    _assert_same_epoch(_train("toys", tmp_path / "1x8", 1, "data=1,model=8", devices=8)[0],
-                       reference[0], "toys 1x8")
+    for mesh in ("data=1,model=8", "data=4,model=2"):
+        _assert_same_epoch(_train("toys", tmp_path / mesh, 1, mesh, devices=8)[0],
+                           reference[0], f"toys {mesh}")
