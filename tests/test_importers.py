@@ -99,6 +99,8 @@ def test_recbole_inter_file(tmp_path):
     ("", "sasrec", r"log: empty file"),
     ("user_id\titem_id\n1\t2\n", "recbole", r"log:1: header field 'user_id' is not of the form"),
     ("1 2\n1 3\n2 2\n", "sasrec", r"log: the 5-core filter removed every event"),
+    ("".join(f"u{u % 7} only\n" for u in range(70)), "sasrec",
+     r"log: 1 item left after filtering \('only'\); ranking needs at least 2"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, text, fmt, message):
     path = _write(tmp_path, "log", text)
@@ -237,3 +239,19 @@ def test_a_block_of_records_loads_just_its_users(tmp_path, capsys):
     np.testing.assert_array_equal(part.valid, whole.valid[users])
     for k, user in enumerate(users[::97]):
         np.testing.assert_array_equal(part.train_sequence(k * 97), whole.train_sequence(user))
+
+
+def test_a_million_users_seen_once_is_one_line_and_quick(tmp_path, capsys):
+    """Every user of a large log seen once: the 5-core filter leaves nothing, said in one line."""
+    import time
+
+    users = np.arange(1_000_000)
+    path = tmp_path / "once.csv"
+    path.write_text("user_id,item_id,timestamp\n" + "\n".join(
+        np.char.add(np.char.add("u", users.astype(str)), ",i1,5").tolist()) + "\n")
+    start = time.perf_counter()
+    code, out, err = run_cli(capsys, "data", "import", str(path), "--format", "csv",
+                             "--name", "once", "--data-dir", str(tmp_path / "data"))
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "the 5-core filter removed every event (1000000 events)" in err, err
+    assert time.perf_counter() - start < 30

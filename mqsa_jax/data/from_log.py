@@ -86,6 +86,9 @@ def build_dataset(name: str, log: EventLog, min_count: int = 5) -> tuple[Dataset
 
     user_ids, user_index = dense_codes(log.user_ids, users)
     item_ids, item_index = dense_codes(log.item_ids, items)
+    if len(item_ids) < 2:
+        raise UserError(f"{log.source}: {len(item_ids)} item left after filtering "
+                        f"({str(item_ids[0])!r}); ranking needs at least 2")
     order = np.lexsort((times, user_index))  # stable: ties keep the file's order
     offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
     np.cumsum(np.bincount(user_index, minlength=len(user_ids)), out=offsets[1:])
