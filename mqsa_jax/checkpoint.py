@@ -150,7 +150,6 @@ class RunCheckpoints:
         self.close()
 
 
-@contextlib.contextmanager
 def _restore_target(leaf) -> jax.ShapeDtypeStruct:
     """What a leaf of the template restores as: its own sharding, or, for a template of shapes
     alone (serving, evaluation), this process's first device; never the saved one, whose
@@ -162,6 +161,7 @@ def _restore_target(leaf) -> jax.ShapeDtypeStruct:
     return target
 
 
+@contextlib.contextmanager
 def _quiet_orbax():
     """Orbax's writer threads log a failed write with its traceback before the save raises it;
     the save's own error says what happened, in one line."""
