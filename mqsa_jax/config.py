@@ -120,6 +120,9 @@ class EvalConfig:
     # about 1.75 times as long (experiments/results/eval_speed.md).
     eval_batch_size: int = 256
     eval_every: int = 1  # evaluate every k epochs (and after the last)
+    # Periodic evaluations rank a fixed random sample of this many users (0: all); the final
+    # evaluation ranks every user.
+    eval_users: int = 0
     # Stop after this many evaluations without a better valid selection metric; 0: never.
     patience: int = 0
     eval_ks: tuple[int, ...] = (5, 10, 20)  # the cut-offs of HR@K and NDCG@K (MRR has none)
@@ -134,6 +137,7 @@ class EvalConfig:
             problems.append(f"selection_metric must be one of {', '.join(names)}, "
                             f"got {self.selection_metric!r}")
         _refuse(problems + _at_least(self, ("eval_batch_size", "eval_every"), 1)
+                + _at_least(self, ("eval_users",), 0)
                 + _at_least(self, ("patience",), 0))
 
 

@@ -172,13 +172,14 @@ class RankingEvaluator:
     """
 
     def __init__(self, split: str, data: SequenceData, encode_last, batch_size: int, ks=KS,
-                 place=jax.device_put):
+                 place=jax.device_put, users: np.ndarray | None = None):
         """``place`` puts a batch's arrays on the devices (split over the data axis of a mesh).
         Called under a mesh that splits the item table (``Partitioner.activate``), ranking is
-        per item slice."""
-        inputs = getattr(data, f"{split}_inputs")
-        labels = getattr(data, f"{split}_labels")
-        history = getattr(data, f"{split}_history")
+        per item slice.  ``users``: rank these users only (None: every user)."""
+        chosen = slice(None) if users is None else users
+        inputs = getattr(data, f"{split}_inputs")[chosen]
+        labels = getattr(data, f"{split}_labels")[chosen]
+        history = getattr(data, f"{split}_history")[chosen]
         self.split, self.ks, self.num_users = split, tuple(ks), len(labels)
         self.num_items = data.num_items
         order = np.argsort((inputs != data.padding_id).sum(axis=1), kind="stable")

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
 from mqsa_jax.checkpoint import RunCheckpoints
@@ -31,6 +32,8 @@ from mqsa_jax.state import TrainState, init_state, make_optimizer
 
 # What a resumed run may change: none changes what is trained nor any rank.
 RESUMABLE_CHANGES = ("epochs", "max_steps", "eval_batch_size", "log_every_seconds")
+# eval_users changes which users periodic evaluations rank, not what is trained; it is kept
+# fixed all the same, so that a run's periodic figures compare with one another.
 
 
 def check_resumable(stored: Config, requested: Config, run_dir: Path) -> None:
@@ -85,12 +88,23 @@ def enable_compilation_cache() -> None:
 
 def make_evaluators(model: MQSA, data: SequenceData, config: Config,
                     partitioner: Partitioner | None = None,
-                    splits: Sequence[str] = ("valid", "test")) -> list[RankingEvaluator]:
-    """Full-ranking evaluators of ``splits``; with a partitioner, batches are split over its
-    batch axis (and, under its ``activate()``, ranking is per item slice)."""
+                    splits: Sequence[str] = ("valid", "test"),
+                    users: np.ndarray | None = None) -> list[RankingEvaluator]:
+    """Full-ranking evaluators of ``splits`` (of ``users`` alone, if given); with a
+    partitioner, batches are split over its batch axis (and, under its ``activate()``, ranking
+    is per item slice)."""
     placement = {} if partitioner is None else {"place": partitioner.place_batch}
     return [RankingEvaluator(split, data, model.encode_last, config.eval.eval_batch_size,
-                             config.eval.eval_ks, **placement) for split in splits]
+                             config.eval.eval_ks, users=users, **placement) for split in splits]
+
+
+def evaluation_sample(config: Config, num_users: int) -> np.ndarray | None:
+    """The fixed users that periodic evaluations rank (``eval_users`` of them, drawn once from
+    the seed, in user order), or None when they rank every user."""
+    count = config.eval.eval_users
+    if not count or count >= num_users:
+        return None
+    return np.sort(np.random.default_rng(config.seed).choice(num_users, count, replace=False))
 
 
 def check_catalogue(progress: dict, num_items: int, run_dir: Path) -> None:

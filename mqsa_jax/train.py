@@ -33,6 +33,7 @@ from mqsa_jax.runs import (
     check_catalogue,
     check_resumable,
     enable_compilation_cache,
+    evaluation_sample,
     exclusive,
     make_evaluators,
     prepare_data,
@@ -60,6 +61,9 @@ class Trainer:
         self.packing = Packing(data.train_inputs, data.train_targets, data.padding_id,
                                config.train.batch_size, partitioner.data)
         self.evaluators = make_evaluators(self.model, data, config, partitioner)
+        sample = evaluation_sample(config, data.num_users)
+        self.sample_evaluators = sample if sample is None else make_evaluators(
+            self.model, data, config, partitioner, users=sample)
         self.targets_per_epoch = int((data.train_targets != data.padding_id).sum())
 
     def init_state(self) -> TrainState:
@@ -97,9 +101,13 @@ class Trainer:
         return state, EpochPartial(steps, totals, partial.seconds + time.perf_counter() - start,
                                    partial.targets + seen)
 
-    def evaluate(self, params) -> dict[str, dict[str, float]]:
+    def evaluate(self, params, final: bool = True) -> dict[str, dict[str, float]]:
+        """Both splits' metrics: every user's, or when not ``final`` the eval_users sample's."""
+        sample = not final and self.sample_evaluators is not None
         with self.partitioner.activate():
-            return {e.split: e.evaluate(params) for e in self.evaluators}
+            metrics = {e.split: e.evaluate(params)
+                       for e in (self.sample_evaluators if sample else self.evaluators)}
+        return {**metrics, **({"eval_users": self.config.eval.eval_users} if sample else {})}
 
 
 def train(config: Config, run_dir: Path, data_dir: Path | None = None,
@@ -199,7 +207,8 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: 
                     is_best = False
                     if evaluate:
                         start = time.perf_counter()
-                        record.update(trainer.evaluate(state.params))
+                        last = finished or (end_of_epoch and epoch == train_config.epochs)
+                        record.update(trainer.evaluate(state.params, final=last))
                         record["eval_seconds"] = round(time.perf_counter() - start, 3)
                         score = record["valid"][selection]
                         is_best = best is None or score > best["valid"][selection]

@@ -71,3 +71,17 @@ def test_sigkill_of_a_step_counted_run_then_resume_gives_the_same_results(tiny_d
     assert done.returncode == 0 and "resuming" in done.stderr, done.stderr
     assert (run / "results.json").read_bytes() == (whole / "results.json").read_bytes()
     assert [r["step"] for r in _records(run)] == [3, 4, 6, 8, 9, 12]
+
+
+def test_periodic_evaluations_rank_a_sample_and_the_final_one_every_user(tiny_dataset):
+    run = tiny_dataset / "steps_sampled"
+    _train(tiny_dataset, run, "--set", "max_steps=5", "--set", "eval_users=20")
+    records = _records(run)
+    assert [(r["step"], r.get("eval_users")) for r in records] == [(3, 20), (4, 20), (5, None)]
+    # The final record is the full ranking of the checkpoint it was taken at.
+    done = subprocess.run(cli("evaluate", str(run), "--checkpoint", "latest", "--data-dir",
+                              str(tiny_dataset / "data")), cwd=REPO, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    evaluated = json.loads(done.stdout)
+    assert evaluated["valid"] == records[-1]["valid"] and evaluated["test"] == records[-1]["test"]

@@ -1,0 +1,149 @@
+"""The scale benchmark of real-sized logs: synthetic logs of 10^6, 10^7 (and 10^8) events
+(:mod:`experiments.synthetic_log`), imported as CSV and as Parquet, then MQSA-TED trained for a
+number of steps with the reference hyperparameters, and every user evaluated.
+
+    python -m experiments.scale_logs --events 1e6 1e7 --steps 200 [--workdir /tmp/scale_logs]
+
+Per log: import seconds and peak RSS of each format, the prepared dataset's size on disk, the
+training process's peak RSS, its steady seconds per 100 steps and targets/s (from its progress
+lines, after compilation), the first steps' seconds (compilation included) and the full
+evaluation's seconds.  The logs and runs stay in the work directory (never committed);
+results go to ``experiments/results/scale_logs.{json,md}``, one entry per log, replaced as each
+finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from experiments.markdown import table
+from experiments.measure import machine, machine_line
+from experiments.synthetic_log import SIZES, write_log
+from mqsa_jax.io import write_json_atomic, write_text_atomic
+
+RESULTS = Path(__file__).parent / "results"
+_PROGRESS = re.compile(r"batch (\d+)/\d+ .* ([\d,]+) targets/s")
+
+
+def _run(command: list[str], env: dict, on_line=None) -> tuple[float, float, str]:
+    """Runs ``command``; returns its seconds, its peak RSS in GB (its own, from wait4) and its
+    stderr.  ``on_line(line, seconds)`` sees each stderr line as it comes."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if on_line:
+            on_line(line, time.perf_counter() - start)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{''.join(lines[-20:])}")
+    return seconds, usage.ru_maxrss / 2**20, "".join(lines)
+
+
+def _size_gb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**30
+
+
+def measure(events: int, steps: int, workdir: Path) -> dict:
+    cli = [sys.executable, "-m", "mqsa_jax"]
+    env = dict(os.environ, MQSA_DATA_DIR=str(workdir / "data"))
+    name = f"log{events:.0e}".replace("+", "").replace("e0", "e")
+    entry = {"events": events, "users": SIZES[events][0], "items": SIZES[events][1]}
+    for fmt in ("csv", "parquet"):
+        log = workdir / f"{name}.{fmt}"
+        if not log.exists():
+            write_log(log, events, parquet=fmt == "parquet")
+        seconds, rss, _ = _run([*cli, "data", "import", str(log), "--format", fmt, "--name",
+                                f"{name}_{fmt}", "--replace"], env)
+        entry[f"import_{fmt}"] = {"seconds": round(seconds, 1), "peak_rss_gb": round(rss, 2),
+                                  "file_gb": round(log.stat().st_size / 2**30, 3)}
+    data = workdir / "data"
+    entry["prepared_gb"] = round(_size_gb(data / "tfds" / "mqsa_sequences" / f"{name}_csv")
+                                 + (data / "imported" / f"{name}_csv.npz").stat().st_size
+                                 / 2**30, 3)
+    info = json.loads(subprocess.run([*cli, "data", "info", f"{name}_csv"], env=env,
+                                     capture_output=True, text=True, check=True).stdout)
+    entry["after_5_core"] = {k: info[k] for k in ("num_users", "num_items", "num_interactions")}
+    run = workdir / "runs" / name
+    shutil.rmtree(run, ignore_errors=True)
+    progress = []  # (seconds, batch, targets/s) of each progress line
+
+    def on_line(line, seconds):
+        found = _PROGRESS.search(line)
+        if found:
+            progress.append((seconds, int(found.group(1)), found.group(2)))
+
+    seconds, rss, stderr = _run([*cli, "train", "--dataset", f"{name}_csv", "--run-dir",
+                                 str(run), "--no-progress", "--set", f"max_steps={steps}",
+                                 "--set", "log_every_seconds=20"], env, on_line)
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    entry["train"] = {
+        "steps": steps, "process_seconds": round(seconds, 1), "peak_rss_gb": round(rss, 2),
+        "train_seconds_compile_included": record["train_seconds"],
+        "full_eval_seconds": record["eval_seconds"], "valid": record["valid"]}
+    if len(progress) >= 2:  # steady: between the first and the last progress line
+        (t0, b0, _), (t1, b1, rate) = progress[0], progress[-1]
+        entry["train"]["steady_seconds_per_100_steps"] = round(100 * (t1 - t0) / (b1 - b0), 1)
+        entry["train"]["targets_per_second"] = int(rate.replace(",", ""))
+    return entry
+
+
+def write(results: dict) -> None:
+    write_json_atomic(RESULTS / "scale_logs.json", results)
+    rows = []
+    for entry in results["logs"]:
+        train = entry["train"]
+        rows.append([
+            f"{entry['events']:.0e}", f"{entry['after_5_core']['num_users']:,} / "
+            f"{entry['after_5_core']['num_items']:,}",
+            f"{entry['import_csv']['seconds']} s, {entry['import_csv']['peak_rss_gb']} GB",
+            f"{entry['import_parquet']['seconds']} s, {entry['import_parquet']['peak_rss_gb']} GB",
+            f"{entry['prepared_gb']} GB", f"{train['peak_rss_gb']} GB",
+            f"{train.get('steady_seconds_per_100_steps', '–')} s",
+            f"{train.get('targets_per_second', '–'):,}"
+            if "targets_per_second" in train else "–",
+            f"{train['full_eval_seconds']} s"])
+    lines = ["# Real-sized logs: import, train, evaluate", "",
+             f"Machine: {machine_line(results['machine'])}.  Command: `{results['command']}`.",
+             "", *table(["events", "users / items after the 5-core", "import CSV",
+                         "import Parquet", "prepared on disk", "training peak RSS",
+                         "per 100 steps (steady)", "targets/s", "full evaluation"], rows), "",
+             "MQSA-TED with the reference hyperparameters, one process.  Import: the whole "
+             "`mqsa-jax data import` command (seconds and its peak RSS).  Steady rate: between "
+             "the first and last progress lines of the training log (compilation excluded)."]
+    write_text_atomic(RESULTS / "scale_logs.md", "\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=float, nargs="+", default=[1e6, 1e7])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/scale_logs"))
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "scale_logs.json"
+    results = json.loads(path.read_text()) if path.exists() else {"logs": []}
+    results.update(machine=machine(), command="python -m experiments.scale_logs "
+                   + " ".join(sys.argv[1:]))
+    for events in map(int, args.events):
+        entry = measure(events, args.steps, args.workdir)
+        results["logs"] = sorted([e for e in results["logs"] if e["events"] != events]
+                                 + [entry], key=lambda e: e["events"])
+        write(results)
+        print(json.dumps(entry), flush=True)
+
+
+if __name__ == "__main__":
+    main()
