@@ -67,7 +67,12 @@ def data_convert_release(args) -> None:
 
 def train(args) -> None:
     from mqsa_jax.config import resolve
-    from mqsa_jax.partitioning import Partitioner, maybe_initialize_distributed, parse_mesh
+    from mqsa_jax.partitioning import (
+        Partitioner,
+        maybe_initialize_distributed,
+        parse_mesh,
+        watch_peers,
+    )
 
     maybe_initialize_distributed()  # before anything touches the devices
     from mqsa_jax.train import train as train_run
@@ -82,6 +87,7 @@ def train(args) -> None:
     else:
         run_dir = resume
     partitioner = Partitioner(*parse_mesh(args.mesh), rules=config.train.logical_axis_rules)
+    watch_peers(run_dir)
     results = train_run(config, run_dir, args.data_dir,
                         progress=False if args.no_progress else None,
                         resume=resume is not None, partitioner=partitioner)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 
 import flax.linen as nn
@@ -217,3 +219,36 @@ def stop_requested(step: int) -> bool:
     from jax.experimental import multihost_utils
 
     return multihost_utils.reached_preemption_sync_point(step)
+
+
+def watch_peers(run_dir, every_seconds: float = 5.0) -> None:
+    """In a run of several processes, says in one line as soon as a peer process is gone, and
+    how to resume; JAX then ends this process too, within its coordination heartbeat timeout
+    (about 50 s), with a stack dump.
+
+    A daemon thread asks the coordination service which processes are live every
+    ``every_seconds`` (the call waits for every live process's thread: a barrier of the
+    watchers, not of the training).  Nothing is watched in a run of one process.
+    """
+    if jax.process_count() == 1:
+        return
+    # The distributed client is not public API; it is the one place JAX reports live processes.
+    from jax._src import distributed
+
+    client, peers = distributed.global_state.client, list(range(jax.process_count()))
+
+    def watch() -> None:
+        while True:
+            threading.Event().wait(every_seconds)
+            try:
+                live = client.get_live_nodes(peers)
+            except Exception:  # the service itself is gone: JAX reports that on its own
+                return
+            if len(live) < len(peers):
+                gone = ", ".join(str(p) for p in peers if p not in live)
+                print(f"mqsa-jax: process {gone} of this run stopped, so this one stops too; "
+                      f"continue with: mqsa-jax train --resume {run_dir} (on any mesh)",
+                      file=sys.stderr, flush=True)
+                return
+
+    threading.Thread(target=watch, name="mqsa-jax peers", daemon=True).start()

@@ -95,23 +95,21 @@ def lookup_rows(table: jax.Array, ids: jax.Array, num_items: int | None = None,
     return jax.shard_map(local, in_specs=(P(axis), rows), out_specs=rows)(table, ids)
 
 
-def add_rows(shape: tuple[int, int], ids: jax.Array, updates: jax.Array) -> jax.Array:
-    """A zero table of ``shape`` [R, d] with ``updates`` [M, d] added at rows ``ids`` [M]
-    (repeats add up; ids past R are dropped): the transpose of :func:`lookup_rows`, laid out
-    as the table is.
+def add_rows(table: jax.Array, ids: jax.Array, updates: jax.Array) -> jax.Array:
+    """``table`` [R, d] with ``updates`` [M, d] added at rows ``ids`` [M] (repeats add up; ids
+    past R are dropped): the transpose of :func:`lookup_rows`, accumulated in place.
 
     On a mesh that splits the table's rows, each device adds the ids that fall in its slice:
     nothing ``[R, d]``-sized moves between devices.
     """
     axis, slices = mesh_axis(ITEM)
     if slices == 1:
-        return jnp.zeros(shape, updates.dtype).at[ids].add(updates, mode="drop")
+        return table.at[ids].add(updates, mode="drop")
 
-    def local(block_ids, block_updates):
-        rows = shape[0] // slices
-        shifted = block_ids - jax.lax.axis_index(axis) * rows
-        shifted = jnp.where(shifted < 0, rows, shifted)
-        return jnp.zeros((rows, shape[1]), updates.dtype).at[shifted].add(block_updates,
-                                                                         mode="drop")
+    def local(block, block_ids, block_updates):
+        shifted = block_ids - jax.lax.axis_index(axis) * block.shape[0]
+        shifted = jnp.where(shifted < 0, block.shape[0], shifted)
+        return block.at[shifted].add(block_updates, mode="drop")
 
-    return jax.shard_map(local, in_specs=(P(), P()), out_specs=P(axis))(ids, updates)
+    return jax.shard_map(local, in_specs=(P(axis), P(), P()), out_specs=P(axis))(
+        table, ids, updates)

@@ -189,7 +189,7 @@ def successor_means(table: jax.Array, heads: jax.Array, teacher: TeacherWeights)
     """``W_h = sum_j extra_hj E_j`` for each of ``heads`` [H] (0 for N and up): [H, d]."""
     def body(total, row, item, extra):
         rows = lookup_rows(table, item, batch_split=False) * extra[:, None]
-        return total + jax.ops.segment_sum(rows, row, len(heads), indices_are_sorted=True)
+        return total.at[row].add(rows, indices_are_sorted=True)
 
     return _over_successors(heads, teacher, body, jnp.zeros((len(heads), table.shape[1]),
                                                             table.dtype))
@@ -203,7 +203,7 @@ def _successor_means_bwd(residuals, g):
     table, heads, teacher = residuals
 
     def body(d_table, row, item, extra):
-        return d_table + add_rows(table.shape, item, g[row] * extra[:, None])
+        return add_rows(d_table, item, g[row] * extra[:, None])
 
     return _over_successors(heads, teacher, body, jnp.zeros_like(table)), None, None
 
@@ -226,8 +226,7 @@ def clamp_at_successors(students: jax.Array, lse: jax.Array, table: jax.Array, h
     def body(total, row, item, extra):
         _, x, small = _pair_clamp_terms(students, lse, table, row, item)
         softplus = jnp.maximum(x, 0.0) + jnp.log1p(small)
-        return total + jax.ops.segment_sum(extra * softplus, row, len(heads),
-                                           indices_are_sorted=True)
+        return total.at[row].add(extra * softplus, indices_are_sorted=True)
 
     return _over_successors(heads, teacher, body, jnp.zeros_like(lse))
 
@@ -245,10 +244,9 @@ def _clamp_bwd(residuals, g):
         successors, x, small = _pair_clamp_terms(students, lse, table, row, item)
         sigmoid = jnp.where(x >= 0, 1.0, small) / (1.0 + small)
         weight = g[row] * extra * sigmoid  # d/dx; dx/dz = -1, dx/dlse = 1
-        return (d_students - jax.ops.segment_sum(weight[:, None] * successors, row, len(heads),
-                                                 indices_are_sorted=True),
-                d_lse + jax.ops.segment_sum(weight, row, len(heads), indices_are_sorted=True),
-                d_table - add_rows(table.shape, item, weight[:, None] * students[row]))
+        return (d_students.at[row].add(-weight[:, None] * successors, indices_are_sorted=True),
+                d_lse.at[row].add(weight, indices_are_sorted=True),
+                add_rows(d_table, item, -weight[:, None] * students[row]))
 
     init = (jnp.zeros_like(students), jnp.zeros_like(lse), jnp.zeros_like(table))
     d_students, d_lse, d_table = _over_successors(heads, teacher, body, init)

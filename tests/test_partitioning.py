@@ -169,6 +169,26 @@ def test_no_step_moves_the_item_table_or_a_catalogue_wide_array():
                 assert not dims & table_sizes, (step, kind, shape)
 
 
+@pytest.mark.scale
+def test_a_dead_peer_is_said_in_one_line_with_how_to_resume(tiny_dataset, tmp_path):
+    """One process of two is killed: the other says so, with the resume command, before JAX
+    ends it."""
+    run = tmp_path / "run"
+    commands = _start(["-m", "mqsa_jax", "train", *tiny_train_args(tiny_dataset, run),
+                       "--epochs", "500", "--mesh", "data=2,model=2"], devices=2, processes=2)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not metrics.is_file() or not metrics.read_text():
+        assert time.monotonic() < deadline and all(c.poll() is None for c in commands)
+        time.sleep(0.5)
+    commands[1].send_signal(signal.SIGKILL)
+    _, err = commands[0].communicate(timeout=180)
+    assert commands[0].returncode != 0
+    line = f"process 1 of this run stopped, so this one stops too; continue with: " \
+           f"mqsa-jax train --resume {run}"
+    assert line in err, err[-3000:]
+
+
 # Real catalogues on 8 CPU devices, small enough for the suite: beauty's 12,101 items and toys'
 # 11,924 split over no even model axis.  A small model, few large batches and no TED keep the
 # compiled shapes (and so the time) down; the catalogue is the full one.  (TED's padding masks
