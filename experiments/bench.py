@@ -36,11 +36,12 @@ from mqsa_jax import blocked
 from mqsa_jax.checkpoint import RunCheckpoints
 from mqsa_jax.config import build_config
 from mqsa_jax.io import write_json_atomic, write_text_atomic
-from mqsa_jax.losses import fused_losses, ted_students
+from mqsa_jax.losses import fused_losses
 from mqsa_jax.model import item_table
 from mqsa_jax.packing import Batch
 from mqsa_jax.runs import prepare_data
 from mqsa_jax.tables import lookup_rows
+from mqsa_jax.teacher import ted_students
 from mqsa_jax.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,10 +26,10 @@ from experiments.measure import machine_line
 from mqsa_jax import blocked
 from mqsa_jax.config import build_config, load_config_file, read_run_config
 from mqsa_jax.io import read_json_lines, write_json_atomic, write_text_atomic
-from mqsa_jax.losses import ted_students
 from mqsa_jax.model import item_table
 from mqsa_jax.packing import Packing
 from mqsa_jax.runs import prepare_data, restore_trained
+from mqsa_jax.teacher import ted_students
 from mqsa_jax.train import train
 
 SWEEP_CONFIG = Path(__file__).parent / "configs" / "sweep.py"

@@ -236,6 +236,7 @@ def watch_peers(run_dir, every_seconds: float = 5.0) -> None:
     from jax._src import distributed
 
     client, peers = distributed.global_state.client, list(range(jax.process_count()))
+    me = jax.process_index()
 
     def watch() -> None:
         while True:
@@ -245,8 +246,9 @@ def watch_peers(run_dir, every_seconds: float = 5.0) -> None:
             except Exception:  # the service itself is gone: JAX reports that on its own
                 return
             if len(live) < len(peers):
-                gone = ", ".join(str(p) for p in peers if p not in live)
-                print(f"mqsa-jax: process {gone} of this run stopped, so this one stops too; "
+                gone = [str(p) for p in peers if p not in live and p != me]
+                who = f"process {', '.join(gone)}" if gone else "a peer process"
+                print(f"mqsa-jax: {who} of this run stopped, so this one stops too; "
                       f"continue with: mqsa-jax train --resume {run_dir} (on any mesh)",
                       file=sys.stderr, flush=True)
                 return

@@ -41,3 +41,12 @@ def test_the_mesh_and_the_model_do_not_depend_on_each_other():
     assert "mqsa_jax.partitioning" not in model_source
     for path in (REPO / "mqsa_jax").rglob("*.py"):
         assert "tree_map_with_path" not in path.read_text(), path
+
+
+def test_every_experiment_script_imports():
+    """A script that only runs in long experiments still imports what exists (a moved name
+    fails here, not hours into a benchmark)."""
+    import importlib
+
+    for path in sorted((REPO / "experiments").glob("*.py")):
+        importlib.import_module(f"experiments.{path.stem}")
