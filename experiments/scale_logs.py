@@ -5,9 +5,9 @@ number of steps with the reference hyperparameters, and every user evaluated.
     python -m experiments.scale_logs --events 1e6 1e7 --steps 200 [--workdir /tmp/scale_logs]
 
 Per log: import seconds and peak RSS of each format, the prepared dataset's size on disk, the
-training process's peak RSS, its steady seconds per 100 steps and targets/s (from its progress
-lines, after compilation), the first steps' seconds (compilation included) and the full
-evaluation's seconds.  The logs and runs stay in the work directory (never committed);
+training process's peak RSS, its seconds per 100 steps and targets/s between its first and last
+progress lines (batch shapes first seen in that window still compile there: an upper bound),
+all the steps' seconds (compilation included) and the full evaluation's seconds.  The logs and runs stay in the work directory (never committed);
 results go to ``experiments/results/scale_logs.{json,md}``, one entry per log, replaced as each
 finishes.
 """
@@ -119,10 +119,12 @@ def write(results: dict) -> None:
              f"Machine: {machine_line(results['machine'])}.  Command: `{results['command']}`.",
              "", *table(["events", "users / items after the 5-core", "import CSV",
                          "import Parquet", "prepared on disk", "training peak RSS",
-                         "per 100 steps (steady)", "targets/s", "full evaluation"], rows), "",
+                         "per 100 steps (upper bound)", "targets/s", "full evaluation"], rows), "",
+             *[line for note in results.get("notes", []) for line in (note, "")],
              "MQSA-TED with the reference hyperparameters, one process.  Import: the whole "
-             "`mqsa-jax data import` command (seconds and its peak RSS).  Steady rate: between "
-             "the first and last progress lines of the training log (compilation excluded)."]
+             "`mqsa-jax data import` command (seconds and its peak RSS).  Per 100 steps: "
+             "between the first and last progress lines of the training log; new batch shapes "
+             "still compile in that window, so it is an upper bound."]
     write_text_atomic(RESULTS / "scale_logs.md", "\n".join(lines) + "\n")
 
 
