@@ -7,9 +7,9 @@ number of steps with the reference hyperparameters, and every user evaluated.
 Per log: import seconds and peak RSS of each format, the prepared dataset's size on disk, the
 training process's peak RSS, its seconds per 100 steps and targets/s between its first and last
 progress lines (batch shapes first seen in that window still compile there: an upper bound),
-all the steps' seconds (compilation included) and the full evaluation's seconds.  The logs and runs stay in the work directory (never committed);
-results go to ``experiments/results/scale_logs.{json,md}``, one entry per log, replaced as each
-finishes.
+all the steps' seconds (compilation included) and the full evaluation's seconds.  The logs and
+runs stay in the work directory (never committed); results go to
+``experiments/results/scale_logs.{json,md}``, one entry per log, replaced as each finishes.
 """
 
 from __future__ import annotations
