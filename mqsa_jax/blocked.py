@@ -26,7 +26,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from mqsa_jax.tables import real_rows
+from mqsa_jax.tables import scan_row_blocks
 
 # The release's clamp: TED takes log(p + 1e-24).
 LOG_EPSILON = 1e-24
@@ -41,27 +41,6 @@ _CLAMP_FREE_LOG_PROB = math.log(LOG_EPSILON) + math.log(1e9)
 # beauty 4-7% of the rows needed it around epoch 5 and 0.04% at epoch 150: a pass costs in
 # proportion to its buffer, so small buffers serve most steps.
 _GATHER_DIVISORS = (64, 8, 4)
-
-
-def _blocks(table: jax.Array, block: int, slices: int, valid: int):
-    """The table as full blocks ``[count, slices, block, d]`` and a tail ``[slices, rest, d]``
-    (each of the ``slices`` equal row slices cut into ``count`` blocks and a tail, ``rest`` may
-    be 0), each with whether its rows are items, not padding (rows from ``valid`` up; None when
-    there is none)."""
-    n, d = table.shape
-    local = n // slices
-    count = local // block
-
-    def split(per_slice):
-        body = per_slice[:, : count * block]
-        body = body.reshape(slices, count, block, *per_slice.shape[2:]).swapaxes(0, 1)
-        return body, per_slice[:, count * block:]
-
-    body, tail = split(table.reshape(slices, local, d))
-    real_body = real_tail = None
-    if valid < n:
-        real_body, real_tail = split(real_rows(n, valid).reshape(slices, local))
-    return (body, real_body), (tail, real_tail)
 
 
 def _table_grad(table: jax.Array, block: int, slices: int, d_body: jax.Array | None,
@@ -82,16 +61,17 @@ def _table_grad(table: jax.Array, block: int, slices: int, d_body: jax.Array | N
 
 
 def _scan_blocks(step, carry, table: jax.Array, block: int, slices: int, valid: int):
-    """Runs ``carry, out = step(carry, (block, real))`` over the full blocks and then the tail
-    (``real``: which of the block's rows are items, None when all are); returns the carry and
-    the outputs of both (``None`` where there was no such block)."""
-    body, tail = _blocks(table, block, slices, valid)
-    body_out = tail_out = None
-    if body[0].shape[0]:
-        carry, body_out = jax.lax.scan(step, carry, body)
-    if tail[0].shape[1]:
-        carry, tail_out = step(carry, tail)
-    return carry, body_out, tail_out
+    """Runs ``carry, out = step(carry, (block, real))`` over the table's blocks
+    (:func:`mqsa_jax.tables.scan_row_blocks`; ``real``: which of the block's rows are items,
+    not padding, None when all are)."""
+    def items_step(carry, blocks, first_ids):
+        (items,) = blocks
+        real = None
+        if valid < table.shape[0]:
+            real = first_ids[:, None] + jnp.arange(items.shape[1]) < valid
+        return step(carry, (items, real))
+
+    return scan_row_blocks(items_step, carry, (table,), block, slices)
 
 
 def _flat(block: jax.Array) -> jax.Array:

@@ -1,8 +1,9 @@
 """Full-ranking evaluation: every user's label ranked against all N items, history masked.
 
 An evaluator is a small object bound to one split (big_vision style): ``evaluate(params)``
-returns ``{"HR@5": ..., "NDCG@20": ..., "MRR": ...}``.  Scores never leave the device; only the
-metric sums come back, once per call (or, with ``ranks(params)``, each user's rank).
+returns ``{"HR@5": ..., "NDCG@20": ..., "MRR": ...}``.  Scores never leave the device, and are
+made block by block (:func:`label_ranks`); only the metric sums come back, once per call (or,
+with ``ranks(params)``, each user's rank).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import numpy as np
 
 from mqsa_jax.config import EvalConfig, metric_names
 from mqsa_jax.data.arrays import SequenceData
-from mqsa_jax.model import item_scores
-from mqsa_jax.tables import BATCH, ITEM, mesh_axis, real_rows
+from mqsa_jax.model import item_table
+from mqsa_jax.tables import scan_row_blocks, table_slices
 
 KS = EvalConfig.eval_ks  # the reference's cut-offs
 # The reference selects the epoch (and the reproduction orders the variants) by valid NDCG@20.
@@ -47,91 +48,108 @@ def _positive(x: jax.Array) -> jax.Array:
 
 def _count_beating(scores: jax.Array, ids: jax.Array, label_scores: jax.Array,
                    labels: jax.Array, num_items: int) -> jax.Array:
-    """Per row, how many items ``ids`` [W] (all below ``num_items``) with ``scores`` [B, W]
-    beat the label (as :func:`_beats` decides), for ``label_scores`` and ``labels`` [B, 1].
+    """Per row and slice, how many items ``ids`` [S, W] (all below ``num_items``) with
+    ``scores`` [B, S, W] beat the label (as :func:`_beats` decides), for ``label_scores`` and
+    ``labels`` [B, 1, 1]: [B, S].
 
-    This is the ranking's one N-wide pass.  XLA:CPU runs a comparison's select or convert
-    inside a row sum more slowly than this form of max, ceil and min, which it vectorises:
-    a whole sports evaluation takes a fifth less (experiments/results/eval_speed.md, 256 users
-    per step; even on beauty).  It is exact below ``_FLOAT_EXACT`` items, where ids
-    and counts are whole floats.  A difference of two scores that flushes to zero (scores
-    below 1e-31 in magnitude) counts as a tie, as a comparison of two flushed scores does.
+    This is the ranking's N-wide pass.  XLA:CPU runs a comparison's select or convert inside a
+    row sum more slowly than this form of max, ceil and min, which it vectorises: a whole sports
+    evaluation took a fifth less (experiments/results/eval_speed.md).  It is exact below
+    ``_FLOAT_EXACT`` items, where ids and counts are whole floats.  A difference of two scores
+    that flushes to zero (scores below 1e-31 in magnitude) counts as a tie, as a comparison of
+    two flushed scores does.
     """
     if num_items >= _FLOAT_EXACT:
-        return jnp.sum(_beats(scores, ids, label_scores, labels), axis=1)
+        return jnp.sum(_beats(scores, ids, label_scores, labels), axis=-1)
     gap = scores - label_scores
     tie = 1.0 - _positive(jnp.abs(gap))
     lower = _positive(labels.astype(scores.dtype) - ids.astype(scores.dtype))
-    return jnp.sum(_positive(gap) + tie * lower, axis=1).astype(jnp.int32)
+    return jnp.sum(_positive(gap) + tie * lower, axis=-1).astype(jnp.int32)
 
 
-def _history_beats(scores_at, labels, label_scores, history, num_items):
+def _history_beats(history_scores, labels, label_scores, history, num_items):
     """Per row, how many distinct history items (the label's own entries aside) rank above the
-    label; ``scores_at(ids)`` gives the scores at history ids, 0 where it cannot."""
+    label, from their scores ``history_scores`` [B, H]."""
     real = (history < num_items) & (history != labels)
     position = jnp.arange(history.shape[1])
     repeated = jnp.any((history[:, :, None] == history[:, None, :])
                        & (position[None, :, None] > position[None, None, :]), axis=2)
-    beats = _beats(scores_at(history), history, label_scores, labels)
+    beats = _beats(history_scores, history, label_scores, labels)
     return jnp.sum(real & ~repeated & beats, axis=1)
 
 
-def label_ranks(scores: jax.Array, labels: jax.Array, history: jax.Array, top: int) -> jax.Array:
-    """0-based rank of each label among the unmasked items, or ``top`` if it is not in the top.
+# Items per block of the ranking's scans (over all slices): [B, block] scores stay in cache.
+EVAL_BLOCK = 4096
+# Up to this many items per table slice, the ranking scores them in one product: one pass
+# costs about what the two scans do on 16k items and 1.5-2x less on 12k (256 users per step,
+# measured on 2 cores), and [B, 32768] floats are a bounded buffer, not one growing with N.
+ONE_PASS_ITEMS = 32768
 
-    ``history`` [B, H] holds item ids to exclude, padded with any id >= N.  Ties are broken as
-    ``lax.top_k`` does: the lower item id ranks first.  The rank is a count (the items that
-    beat the label, less the excluded ones among them), so no row is sorted.
+
+def label_ranks(states: jax.Array, table: jax.Array, labels: jax.Array, history: jax.Array,
+                num_items: int, block: int = EVAL_BLOCK,
+                one_pass: int = ONE_PASS_ITEMS) -> jax.Array:
+    """0-based rank of each label among the unmasked items, scoring ``states . table^T`` block
+    by block: no ``[B, N]`` array is written to memory.
+
+    Ties are broken as ``lax.top_k`` does: the lower item id ranks first.  The rank is a count
+    (the items that beat the label, less the excluded ones among them), so nothing is sorted.
+    Two scans read a large table: the first takes the label's and the history's scores from the
+    same products the second compares against, so a tie is a tie however XLA blocks them; a
+    small one is scored in one product.  On a mesh that splits the table's rows, each device
+    scans its own slice, and the per-slice counts are summed once, at the end.
+
+    Args:
+      states: [B, d] the users' last states.
+      table: [R, d] item rows, R >= ``num_items`` (a mesh's padding rows at the end).
+      labels: [B] the held-out items.
+      history: [B, H] item ids to exclude, padded with any id >= ``num_items``.
+      num_items: N.
+      block: items per block over all slices.
+      one_pass: up to this many rows per slice, one product instead of two scans.
+
+    Returns:
+      [B] int32 ranks; N where the label is in its own history (it can never be found).
     """
-    num_items = scores.shape[1]
-    labels = labels[:, None]
-    label_scores = jnp.take_along_axis(scores, labels, axis=1)
-    count = _count_beating(scores, jnp.arange(num_items), label_scores, labels, num_items)
-    count -= _history_beats(
-        lambda ids: jnp.take_along_axis(scores, jnp.minimum(ids, num_items - 1), axis=1),
-        labels, label_scores, history, num_items)
-    masked = jnp.any(history == labels, axis=1)  # a masked label is never found
-    return jnp.where(masked, top, jnp.minimum(count, top))
+    slices = table_slices()
+    block = -(-block // slices)
+    targets = jnp.concatenate([labels[:, None], history], axis=1)  # [B, 1 + H]
 
+    def scores(items, first_ids):  # [B, S, b] and the items' ids [S, b]; padding rows -inf
+        z = (states @ items.reshape(-1, items.shape[-1]).T).reshape(len(states), *items.shape[:2])
+        item_ids = first_ids[:, None] + jnp.arange(items.shape[1], dtype=jnp.int32)
+        return jnp.where(item_ids < num_items, z, -jnp.inf), item_ids
 
-def sliced_label_ranks(scores, labels, history, top: int) -> jax.Array:
-    """:func:`label_ranks` for scores whose columns are split like the item table's rows on the
-    current mesh (``jax.set_mesh``).
+    def take_targets(found, z, item_ids):  # the label's and history's scores, where in z
+        local = targets[:, None, :] - item_ids[None, :, :1]  # [B, S, 1 + H]
+        inside = (local >= 0) & (local < z.shape[2])
+        taken = jnp.take_along_axis(z, jnp.clip(local, 0, z.shape[2] - 1), axis=2)
+        return jnp.where(inside, taken, found)
 
-    Each device counts, in its own slice, the items that beat the label and the excluded ones
-    among them; the counts and the label's score are summed over the slices, so no device ever
-    holds a whole N-wide row.
-    """
-    from jax.sharding import PartitionSpec as P
+    def beating(z, item_ids, label_scores):  # [B, S]
+        return _count_beating(z, item_ids, label_scores[:, :, None], labels[:, None, None],
+                              num_items)
 
-    (axis, slices), batch_axis = mesh_axis(ITEM), mesh_axis(BATCH)[0]
-
-    def local(scores, labels, history):
-        width = scores.shape[1]
-        offset = jax.lax.axis_index(axis) * width
-        labels = labels[:, None]
-        own = (labels >= offset) & (labels < offset + width)
-        label_scores = jax.lax.psum(jnp.where(own, jnp.take_along_axis(
-            scores, jnp.clip(labels - offset, 0, width - 1), axis=1), 0.0), axis)
-        count = _count_beating(scores, offset + jnp.arange(width), label_scores, labels,
-                               width * slices)
-
-        def scores_at(ids):
-            inside = (ids >= offset) & (ids < offset + width)
-            local_scores = jnp.take_along_axis(scores, jnp.clip(ids - offset, 0, width - 1), 1)
-            # Items of other slices cannot beat the label here: they are counted where they live.
-            return jnp.where(inside, local_scores, -jnp.inf)
-
-        count -= _history_beats(scores_at, labels, label_scores, history, width * slices)
-        count = jax.lax.psum(count, axis)
-        masked = jnp.any(history == labels, axis=1)
-        return jnp.where(masked, top, jnp.minimum(count, top))
-
-    # The ranks are the same on every device of a slice group (they come from summed values),
-    # which shard_map cannot infer: check_vma=False.
-    rows = P(batch_axis)
-    return jax.shard_map(local, in_specs=(P(batch_axis, axis), rows, rows), out_specs=rows,
-                         check_vma=False)(scores, labels, history)
+    found = jnp.full((len(states), slices, targets.shape[1]), -jnp.inf, states.dtype)
+    local = table.shape[0] // slices
+    if local <= one_pass:
+        z, item_ids = scores(table.reshape(slices, local, -1),
+                             jnp.arange(slices, dtype=jnp.int32) * local)
+        target_scores = take_targets(found, z, item_ids).max(axis=1)
+        total = beating(z, item_ids, target_scores[:, :1])
+    else:
+        found, _, _ = scan_row_blocks(
+            lambda found, blocks, first: (take_targets(found, *scores(*blocks, first)), None),
+            found, (table,), block, slices)
+        target_scores = found.max(axis=1)
+        total, _, _ = scan_row_blocks(
+            lambda total, blocks, first: (
+                total + beating(*scores(*blocks, first), target_scores[:, :1]), None),
+            jnp.zeros((len(states), slices), jnp.int32), (table,), block, slices)
+    ranks = total.sum(axis=1) - _history_beats(target_scores[:, 1:], labels[:, None],
+                                               target_scores[:, :1], history, num_items)
+    masked = jnp.any(history == labels[:, None], axis=1)  # a masked label is never found
+    return jnp.where(masked, num_items, ranks)
 
 
 def metric_sums(ranks: jax.Array, weights: jax.Array, ks=KS,
@@ -224,11 +242,8 @@ class RankingEvaluator:
 
 
 def _batch_ranks(encode_last, num_items, params, inputs, labels, history):
-    scores = item_scores(params, encode_last(params, inputs))  # [B, R]
-    if scores.shape[1] > num_items:  # a mesh's padding rows: ranked below every item
-        scores = jnp.where(real_rows(scores.shape[1], num_items), scores, -jnp.inf)
-    ranks = sliced_label_ranks if mesh_axis(ITEM)[1] > 1 else label_ranks
-    return ranks(scores, labels, history, num_items)
+    return label_ranks(encode_last(params, inputs), item_table(params), labels, history,
+                       num_items)
 
 
 def _batch_sums(batch_ranks, num_items, ks, params, inputs, labels, history, weights):

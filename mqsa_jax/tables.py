@@ -113,3 +113,45 @@ def add_rows(table: jax.Array, ids: jax.Array, updates: jax.Array) -> jax.Array:
 
     return jax.shard_map(local, in_specs=(P(axis), P(), P()), out_specs=P(axis))(
         table, ids, updates)
+
+
+def scan_row_blocks(step, carry, arrays: tuple, block: int, slices: int):
+    """Runs ``carry, out = step(carry, blocks, first_ids)`` over the table's rows, block by
+    block.
+
+    Each of the ``slices`` equal row slices (a device's share, on a mesh that splits the rows)
+    is cut into ``count`` blocks of ``block`` rows and a tail, and a step's blocks hold one block
+    of every slice, ``[slices, block, ...]``, so each part is read on the device that holds it.
+    Blocks are sliced inside the loop: no copy of the table is made.
+
+    Args:
+      step: the scan's body; ``first_ids`` [slices] are the row ids of each slice's first row
+        in the block (its rows' ids are ``first_ids[:, None] + arange(block)``).
+      carry: its initial carry.
+      arrays: [R, ...] per-row arrays (the table, or any array with one entry per row; a None
+        stays None), R a multiple of ``slices``.
+      block: rows per block and slice.
+      slices: the table's row slices.
+
+    Returns:
+      The carry, and the outputs of the full blocks (stacked, ``[count, ...]``) and of the
+      tail (None where there was no such block).
+    """
+    local = arrays[0].shape[0] // slices
+    count = local // block
+    views = [None if rows is None else rows.reshape(slices, local, *rows.shape[1:])
+             for rows in arrays]
+    offsets = jnp.arange(slices, dtype=jnp.int32) * local
+    body_out = tail_out = None
+    if count:
+        def body_step(carry, index):
+            return step(carry, tuple(
+                None if view is None else jax.lax.dynamic_slice_in_dim(view, index * block,
+                                                                       block, axis=1)
+                for view in views), offsets + index * block)
+
+        carry, body_out = jax.lax.scan(body_step, carry, jnp.arange(count, dtype=jnp.int32))
+    if local % block:
+        carry, tail_out = step(carry, tuple(None if view is None else view[:, count * block:]
+                                            for view in views), offsets + count * block)
+    return carry, body_out, tail_out

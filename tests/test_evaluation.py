@@ -22,15 +22,15 @@ def _brute_force_rank(scores, label, history, top):
 
 
 @pytest.mark.parametrize("count", ["arithmetic", "comparison"])
-def test_ranks_against_brute_force_with_ties_and_masks(count, monkeypatch):
-    """Both forms of the N-wide count: the arithmetic one, and the comparisons that catalogues
-    of 2^24 items or more fall back to."""
+@pytest.mark.parametrize("one_pass", [0, 4096])
+def test_ranks_against_brute_force_with_ties_and_masks(count, one_pass, monkeypatch):
+    """Both forms of the N-wide count (the arithmetic one, and the comparisons that catalogues
+    of 2^24 items or more fall back to), scanned in blocks that leave a tail or in one pass."""
     if count == "comparison":
         monkeypatch.setattr(evaluation, "_FLOAT_EXACT", 0)
     rng = np.random.default_rng(0)
     n, rows = 30, 60
     scores = rng.integers(0, 8, (rows, n)).astype(np.float32)  # many ties
-    scores[:, -2:] = -np.inf  # as a mesh's padding rows are scored
     scores[1, 5] = 1e-30  # tiny scores: their differences are still counted exactly
     scores[1, 6] = 2e-30
     labels = rng.integers(0, n - 2, rows)  # real items, never padding
@@ -38,11 +38,14 @@ def test_ranks_against_brute_force_with_ties_and_masks(count, monkeypatch):
     # Up to 15 masked items of 30: the top 20 often holds masked (-inf) items.
     history = np.where(rng.random((rows, 15)) < 0.7, rng.integers(0, n, (rows, 15)), n)
     history[0, 0] = labels[0]  # a label in its own history can never be found
-    got = np.asarray(label_ranks(jnp.asarray(scores), jnp.asarray(labels), jnp.asarray(history),
-                                 20))
-    expected = [_brute_force_rank(scores[r], labels[r], history[r], 20) for r in range(rows)]
+    # The states score exactly ``scores`` against an identity table whose last 2 rows are
+    # padding (as a mesh pads the table): ranked below every item.
+    got = np.asarray(label_ranks(jnp.asarray(scores), jnp.eye(n), jnp.asarray(labels),
+                                 jnp.asarray(history), n - 2, block=7, one_pass=one_pass))
+    scores[:, -2:] = -np.inf
+    expected = [_brute_force_rank(scores[r], labels[r], history[r], n - 2) for r in range(rows)]
     assert got.tolist() == expected
-    assert got[0] == 20
+    assert got[0] == n - 2
 
 
 def test_metric_sums():

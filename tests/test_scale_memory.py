@@ -1,9 +1,12 @@
-"""Memory of a train step compiled for a million-item catalogue, TED on: XLA's own analysis.
+"""Memory of the train and evaluation steps compiled for a million-item catalogue, TED on:
+XLA's own analysis.
 
 The N-wide losses are blocked (``mqsa_jax.blocked``) and TED's observed successors are visited
 in chunks (``mqsa_jax.teacher``), so the step's temporary memory may grow with N only through
 the item table's own arrays (its gradient, Adam's update of it), never with rows x N, however
-many successors the teacher's rows have.  Nothing here is run: the step is only compiled.
+many successors the teacher's rows have.  The ranking scans the table in blocks
+(``mqsa_jax.evaluation.label_ranks``): its temporaries do not grow with N at all.  Nothing here
+is run: the steps are only compiled.
 """
 
 import jax
@@ -11,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mqsa_jax.config import build_config
+from mqsa_jax.data.arrays import SequenceData
+from mqsa_jax.evaluation import RankingEvaluator
 from mqsa_jax.model import MQSA
 from mqsa_jax.packing import Batch
 from mqsa_jax.state import init_state, make_optimizer
@@ -57,3 +62,28 @@ def test_a_million_item_step_needs_no_rows_by_catalogue_memory():
     # And in all: far below one [rows, N] float32 array (51 GB here).
     rows_by_catalogue = CAPACITY * large * 4
     assert large_bytes < 8 * large * table_bytes + 2**30, (large_bytes, rows_by_catalogue)
+
+
+def _eval_temp_bytes(num_items: int) -> int:
+    """The temporary bytes XLA needs for one ranking step of 256 users on ``num_items``
+    items."""
+    config = build_config({"max_len": MAX_LEN, "hidden": HIDDEN})
+    model = MQSA(config.model, num_items)
+    params = jax.eval_shape(lambda: init_state(model, make_optimizer(config), config)).params
+    users = config.eval.eval_batch_size
+    rows = np.full((users, MAX_LEN), num_items, np.int32)
+    rows[:, -1] = 0
+    labels = np.zeros(users, np.int32)
+    data = SequenceData(num_items=num_items, max_len=MAX_LEN, train_inputs=rows,
+                        train_targets=rows, valid_inputs=rows, valid_labels=labels,
+                        test_inputs=rows, test_labels=labels, valid_history=rows,
+                        test_history=rows, transitions=None)
+    evaluator = RankingEvaluator("valid", data, model.encode_last, users)
+    return evaluator.lowered(params).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_a_million_item_ranking_step_needs_no_rows_by_catalogue_memory():
+    small, large = 250_000, 1_000_000
+    small_bytes, large_bytes = _eval_temp_bytes(small), _eval_temp_bytes(large)
+    assert large_bytes <= small_bytes * 1.01 + 2**20, (small_bytes, large_bytes)
+    assert large_bytes < 256 * 4 * large, large_bytes  # far below [users, N] floats

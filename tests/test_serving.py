@@ -13,7 +13,7 @@ import pytest
 from mqsa_jax.data.arrays import build_sequence_data
 from mqsa_jax.data.dataset import full_sequences
 from mqsa_jax.evaluation import label_ranks
-from mqsa_jax.model import MQSA, item_scores
+from mqsa_jax.model import MQSA, item_table
 from mqsa_jax.recommend import Recommender, recommend_file
 from tests.helpers import EPOCHS, REPO, run_cli, tensorboard_scalars, tiny_train_args
 
@@ -44,10 +44,10 @@ def test_recommend_for_users_equals_the_evaluation_ranking(recommender):
     dataset = recommender.dataset
     data = build_sequence_data(dataset, recommender.config.model.max_len)
     model = MQSA(recommender.config.model, dataset.num_items)
-    scores = item_scores(recommender.params, model.encode_last(recommender.params,
-                                                               data.test_inputs))
-    ranks = np.asarray(label_ranks(scores, jnp.asarray(data.test_labels),
-                                   jnp.asarray(data.test_history), 20))
+    states = model.encode_last(recommender.params, data.test_inputs)
+    ranks = np.minimum(20, np.asarray(label_ranks(
+        states, item_table(recommender.params), jnp.asarray(data.test_labels),
+        jnp.asarray(data.test_history), dataset.num_items)))
     items, _ = recommender.topk_for_users(dataset.user_ids.tolist(), k=20)
     for user, top in enumerate(items):
         label = dataset.item_ids[data.test_labels[user]]

@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from mqsa_jax.config import build_config
 from mqsa_jax.data.arrays import build_sequence_data
-from mqsa_jax.evaluation import label_ranks, sliced_label_ranks
+from mqsa_jax.evaluation import label_ranks
 from mqsa_jax.partitioning import Partitioner
 from mqsa_jax.train import Trainer
 from tests.helpers import random_dataset
@@ -43,7 +43,8 @@ for data_size, model, chunk in ((1, 1, 0), (1, 8, 0), (4, 2, 0), (1, 8, 256)):
         losses[case] = {k: float(v) for k, v in trainer.train_step(state, *args)[1].items()}
 found["losses"] = losses
 
-# Per-slice ranking against the plain one, with ties and masks straddling the slices.
+# Per-slice ranking against the plain one, with ties and masks straddling the slices: the
+# states score exactly ``scores`` against an identity table split over 8 devices.
 rng = np.random.default_rng(0)
 scores = rng.integers(0, 6, (48, 800)).astype(np.float32)
 labels = rng.integers(0, 800, 48)
@@ -51,9 +52,10 @@ history = np.where(rng.random((48, 30)) < 0.8, rng.integers(0, 800, (48, 30)), 8
 history[:4, 0] = labels[:4]
 partitioner = Partitioner(1, 8)
 with partitioner.activate():
-    sliced = jax.jit(lambda s, y, h: sliced_label_ranks(s, y, h, 20))(
-        jax.device_put(scores, NamedSharding(partitioner.mesh, P("data", "model"))), labels,
-        history)
-plain = label_ranks(jnp.asarray(scores), jnp.asarray(labels), jnp.asarray(history), 20)
+    sliced = jax.jit(lambda s, t, y, h: label_ranks(s, t, y, h, 800, block=96, one_pass=0))(
+        scores, jax.device_put(np.eye(800, dtype=np.float32),
+                               NamedSharding(partitioner.mesh, P("model"))), labels, history)
+plain = label_ranks(jnp.asarray(scores), jnp.eye(800), jnp.asarray(labels), jnp.asarray(history),
+                    800)
 found["same_ranks"] = bool((np.asarray(sliced) == np.asarray(plain)).all())
 print(json.dumps(found))
