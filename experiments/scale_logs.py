@@ -1,15 +1,18 @@
 """The scale benchmark of real-sized logs: synthetic logs of 10^6, 10^7 (and 10^8) events
 (:mod:`experiments.synthetic_log`), imported as CSV and as Parquet, then MQSA-TED trained for a
-number of steps with the reference hyperparameters, and every user evaluated.
+number of steps with the reference hyperparameters, and every user evaluated (or, with
+``--eval-users``, a fixed sample of them: ``final_eval=sample``).
 
     python -m experiments.scale_logs --events 1e6 1e7 --steps 200 [--workdir /tmp/scale_logs]
+    python -m experiments.scale_logs --events 1e8 --steps 50 --eval-users 100000
 
 Per log: import seconds and peak RSS of each format, the prepared dataset's size on disk, the
 training process's peak RSS, its seconds per 100 steps and targets/s between its first and last
 progress lines (batch shapes first seen in that window still compile there: an upper bound),
-all the steps' seconds (compilation included) and the full evaluation's seconds.  The logs and
+all the steps' seconds (compilation included) and the final evaluation's seconds.  The logs and
 runs stay in the work directory (never committed); results go to
-``experiments/results/scale_logs.{json,md}``, one entry per log, replaced as each finishes.
+``experiments/results/scale_logs.{json,md}``, one entry per log (with its own command),
+replaced as each finishes.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def _size_gb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**30
 
 
-def measure(events: int, steps: int, workdir: Path) -> dict:
+def measure(events: int, steps: int, workdir: Path, eval_users: int = 0) -> dict:
     cli = [sys.executable, "-m", "mqsa_jax"]
     env = dict(os.environ, MQSA_DATA_DIR=str(workdir / "data"))
     name = f"log{events:.0e}".replace("+", "").replace("e0", "e")
@@ -85,14 +88,17 @@ def measure(events: int, steps: int, workdir: Path) -> dict:
         if found:
             progress.append((seconds, int(found.group(1)), found.group(2)))
 
+    sample = ["--set", f"eval_users={eval_users}", "--set", "final_eval=sample"]
     seconds, rss, stderr = _run([*cli, "train", "--dataset", f"{name}_csv", "--run-dir",
                                  str(run), "--no-progress", "--set", f"max_steps={steps}",
-                                 "--set", "log_every_seconds=20"], env, on_line)
+                                 "--set", "log_every_seconds=20", *(sample if eval_users else [])],
+                                env, on_line)
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     entry["train"] = {
         "steps": steps, "process_seconds": round(seconds, 1), "peak_rss_gb": round(rss, 2),
         "train_seconds_compile_included": record["train_seconds"],
-        "full_eval_seconds": record["eval_seconds"], "valid": record["valid"]}
+        "eval_seconds": record["eval_seconds"], "eval_users": eval_users or "all",
+        "valid": record["valid"]}
     if len(progress) >= 2:  # steady: between the first and the last progress line
         (t0, b0, _), (t1, b1, rate) = progress[0], progress[-1]
         entry["train"]["steady_seconds_per_100_steps"] = round(100 * (t1 - t0) / (b1 - b0), 1)
@@ -114,12 +120,15 @@ def write(results: dict) -> None:
             f"{train.get('steady_seconds_per_100_steps', '–')} s",
             f"{train.get('targets_per_second', '–'):,}"
             if "targets_per_second" in train else "–",
-            f"{train['full_eval_seconds']} s"])
+            f"{train['eval_seconds']} s ({train['eval_users']:,} users)"
+            if train["eval_users"] != "all" else f"{train['eval_seconds']} s (all users)",
+            entry["command"]])
     lines = ["# Real-sized logs: import, train, evaluate", "",
-             f"Machine: {machine_line(results['machine'])}.  Command: `{results['command']}`.",
+             f"Machine: {machine_line(results['machine'])}.",
              "", *table(["events", "users / items after the 5-core", "import CSV",
                          "import Parquet", "prepared on disk", "training peak RSS",
-                         "per 100 steps (upper bound)", "targets/s", "full evaluation"], rows), "",
+                         "per 100 steps (upper bound)", "targets/s", "final evaluation",
+                         "command"], rows), "",
              *[line for note in results.get("notes", []) for line in (note, "")],
              "MQSA-TED with the reference hyperparameters, one process.  Import: the whole "
              "`mqsa-jax data import` command (seconds and its peak RSS).  Per 100 steps: "
@@ -132,15 +141,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=float, nargs="+", default=[1e6, 1e7])
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--eval-users", type=int, default=0, help="rank a sample (0: all)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/scale_logs"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "scale_logs.json"
     results = json.loads(path.read_text()) if path.exists() else {"logs": []}
-    results.update(machine=machine(), command="python -m experiments.scale_logs "
-                   + " ".join(sys.argv[1:]))
+    results["machine"] = machine()
+    command = "python -m experiments.scale_logs " + " ".join(sys.argv[1:])
     for events in map(int, args.events):
-        entry = measure(events, args.steps, args.workdir)
+        entry = {**measure(events, args.steps, args.workdir, args.eval_users),
+                 "command": f"`{command}`"}
         results["logs"] = sorted([e for e in results["logs"] if e["events"] != events]
                                  + [entry], key=lambda e: e["events"])
         write(results)

@@ -72,9 +72,8 @@ class LossConfig:
     tau: float = 0.1  # distillation temperature
     time_span: int = 1  # transitions count pairs up to this many steps apart
     l2_reg: float = 1e-4
-    # Scan the catalogue in chunks of this many items in the N-wide loss, so that memory does not
-    # grow with rows x N (for large catalogues); on a model-split mesh each device scans its own
-    # slice, logits_chunk / model items at a time.  0: all at once, the fastest when it fits.
+    # Items per block of the N-wide loss's scan of the catalogue (0: 1,024): memory grows with
+    # rows x this, never rows x N.  On a model-split mesh each device scans its own slice.
     logits_chunk: int = 0
 
     def __post_init__(self):
@@ -115,16 +114,16 @@ def metric_names(ks: Sequence[int]) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    # Users per ranking step: their scores [B, N] f32 stay under glibc's 32 MB mmap threshold
-    # up to 32k items; above it every step faulted its buffer in afresh, and ranking took
-    # about 1.75 times as long (experiments/results/eval_speed.md).
+    # Users per ranking step: their scores stay under glibc's 32 MB mmap threshold (above it each
+    # step faulted its buffer in afresh: ranking took 1.75x as long, results/eval_speed.md).
     eval_batch_size: int = 256
     eval_every: int = 1  # evaluate every k epochs (and after the last)
     # Periodic evaluations rank a fixed random sample of this many users (0: all); the final
-    # evaluation ranks every user.
+    # one ranks every user ("all"), or that sample too ("sample": for a log too large to rank
+    # every user in a run; `mqsa-jax evaluate` ranks them all from a checkpoint).
     eval_users: int = 0
-    # Stop after this many evaluations without a better valid selection metric; 0: never.
-    patience: int = 0
+    final_eval: str = "all"
+    patience: int = 0  # stop after this many evaluations without a better valid metric; 0: never
     eval_ks: tuple[int, ...] = (5, 10, 20)  # the cut-offs of HR@K and NDCG@K (MRR has none)
     selection_metric: str = "NDCG@20"  # the valid metric that picks the reported epoch
 
@@ -132,13 +131,14 @@ class EvalConfig:
         problems = []
         if not self.eval_ks or any(k < 1 for k in self.eval_ks):
             problems.append(f"eval_ks must be positive cut-offs, got {self.eval_ks}")
+        if self.final_eval not in ("all", "sample"):
+            problems.append(f"final_eval must be all or sample, got {self.final_eval!r}")
         names = metric_names(self.eval_ks)
         if self.selection_metric not in names:
             problems.append(f"selection_metric must be one of {', '.join(names)}, "
                             f"got {self.selection_metric!r}")
         _refuse(problems + _at_least(self, ("eval_batch_size", "eval_every"), 1)
-                + _at_least(self, ("eval_users",), 0)
-                + _at_least(self, ("patience",), 0))
+                + _at_least(self, ("eval_users", "patience"), 0))
 
 
 PARTS = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "eval": EvalConfig}

@@ -31,7 +31,8 @@ from mqsa_jax.partitioning import Partitioner
 from mqsa_jax.state import TrainState, init_state, make_optimizer
 
 # What a resumed run may change: none changes what is trained nor any rank.
-RESUMABLE_CHANGES = ("epochs", "max_steps", "eval_batch_size", "log_every_seconds")
+RESUMABLE_CHANGES = ("epochs", "max_steps", "eval_batch_size", "log_every_seconds",
+                     "final_eval")
 # eval_users changes which users periodic evaluations rank, not what is trained; it is kept
 # fixed all the same, so that a run's periodic figures compare with one another.
 

@@ -102,17 +102,18 @@ class Trainer:
                                    partial.targets + seen)
 
     def evaluate(self, params, final: bool = True) -> dict[str, dict[str, float]]:
-        """Both splits' metrics: every user's, or when not ``final`` the eval_users sample's."""
-        sample = not final and self.sample_evaluators is not None
+        """Both splits' metrics: every user's, or the eval_users sample's (when not ``final``,
+        or with ``final_eval="sample"``)."""
+        sample = self.sample_evaluators is not None and (
+            not final or self.config.eval.final_eval == "sample")
         with self.partitioner.activate():
             metrics = {e.split: e.evaluate(params)
                        for e in (self.sample_evaluators if sample else self.evaluators)}
         return {**metrics, **({"eval_users": self.config.eval.eval_users} if sample else {})}
 
 
-def train(config: Config, run_dir: Path, data_dir: Path | None = None,
-          progress: bool | None = None, resume: bool = False,
-          partitioner: Partitioner | None = None) -> dict:
+def train(config: Config, run_dir: Path, data_dir: Path | None = None, progress: bool | None = None,
+          resume: bool = False, partitioner: Partitioner | None = None) -> dict:
     """Trains, evaluates after every ``eval_every`` epochs, checkpoints every epoch, and writes
     the run's outputs.  With ``resume``, continues from the run's latest complete checkpoint."""
     enable_compilation_cache()

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mqsa_jax.data import importers, registry
+from mqsa_jax.data import events, importers, registry
 from mqsa_jax.data.from_log import build_dataset, dense_ids, k_core
 from mqsa_jax.data.importers import Columns, read_csv, read_recbole, read_sasrec
 from mqsa_jax.data.release import RELEASE_DATASETS
@@ -187,7 +187,10 @@ def _log_text(users=9, per_user=7):
     return "user_id,item_id,timestamp\n" + "".join(reversed(rows))
 
 
-def test_the_columnar_reader_and_the_exact_reader_give_one_dataset(tmp_path, monkeypatch):
+@pytest.mark.parametrize("block", [64 << 20, 100])
+def test_the_columnar_reader_and_the_exact_reader_give_one_dataset(tmp_path, monkeypatch, block):
+    """In one batch, and streamed in batches of about 100 bytes (ids recur across batches)."""
+    monkeypatch.setattr(events, "STREAM_BLOCK", block)
     path = _write(tmp_path, "log.csv", _log_text())
     fast = importers._arrow_table(path, ",", lambda _p, h: [x.strip() for x in h], Columns(),
                                   "utf-8")

@@ -85,3 +85,16 @@ def test_periodic_evaluations_rank_a_sample_and_the_final_one_every_user(tiny_da
     assert done.returncode == 0, done.stderr
     evaluated = json.loads(done.stdout)
     assert evaluated["valid"] == records[-1]["valid"] and evaluated["test"] == records[-1]["test"]
+
+
+def test_final_eval_sample_ranks_the_sample_at_the_end_too(tiny_dataset):
+    """For logs too large to rank every user in a run: the last record is the sample's."""
+    run = tiny_dataset / "steps_final_sample"
+    _train(tiny_dataset, run, "--set", "max_steps=4", "--set", "eval_users=20", "--set",
+           "final_eval=sample")
+    records = _records(run)
+    assert [(r["step"], r.get("eval_users")) for r in records] == [(3, 20), (4, 20)]
+    refused = _train(tiny_dataset, tiny_dataset / "steps_bad", "--set", "final_eval=some",
+                     check=False)
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        "mqsa-jax: error: invalid config: final_eval must be all or sample, got 'some'"), refused.stderr

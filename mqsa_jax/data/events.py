@@ -1,4 +1,4 @@
-"""An interaction log as columns, and opening a log's text.
+"""An interaction log as columns, opening a log's text, and reading it with Arrow batch by batch.
 
 An :class:`EventLog` is what every reader of :mod:`mqsa_jax.data.importers` returns and
 :func:`mqsa_jax.data.from_log.build_dataset` takes.
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from mqsa_jax.errors import UserError
 
@@ -49,7 +50,8 @@ class EventLog:
 
 
 def _encode(ids: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct ids as a numpy str array, [E] int32 code of each entry), by hashing."""
+    """(distinct ids as a numpy str array, [E] int32 code of each entry), by hashing (chunks
+    already dictionary-encoded are unified)."""
     encoded = ids.dictionary_encode().combine_chunks()
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
     return np.asarray(encoded.dictionary.to_pylist(), dtype=str), codes
@@ -97,18 +99,71 @@ def _undecodable(path: Path, encoding: str, error: UnicodeDecodeError) -> str:
     return f"{path}: not {encoding} text ({error.reason}); {hint}"
 
 
-def arrow_log(path: Path, users: pa.ChunkedArray, items: pa.ChunkedArray,
-               times: np.ndarray | None, separators: str = "") -> EventLog | None:
-    """The log of Arrow's id columns (stripped, as the exact reader strips them), or None
+def _checked_codes(ids: pa.Array | pa.ChunkedArray,
+                   separators: str) -> pa.DictionaryArray | pa.ChunkedArray | None:
+    """A batch's ids, stripped (as the exact reader strips them) and dictionary-encoded, or None
     where an id is empty or holds a NUL byte (or one of ``separators``, a regex class)."""
-    if len(users) == 0:
+    ids = pc.utf8_trim_whitespace(ids)
+    if ids.null_count or pc.min(pc.utf8_length(ids)).as_py() == 0 or pc.any(
+            pc.match_substring_regex(ids, "[\\x00" + separators + "]")).as_py():
         return None
-    users, items = pc.utf8_trim_whitespace(users), pc.utf8_trim_whitespace(items)
-    forbidden = "[\\x00" + separators + "]"
-    for ids in (users, items):
-        if ids.null_count or pc.min(pc.utf8_length(ids)).as_py() == 0 or pc.any(
-                pc.match_substring_regex(ids, forbidden)).as_py():
+    return ids.dictionary_encode()
+
+
+def arrow_log(path: Path, batches, separators: str = "") -> EventLog | None:
+    """The log of Arrow's columns, read batch by batch, or None where the exact reader must
+    read it (an empty or NUL-holding id, a time that is not a finite number, no event).
+
+    Each batch's id strings are dictionary-encoded as soon as it is read, so a streamed file's
+    text is never all in memory: what stays is an int32 code per event and each batch's
+    distinct ids, unified at the end.
+
+    Args:
+      path: the file, for the log's source.
+      batches: yields ``(users, items, times)``: Arrow string arrays of one batch and its
+        float64 times (None for every batch where the file order is the time order).
+      separators: characters no id may hold, as a regex class (sasrec's whitespace).
+    """
+    users, items, times = [], [], []
+    for batch_users, batch_items, batch_times in batches:
+        codes = [_checked_codes(ids, separators) for ids in (batch_users, batch_items)]
+        if None in codes or (batch_times is not None and not np.isfinite(batch_times).all()):
             return None
-    if times is None:  # the file order is the time order
-        times = np.arange(len(users), dtype=np.float64)
-    return EventLog.from_arrow(str(path), users, items, times)
+        users.append(codes[0])
+        items.append(codes[1])
+        if batch_times is not None:
+            times.append(batch_times)
+    count = sum(len(codes) for codes in users)
+    if not count:
+        return None
+    times = np.concatenate(times) if times else np.arange(count, dtype=np.float64)
+    return EventLog.from_arrow(str(path), _chunked(users), _chunked(items), times)
+
+
+def _chunked(parts: list) -> pa.ChunkedArray:
+    return pa.chunked_array([chunk for part in parts for chunk in (
+        part.chunks if isinstance(part, pa.ChunkedArray) else [part])])
+
+
+# Bytes of text per streamed batch: large enough that the batches' own dictionaries of item ids
+# stay small beside the log, small enough that the parse never holds much of the file.
+STREAM_BLOCK = 64 << 20
+
+
+def stream_csv(path: Path, encoding: str, parse: pa_csv.ParseOptions, types: dict,
+                column_names: list[str] | None = None):
+    """Arrow's streaming reader over ``path``: record batches of ``types``' columns
+    (``column_names``: the file has no header, its columns are these)."""
+    return pa_csv.open_csv(
+        path, read_options=pa_csv.ReadOptions(encoding=encoding, block_size=STREAM_BLOCK,
+                                              column_names=column_names or []),
+        parse_options=parse,
+        convert_options=pa_csv.ConvertOptions(column_types=types, include_columns=list(types)))
+
+
+def arrow_or_none(read):
+    """``read()``, or None where Arrow refuses the file (the exact reader then reads it)."""
+    try:
+        return read()
+    except (pa.ArrowException, ValueError, OSError):
+        return None

@@ -31,7 +31,9 @@ from mqsa_jax.data.events import (
     Columns,
     EventLog,
     arrow_log,
+    arrow_or_none,
     open_text,
+    stream_csv,
 )
 from mqsa_jax.errors import UserError
 from mqsa_jax.io import write_text_atomic
@@ -137,20 +139,14 @@ def _arrow_table(path: Path, delimiter: str, header_columns, columns: Columns,
     types = {raw[columns.user]: pa.string(), raw[columns.item]: pa.string()}
     if columns.time in raw:
         types[raw[columns.time]] = pa.float64()
-    try:
-        table = pa_csv.read_csv(
-            path, read_options=pa_csv.ReadOptions(encoding=encoding),
-            parse_options=pa_csv.ParseOptions(delimiter=delimiter),
-            convert_options=pa_csv.ConvertOptions(column_types=types,
-                                                  include_columns=list(types)))
-    except (pa.ArrowException, ValueError, OSError):
-        return None
-    times = None
-    if columns.time in raw:
-        times = table[raw[columns.time]].to_numpy()  # a missing time reads as NaN
-        if not np.isfinite(times).all():
-            return None
-    return arrow_log(path, table[raw[columns.user]], table[raw[columns.item]], times)
+    user, item, time = raw[columns.user], raw[columns.item], raw.get(columns.time)
+
+    def batches():
+        for batch in stream_csv(path, encoding, pa_csv.ParseOptions(delimiter=delimiter), types):
+            times = None if time is None else batch.column(time).to_numpy()  # missing: NaN
+            yield batch.column(user), batch.column(item), times
+
+    return arrow_or_none(lambda: arrow_log(path, batches()))
 
 
 def read_csv(path: Path, columns: Columns = DEFAULT_COLUMNS, delimiter: str | None = None,
@@ -214,16 +210,14 @@ def _arrow_sasrec(path: Path, encoding: str) -> EventLog | None:
     reader, which splits on any whitespace, then reads them or names the line at fault)."""
     if _open_text_check(path, encoding):
         return None
-    try:
-        table = pa_csv.read_csv(
-            path, read_options=pa_csv.ReadOptions(encoding=encoding,
-                                                  column_names=["user", "item"]),
-            parse_options=pa_csv.ParseOptions(delimiter=" ", quote_char=False),
-            convert_options=pa_csv.ConvertOptions(column_types={"user": pa.string(),
-                                                                "item": pa.string()}))
-    except (pa.ArrowException, ValueError, OSError):
-        return None
-    return arrow_log(path, table["user"], table["item"], None, separators="\\s")
+    types = {"user": pa.string(), "item": pa.string()}
+
+    def batches():
+        parse = pa_csv.ParseOptions(delimiter=" ", quote_char=False)
+        for batch in stream_csv(path, encoding, parse, types, column_names=list(types)):
+            yield batch.column("user"), batch.column("item"), None
+
+    return arrow_or_none(lambda: arrow_log(path, batches(), separators="\\s"))
 
 
 def _open_text_check(path: Path, encoding: str) -> bool:
@@ -265,7 +259,7 @@ def read_parquet(path: Path, columns: Columns = DEFAULT_COLUMNS) -> EventLog:
         row = int(np.argmax(bad))
         raise UserError(f"{path}: row {row + 1}: timestamp {table[columns.time][row].as_py()!r} "
                         f"is not a finite number")
-    log = arrow_log(path, users, items, times)
+    log = arrow_log(path, [(users, items, times)])
     if log is None:
         raise UserError(f"{path}: an id holds a NUL byte")
     return log
