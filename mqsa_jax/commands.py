@@ -71,7 +71,7 @@ def train(args) -> None:
         Partitioner,
         maybe_initialize_distributed,
         parse_mesh,
-        watch_peers,
+        peers_watched,
     )
 
     maybe_initialize_distributed()  # before anything touches the devices
@@ -87,10 +87,10 @@ def train(args) -> None:
     else:
         run_dir = resume
     partitioner = Partitioner(*parse_mesh(args.mesh), rules=config.train.logical_axis_rules)
-    watch_peers(run_dir)
-    results = train_run(config, run_dir, args.data_dir,
-                        progress=False if args.no_progress else None,
-                        resume=resume is not None, partitioner=partitioner)
+    with peers_watched(run_dir):
+        results = train_run(config, run_dir, args.data_dir,
+                            progress=False if args.no_progress else None,
+                            resume=resume is not None, partitioner=partitioner)
     print(json.dumps(results))
 
 

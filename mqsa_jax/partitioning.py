@@ -221,16 +221,30 @@ def stop_requested(step: int) -> bool:
     return multihost_utils.reached_preemption_sync_point(step)
 
 
-def watch_peers(run_dir, every_seconds: float = 5.0) -> None:
-    """In a run of several processes, says in one line as soon as a peer process is gone, and
-    how to resume; JAX then ends this process too, within its coordination heartbeat timeout
-    (about 50 s), with a stack dump.
+# How a collective fails when a peer process is gone (Gloo on CPUs; the coordination service).
+_PEER_GONE = re.compile(r"Gloo|[Cc]onnection (closed|reset) by peer|heartbeat|unhealthy")
 
-    A daemon thread asks the coordination service which processes are live every
-    ``every_seconds`` (the call waits for every live process's thread: a barrier of the
-    watchers, not of the training).  Nothing is watched in a run of one process.
+
+def _say_peer_stopped(run_dir, who: str = "a peer process") -> None:
+    print(f"mqsa-jax: {who} of this run stopped, so this one stops too; continue with: "
+          f"mqsa-jax train --resume {run_dir} (on any mesh)", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def peers_watched(run_dir, every_seconds: float = 5.0) -> Iterator[None]:
+    """In a run of several processes, says in one line as soon as a peer process is gone, and
+    how to resume, then ends this process (exit code 1).
+
+    The first sign is usually a collective that fails in this process (Gloo's connection to the
+    dead peer closes): its error is caught here, and the process exits at once, where JAX's
+    shutdown would wait out the coordination heartbeat (about 50 s) and end in a stack dump.
+    A daemon thread also asks the coordination service which processes are live every
+    ``every_seconds``, for a process waiting outside any collective (the call waits for every
+    live process's thread: a barrier of the watchers, not of the training).  Nothing is
+    watched in a run of one process.
     """
     if jax.process_count() == 1:
+        yield
         return
     # The distributed client is not public API; it is the one place JAX reports live processes.
     from jax._src import distributed
@@ -247,10 +261,16 @@ def watch_peers(run_dir, every_seconds: float = 5.0) -> None:
                 return
             if len(live) < len(peers):
                 gone = [str(p) for p in peers if p not in live and p != me]
-                who = f"process {', '.join(gone)}" if gone else "a peer process"
-                print(f"mqsa-jax: {who} of this run stopped, so this one stops too; "
-                      f"continue with: mqsa-jax train --resume {run_dir} (on any mesh)",
-                      file=sys.stderr, flush=True)
+                _say_peer_stopped(run_dir, f"process {', '.join(gone)}" if gone else
+                                  "a peer process")
                 return
 
     threading.Thread(target=watch, name="mqsa-jax peers", daemon=True).start()
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as e:
+        if not _PEER_GONE.search(str(e)):
+            raise
+        _say_peer_stopped(run_dir)
+        # A checkpoint being written is left incomplete, and resume skips it.
+        os._exit(1)
