@@ -41,8 +41,7 @@ def clamp_share(run_dir: Path, batches: int = 20) -> dict:
     data = prepare_data(config)
     _, state, progress = restore_trained(run_dir, "latest", config, data.num_items)
     table_rows = item_table(state.params)
-    packing = Packing(data.train_inputs, data.train_targets,
-                      data.padding_id, config.train.batch_size, 1)
+    packing = Packing(data, config.train.batch_size)
     size = batches * config.train.batch_size
     users = np.random.default_rng(0).permutation(data.num_users)[:size]
     clamped = rows = 0

@@ -95,3 +95,16 @@ class ProgressLog:
         print(f"epoch {self.epoch}/{self.epochs} batch {done}/{self.batches}  "
               f"{(done - self.first) / seconds:.3g} steps/s  {targets / seconds:,.0f} targets/s  "
               f"loss {float(losses['loss']):.4f}", file=sys.stderr, flush=True)
+
+
+def summary_line(record: dict, epochs: int, checkpoint_seconds: float, selection: str) -> str:
+    """The line a run prints after each evaluation or checkpoint."""
+    step = f" step {record['step']}" if "step" in record else ""
+    line = (f"epoch {record['epoch']}/{epochs}{step}  loss {record['loss']:.4f} "
+            f"(rec {record['loss_rec']:.4f}, kd {record['loss_kd']:.4f})  "
+            f"{record['train_seconds']:.1f} s, checkpoint {checkpoint_seconds:.2f} s")
+    if "valid" in record:
+        line += (f"  valid {selection} {record['valid'][selection]:.4f}"
+                 f"  test {selection} {record['test'][selection]:.4f}"
+                 f"  eval {record['eval_seconds']:.1f} s")
+    return line

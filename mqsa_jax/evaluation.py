@@ -190,43 +190,57 @@ class RankingEvaluator:
     """
 
     def __init__(self, split: str, data: SequenceData, encode_last, batch_size: int, ks=KS,
-                 place=jax.device_put, users: np.ndarray | None = None):
+                 place=jax.device_put, users: np.ndarray | None = None, shard=None):
         """``place`` puts a batch's arrays on the devices (split over the data axis of a mesh).
         Called under a mesh that splits the item table (``Partitioner.activate``), ranking is
-        per item slice.  ``users``: rank these users only (None: every user)."""
-        chosen = slice(None) if users is None else users
-        inputs = getattr(data, f"{split}_inputs")[chosen]
-        labels = getattr(data, f"{split}_labels")[chosen]
-        history = getattr(data, f"{split}_history")[chosen]
-        self.split, self.ks, self.num_users = split, tuple(ks), len(labels)
-        self.num_items = data.num_items
-        order = np.argsort((inputs != data.padding_id).sum(axis=1), kind="stable")
-        order = np.pad(order, (0, -len(order) % batch_size), constant_values=-1)
+        per item slice.  ``users``: rank these users only (None: every user).  ``shard``
+        (:class:`mqsa_jax.hosts.HostShard`): ``data`` holds this process's users alone, and
+        each step ranks ``batch_size / shard.count`` of them beside the other shards' (their
+        number of steps and widths agreed here); ``place`` then takes this shard's rows."""
+        chosen = np.arange(data.num_users) if users is None else np.asarray(users)
+        split_over = shard.count if shard is not None and shard.split else 1
+        rows = batch_size // split_over
+        self.split, self.ks, self.num_items = split, tuple(ks), data.num_items
+        self.num_users = len(chosen) if split_over == 1 else int(shard.gather(len(chosen)).sum())
+        self._data, self._place = data, place
+        # The split's input lengths: the test input adds the validation item.
+        lengths = np.minimum(data.cut_lengths[chosen] + (split == "test"), data.max_len)
+        order = np.argsort(lengths, kind="stable")
+        steps = -(-len(order) // rows)
+        if split_over > 1:
+            steps = int(shard.gather(steps).max())
+        order = np.pad(order, (0, steps * rows - len(order)), constant_values=-1).reshape(-1, rows)
+        longest = np.where(order >= 0, lengths[np.maximum(order, 0)] if len(lengths) else 0,
+                           0).max(axis=1, initial=1)
+        if split_over > 1:
+            longest = shard.gather(longest).max(axis=0)
         widths = [w for w in EVAL_WIDTHS if w < data.max_len] + [data.max_len]
-        self._batches, self._users = [], []  # per batch: its arrays, its rows' users (-1: none)
-        for users in order.reshape(-1, batch_size):
-            self._users.append(users)
-            real_users = users[users >= 0]
-            weights = np.zeros(batch_size, np.float32)
-            weights[: len(real_users)] = 1.0
-            users = np.where(users >= 0, users, real_users[0])  # weight-0 fillers
-            longest = int((inputs[users] != data.padding_id).sum(axis=1).max())
-            width = next(w for w in widths if w >= longest)
-            self._batches.append(tuple(map(place, (inputs[users, -width:], labels[users],
-                                                   history[users], weights))))
+        filler = chosen[0] if len(chosen) else 0  # weight 0: ranked, never counted
+        # Per batch: its rows' users (positions in ``chosen``; -1: a filler), the data's rows
+        # they read, and the width they run at.  Their arrays are made and placed per step.
+        self._users = list(order)
+        self._rows = [np.where(p >= 0, chosen[np.maximum(p, 0)], filler) for p in order]
+        self._widths = [next(w for w in widths if w >= most) for most in longest]
         # Ranks are exact (capped at N, which no findable label reaches), for MRR and --ranks.
         self._ranks = jax.jit(functools.partial(_batch_ranks, encode_last, data.num_items))
         self._step = jax.jit(functools.partial(_batch_sums, self._ranks, data.num_items,
                                                self.ks))
 
+    def _batch(self, index: int) -> tuple[jax.Array, ...]:
+        """Batch ``index``'s inputs, labels, history and weights, on the devices."""
+        inputs, labels, history = self._data.eval_rows(self.split, self._rows[index])
+        weights = (self._users[index] >= 0).astype(np.float32)
+        return tuple(map(self._place, (inputs[:, -self._widths[index]:], labels, history,
+                                       weights)))
+
     def lowered(self, params, index: int = -1):
         """The batch step lowered for batch ``index``: its compiled HLO shows what moves
         between devices."""
-        return self._step.lower(params, *self._batches[index])
+        return self._step.lower(params, *self._batch(index))
 
     def evaluate(self, params) -> dict[str, float]:
         """The split's metrics: means over users of HR@K, NDCG@K and MRR."""
-        total = sum(self._step(params, *batch) for batch in self._batches)
+        total = sum(self._step(params, *self._batch(i)) for i in range(len(self._rows)))
         values = np.asarray(total, dtype=np.float64) / self.num_users
         return dict(zip(metric_names(self.ks), values.tolist()))
 
@@ -235,8 +249,8 @@ class RankingEvaluator:
         (the catalogue's size) when the item is in the user's own history and cannot be found.
         """
         ranks = np.empty(self.num_users, np.int64)
-        for users, batch in zip(self._users, self._batches):
-            batch_ranks = np.asarray(self._ranks(params, *batch[:3]))
+        for index, users in enumerate(self._users):
+            batch_ranks = np.asarray(self._ranks(params, *self._batch(index)[:3]))
             ranks[users[users >= 0]] = batch_ranks[users >= 0]
         return ranks
 

@@ -23,6 +23,8 @@ import flax.struct
 import jax
 import numpy as np
 
+from mqsa_jax.data.arrays import SequenceData
+
 # Packed-target buffers are rounded up to a multiple of this, so an epoch compiles a handful of
 # shapes while wasting at most this many rows per step.
 CAPACITY_QUANTUM = 256
@@ -72,17 +74,15 @@ class Packing:
     """Cuts a shuffled order of users into :class:`Batch` es.
 
     Args:
-      inputs, targets: [U, T] the users' left-padded training rows.
-      padding_id: the padding item id.
+      data: the users' sequences (:class:`mqsa_jax.data.arrays.SequenceData`); a batch's
+        training rows are made from them as it is packed.
       batch_size: users per batch.
       row_multiple: the packed rows are a multiple of this (the mesh's ``data`` axis).
     """
 
-    def __init__(self, inputs: np.ndarray, targets: np.ndarray, padding_id: int,
-                 batch_size: int, row_multiple: int = 1):
-        self.inputs, self.targets, self.padding_id = inputs, targets, padding_id
-        self.batch_size = batch_size
-        self.lengths = (targets != padding_id).sum(axis=1)
+    def __init__(self, data: SequenceData, batch_size: int, row_multiple: int = 1):
+        self.data, self.padding_id, self.batch_size = data, data.padding_id, batch_size
+        self.lengths = data.train_lengths
         self.row_quantum = np.lcm(ROWS_QUANTUM, row_multiple)
 
     def num_batches(self, users: int) -> int:
@@ -99,9 +99,10 @@ class Packing:
 
     def pack(self, users: np.ndarray) -> tuple[Batch, int]:
         """The batch of ``users`` and its number of real targets."""
-        width = self.inputs.shape[1]
+        width = self.data.max_len
         lengths = self.lengths[users]
         users, lengths = users[lengths > 0], lengths[lengths > 0]
+        inputs, targets = self.data.train_rows(users)
         rows, starts = first_fit_rows(lengths, width)
         num_rows = max(self.row_quantum, round_up(int(rows.max(initial=-1)) + 1,
                                                   self.row_quantum))
@@ -109,13 +110,13 @@ class Packing:
         # start + j of its packed row.
         segment = np.repeat(np.arange(len(users)), lengths)
         offset = np.arange(len(segment)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        source = (users[segment], width - lengths[segment] + offset)
+        source = (segment, width - lengths[segment] + offset)
         target = (rows[segment], starts[segment] + offset)
         packed = {name: np.full((num_rows, width), fill, np.int32) for name, fill in (
             ("items", self.padding_id), ("targets", self.padding_id), ("segments", 0),
             ("positions", 0))}
-        packed["items"][target] = self.inputs[source]
-        packed["targets"][target] = self.targets[source]
+        packed["items"][target] = inputs[source]
+        packed["targets"][target] = targets[source]
         packed["segments"][target] = segment + 1
         packed["positions"][target] = source[1]
         count = len(segment)

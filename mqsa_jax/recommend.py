@@ -138,10 +138,10 @@ class Recommender:
             return self.topk(self.full_histories(index), k, exclude_history, rows)
         if self._data is None:
             self._data = build_sequence_data(self.dataset, self.config.model.max_len)
-        exclude = self._data.test_history[index]
+        inputs, _, exclude = self._data.eval_rows("test", index)
         if not exclude_history:
             exclude = np.full_like(exclude, self.num_items)
-        return self._to_ids(*self.topk_indices(self._data.test_inputs[index], exclude, k, rows))
+        return self._to_ids(*self.topk_indices(inputs, exclude, k, rows))
 
     def _to_ids(self, items: np.ndarray, scores: np.ndarray):
         """Source ids and scores, without the excluded items (-inf) that fill a short top."""

@@ -58,15 +58,17 @@ def exclusive(run_dir: Path) -> Iterator[None]:
         yield
 
 
-def load_run_dataset(config: Config, data_dir: Path | None = None) -> Dataset:
-    """The config's dataset, prepared once however many processes run."""
+def load_run_dataset(config: Config, data_dir: Path | None = None,
+                     shard: tuple[int, int] = (0, 1)) -> Dataset:
+    """The config's dataset (``shard``: only that share of its users, see
+    :func:`mqsa_jax.data.registry.load_dataset`), prepared once however many processes run."""
     if jax.process_count() > 1:
         # The first use of a dataset prepares its TFDS files: one process does, on storage the
         # hosts share, while the others wait (on separate disks each host then prepares its own).
         if jax.process_index() == 0:
-            registry.load_dataset(config.dataset, data_dir)
+            registry.prepare_dataset(config.dataset, data_dir)
         multihost_utils.sync_global_devices("mqsa-jax: dataset prepared")
-    return registry.load_dataset(config.dataset, data_dir)
+    return registry.load_dataset(config.dataset, data_dir, shard)
 
 
 def sequence_data(config: Config, dataset: Dataset) -> SequenceData:
@@ -90,13 +92,16 @@ def enable_compilation_cache() -> None:
 def make_evaluators(model: MQSA, data: SequenceData, config: Config,
                     partitioner: Partitioner | None = None,
                     splits: Sequence[str] = ("valid", "test"),
-                    users: np.ndarray | None = None) -> list[RankingEvaluator]:
+                    users: np.ndarray | None = None, shard=None) -> list[RankingEvaluator]:
     """Full-ranking evaluators of ``splits`` (of ``users`` alone, if given); with a
     partitioner, batches are split over its batch axis (and, under its ``activate()``, ranking
-    is per item slice)."""
-    placement = {} if partitioner is None else {"place": partitioner.place_batch}
+    is per item slice); with a ``shard`` (:class:`mqsa_jax.hosts.HostShard`), ``data`` holds
+    that shard's users and ``users`` are indices among them."""
+    placement = {} if partitioner is None else {
+        "place": partitioner.place_batch if shard is None else shard.placer(partitioner)}
     return [RankingEvaluator(split, data, model.encode_last, config.eval.eval_batch_size,
-                             config.eval.eval_ks, users=users, **placement) for split in splits]
+                             config.eval.eval_ks, users=users, shard=shard, **placement)
+            for split in splits]
 
 
 def evaluation_sample(config: Config, num_users: int) -> np.ndarray | None:

@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from mqsa_jax.checkpoint import LATEST, RunCheckpoints
 from mqsa_jax.config import Config, read_run_config
-from mqsa_jax.dashboard import ProgressLog, TensorBoardLog
+from mqsa_jax.dashboard import ProgressLog, TensorBoardLog, summary_line
 from mqsa_jax.data.arrays import SequenceData
 from mqsa_jax.errors import UserError
+from mqsa_jax.hosts import HostShard, prepare_host_data
 from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax.model import MQSA
 from mqsa_jax.packing import Batch, Packing
@@ -36,7 +37,6 @@ from mqsa_jax.runs import (
     evaluation_sample,
     exclusive,
     make_evaluators,
-    prepare_data,
 )
 from mqsa_jax.state import TrainState, init_state, logical_specs, make_optimizer
 from mqsa_jax.steps import TrainArrays, make_train_step
@@ -45,8 +45,13 @@ from mqsa_jax.steps import TrainArrays, make_train_step
 class Trainer:
     """Owns the data, model, step functions and evaluators of one run."""
 
-    def __init__(self, config: Config, data: SequenceData, partitioner: Partitioner | None = None):
+    def __init__(self, config: Config, data: SequenceData, partitioner: Partitioner | None = None,
+                 shard: HostShard | None = None):
+        """``shard``: ``data`` holds that process's share of the users (:mod:`mqsa_jax.hosts`;
+        None: every user)."""
         self.config, self.data = config, data
+        self.shard = shard = shard or HostShard(num_users=data.num_users,
+                                                total_users=data.num_users)
         self.partitioner = partitioner = (
             partitioner or Partitioner(rules=config.train.logical_axis_rules))
         partitioner.check_sizes(config.train.batch_size, config.eval.eval_batch_size)
@@ -58,13 +63,12 @@ class Trainer:
         self.train_step = make_train_step(self.model, self.optimizer, config, partitioner,
                                           self.state_shardings)
         self.arrays = partitioner.replicate(TrainArrays.from_data(data, config))
-        self.packing = Packing(data.train_inputs, data.train_targets, data.padding_id,
-                               config.train.batch_size, partitioner.data)
-        self.evaluators = make_evaluators(self.model, data, config, partitioner)
-        sample = evaluation_sample(config, data.num_users)
+        self.packing = Packing(data, config.train.batch_size, partitioner.data // shard.count)
+        self.evaluators = make_evaluators(self.model, data, config, partitioner, shard=shard)
+        sample = evaluation_sample(config, shard.total_users)
         self.sample_evaluators = sample if sample is None else make_evaluators(
-            self.model, data, config, partitioner, users=sample)
-        self.targets_per_epoch = int((data.train_targets != data.padding_id).sum())
+            self.model, data, config, partitioner, users=shard.local(sample), shard=shard)
+        self._place = shard.placer(partitioner)
 
     def init_state(self) -> TrainState:
         host_state = jax.device_get(init_state(self.model, self.optimizer, self.config))
@@ -72,7 +76,7 @@ class Trainer:
 
     def place(self, batch: Batch) -> Batch:
         """A host batch with its rows split over the mesh's ``data`` axis."""
-        return jax.tree.map(self.partitioner.place_batch, batch)
+        return jax.tree.map(self._place, batch)
 
     def train_epoch(self, state: TrainState, order: np.ndarray, progress: tqdm | None = None):
         """One pass over the users in ``order``; returns the state and the mean batch losses."""
@@ -87,7 +91,7 @@ class Trainer:
         and ``partial`` with their losses added."""
         totals, steps, seen, start = partial.totals, partial.batches, 0, time.perf_counter()
         with self.partitioner.activate():
-            for batch, count in self.packing.batches(order, partial.batches, stop):
+            for batch, count in self.shard.batches(self.packing, order, partial.batches, stop):
                 state, losses = self.train_step(state, self.arrays, self.place(batch))
                 totals = losses if totals is None else jax.tree.map(jnp.add, totals, losses)
                 steps, seen = steps + 1, seen + count
@@ -122,7 +126,9 @@ def train(config: Config, run_dir: Path, data_dir: Path | None = None, progress:
     elif (run_dir / "config.json").exists():
         raise UserError(f"{run_dir}: already holds a run; choose another --run-dir, "
                         "or continue it with --resume")
-    trainer = Trainer(config, prepare_data(config, data_dir), partitioner)
+    partitioner = partitioner or Partitioner(rules=config.train.logical_axis_rules)
+    data, shard = prepare_host_data(config, partitioner, data_dir)
+    trainer = Trainer(config, data, partitioner, shard)
     primary = jax.process_index() == 0  # with many hosts, one writes the run's files
     with contextlib.ExitStack() as stack:
         if primary:
@@ -172,7 +178,7 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: 
         write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
         board = TensorBoardLog(run_dir, config, history, selection)
 
-    batches = trainer.packing.num_batches(trainer.data.num_users)
+    batches = trainer.packing.num_batches(trainer.shard.total_users)
     step = int(state.step)
     with board:
         for epoch in range(first_epoch, train_config.epochs + 1):
@@ -187,7 +193,7 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: 
             log = (ProgressLog(train_config.log_every_seconds, epoch, train_config.epochs,
                                batches) if primary and bar.disable else None)
             epoch_shuffle = shuffler.bit_generator.state
-            order = shuffler.permutation(trainer.data.num_users)
+            order = shuffler.permutation(trainer.shard.total_users)
             while True:
                 done = partial.batches
                 stop = _next_stop(train_config, step, done, batches)
@@ -229,7 +235,7 @@ def _train_epochs(config: Config, run_dir: Path, trainer: Trainer, checkpoints: 
                                                               "shuffle": epoch_shuffle}},
                         is_best)
                     if primary:
-                        print(_summary_line(record, train_config.epochs,
+                        print(summary_line(record, train_config.epochs,
                                             time.perf_counter() - start, selection),
                               file=sys.stderr, flush=True)
                     if stop_requested(index):
@@ -286,15 +292,3 @@ class EpochPartial:
         # float32, as the device summed them: the sums go on exactly as without the stop.
         return cls(saved["batches"], {k: np.float32(v) for k, v in saved["totals"].items()},
                    saved["seconds"], saved["targets"])
-
-
-def _summary_line(record: dict, epochs: int, checkpoint_seconds: float, selection: str) -> str:
-    step = f" step {record['step']}" if "step" in record else ""
-    line = (f"epoch {record['epoch']}/{epochs}{step}  loss {record['loss']:.4f} "
-            f"(rec {record['loss_rec']:.4f}, kd {record['loss_kd']:.4f})  "
-            f"{record['train_seconds']:.1f} s, checkpoint {checkpoint_seconds:.2f} s")
-    if "valid" in record:
-        line += (f"  valid {selection} {record['valid'][selection]:.4f}"
-                 f"  test {selection} {record['test'][selection]:.4f}"
-                 f"  eval {record['eval_seconds']:.1f} s")
-    return line

@@ -21,21 +21,30 @@ def _row(items, width=4):
 
 def test_rows_follow_the_reference_preprocessing():
     data = build_sequence_data(_small_dataset(), max_len=4)
+    train_inputs, train_targets = data.train_rows()
+    valid_inputs, valid_labels, valid_history = data.eval_rows("valid")
+    test_inputs, test_labels, test_history = data.eval_rows("test")
     # user 0: train [0..4], valid 5, test 6; cut = [1, 2, 3, 4]
-    assert data.train_inputs[0].tolist() == _row([1, 2, 3])
-    assert data.train_targets[0].tolist() == _row([2, 3, 4])
-    assert data.valid_inputs[0].tolist() == _row([1, 2, 3, 4])
-    assert data.test_inputs[0].tolist() == _row([2, 3, 4, 5])
-    assert (data.valid_labels[0], data.test_labels[0]) == (5, 6)
-    assert data.test_history[0].tolist() == [1, 2, 3, 4, 5]
+    assert train_inputs[0].tolist() == _row([1, 2, 3])
+    assert train_targets[0].tolist() == _row([2, 3, 4])
+    assert valid_inputs[0].tolist() == _row([1, 2, 3, 4])
+    assert test_inputs[0].tolist() == _row([2, 3, 4, 5])
+    assert (valid_labels[0], test_labels[0]) == (5, 6)
+    assert test_history[0].tolist() == [1, 2, 3, 4, 5]
     # user 1: train [3], valid 3, test 1
-    assert data.train_inputs[1].tolist() == _row([])
-    assert data.train_targets[1].tolist() == _row([])
-    assert data.test_inputs[1].tolist() == _row([3, 3])
-    assert data.valid_history[1].tolist() == _row([3])
+    assert train_inputs[1].tolist() == _row([])
+    assert train_targets[1].tolist() == _row([])
+    assert test_inputs[1].tolist() == _row([3, 3])
+    assert valid_history[1].tolist() == _row([3])
     # user 2: train [8, 7, 6]
-    assert data.train_inputs[2].tolist() == _row([8, 7])
-    assert data.train_targets[2].tolist() == _row([7, 6])
+    assert train_inputs[2].tolist() == _row([8, 7])
+    assert train_targets[2].tolist() == _row([7, 6])
+    # A batch's rows are those of the whole, in the batch's order.
+    users = np.array([2, 0])
+    for whole, part in zip(data.train_rows() + data.eval_rows("test"),
+                           data.train_rows(users) + data.eval_rows("test", users)):
+        np.testing.assert_array_equal(whole[users], part)
+    assert data.train_lengths.tolist() == [3, 0, 2]
     assert data.num_train_targets == 3 + 0 + 2
 
 
@@ -67,7 +76,7 @@ def test_right_aligned_tails_against_a_loop():
 def test_beauty_counts(data_root):
     dataset = registry.load_dataset("beauty", data_root)
     data = build_sequence_data(dataset, max_len=50)
-    assert data.train_inputs.shape == (22363, 50)
+    assert data.cut.shape == (22363, 50)
     cut_lengths = np.minimum(dataset.train_lengths, 50)
     assert data.num_train_targets == int((cut_lengths - 1).sum())
     assert data.transitions.counts.sum() == data.num_train_targets

@@ -72,13 +72,11 @@ def test_evaluator_equals_brute_force_full_width_ranking():
                           params)
     encode = trainer.model.encode_last
     for split in ("valid", "test"):
-        inputs = getattr(data, f"{split}_inputs")
+        inputs, labels, history = data.eval_rows(split)
         states = np.asarray(encode(params, inputs))
         scores = states @ np.asarray(item_table(params)).T
-        ranks = np.array([
-            _brute_force_rank(scores[u], getattr(data, f"{split}_labels")[u],
-                              getattr(data, f"{split}_history")[u], 20)
-            for u in range(data.num_users)])
+        ranks = np.array([_brute_force_rank(scores[u], labels[u], history[u], 20)
+                          for u in range(data.num_users)])
         evaluator = RankingEvaluator(split, data, encode, batch_size=16)
         got = evaluator.evaluate(params)
         for k in (5, 10, 20):
@@ -87,9 +85,7 @@ def test_evaluator_equals_brute_force_full_width_ranking():
             assert abs(got[f"NDCG@{k}"] - expected_ndcg) < 1e-6
         # Exact ranks (N where the label is masked), and MRR from them.
         n = data.num_items
-        exact = np.array([
-            _brute_force_rank(scores[u], getattr(data, f"{split}_labels")[u],
-                              getattr(data, f"{split}_history")[u], n)
-            for u in range(data.num_users)])
+        exact = np.array([_brute_force_rank(scores[u], labels[u], history[u], n)
+                          for u in range(data.num_users)])
         assert evaluator.ranks(params).tolist() == exact.tolist()
         assert abs(got["MRR"] - np.mean(np.where(exact < n, 1 / (exact + 1), 0))) < 1e-6

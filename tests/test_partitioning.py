@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -251,3 +252,50 @@ def test_toys_on_model_8_and_the_readmes_4x2_match_one_device(tmp_path):
     for mesh in ("data=1,model=8", "data=4,model=2"):
         _assert_same_epoch(_train("toys", tmp_path / mesh, 1, mesh, devices=8)[0],
                            reference[0], f"toys {mesh}")
+
+
+@pytest.fixture(scope="module")
+def four_records(tmp_path_factory):
+    """A data directory with ``records``: about 4,000 users, 4 TFDS records of 1,024."""
+    from mqsa_jax.cli import main
+    from mqsa_jax.data.importers import export_sasrec
+    from tests.helpers import random_dataset
+
+    root = tmp_path_factory.mktemp("records")
+    export_sasrec(random_dataset(num_users=4000, num_items=150, max_length=8, seed=5),
+                  root / "log.txt")
+    assert main(["data", "import", str(root / "log.txt"), "--format", "sasrec", "--name",
+                 "records", "--min-count", "1", "--data-dir", str(root / "data")]) == 0
+    return root / "data"
+
+
+def test_two_hosts_hold_half_the_users_each_and_give_one_process_metrics(four_records,
+                                                                          tmp_path):
+    """Mesh data=2 over two processes: each loads, trains and ranks its own users only, and
+    the run's losses and metrics are the single process's (no dropout: the same randomness)."""
+    train = ["-m", "mqsa_jax", "train", "--dataset", "records", "--data-dir", str(four_records),
+             "--no-progress", "--epochs", "1", "--set", "max_len=8", "--set", "hidden=16",
+             "--set", "dropout=0", "--set", "batch_size=512", "--set", "eval_batch_size=512"]
+    _launch([*train, "--run-dir", str(tmp_path / "one")], devices=1)
+    commands = _start([*train, "--run-dir", str(tmp_path / "two"), "--mesh", "data=2"],
+                      devices=1, processes=2)
+    outputs = [c.communicate(timeout=600) for c in commands]
+    for command, (_, err) in zip(commands, outputs):
+        assert command.returncode == 0, err[-3000:]
+    held = [re.search(r"process (\d) holds users ([\d,]+) to ([\d,]+) of ([\d,]+)", err).groups()
+            for _, err in outputs]
+    (p0, a0, b0, total), (p1, a1, b1, total1) = (
+        [int(x.replace(",", "")) for x in h] for h in held)
+    assert (p0, p1, a0, total) == (0, 1, 0, total1) and a1 == b0 + 1 and b1 == total - 1
+    assert 0.4 < (b0 + 1) / total < 0.6  # whole records of 1,024 users each
+    one, two = (_records(tmp_path / name) for name in ("one", "two"))
+    assert [r["epoch"] for r in two] == [r["epoch"] for r in one] == [1]
+    for ours, expected in zip(two, one):
+        assert ours["loss"] == pytest.approx(expected["loss"], rel=1e-4)
+        for split in ("valid", "test"):
+            for name, value in expected[split].items():
+                assert ours[split][name] == pytest.approx(value, rel=1e-3, abs=1e-6), name
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -74,10 +74,8 @@ def _eval_temp_bytes(num_items: int) -> int:
     rows = np.full((users, MAX_LEN), num_items, np.int32)
     rows[:, -1] = 0
     labels = np.zeros(users, np.int32)
-    data = SequenceData(num_items=num_items, max_len=MAX_LEN, train_inputs=rows,
-                        train_targets=rows, valid_inputs=rows, valid_labels=labels,
-                        test_inputs=rows, test_labels=labels, valid_history=rows,
-                        test_history=rows, transitions=None)
+    data = SequenceData(num_items=num_items, max_len=MAX_LEN, cut=rows, valid_labels=labels,
+                        test_labels=labels, transitions=None)
     evaluator = RankingEvaluator("valid", data, model.encode_last, users)
     return evaluator.lowered(params).compile().memory_analysis().temp_size_in_bytes
 

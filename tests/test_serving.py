@@ -44,16 +44,17 @@ def test_recommend_for_users_equals_the_evaluation_ranking(recommender):
     dataset = recommender.dataset
     data = build_sequence_data(dataset, recommender.config.model.max_len)
     model = MQSA(recommender.config.model, dataset.num_items)
-    states = model.encode_last(recommender.params, data.test_inputs)
+    inputs, labels, history = data.eval_rows("test")
+    states = model.encode_last(recommender.params, inputs)
     ranks = np.minimum(20, np.asarray(label_ranks(
-        states, item_table(recommender.params), jnp.asarray(data.test_labels),
-        jnp.asarray(data.test_history), dataset.num_items)))
+        states, item_table(recommender.params), jnp.asarray(labels), jnp.asarray(history),
+        dataset.num_items)))
     items, _ = recommender.topk_for_users(dataset.user_ids.tolist(), k=20)
     for user, top in enumerate(items):
-        label = dataset.item_ids[data.test_labels[user]]
+        label = dataset.item_ids[labels[user]]
         assert (top.index(label) if label in top else 20) == ranks[user]
-        assert not set(top) & set(dataset.item_ids[data.test_history[user][
-            data.test_history[user] < dataset.num_items]].tolist())
+        assert not set(top) & set(dataset.item_ids[history[user][
+            history[user] < dataset.num_items]].tolist())
 
 
 def test_full_history_includes_the_last_item(recommender):

@@ -18,7 +18,7 @@ def _dense_reference_losses(trainer, params, users, config):
     """The reference losses over full-width rows, dense teacher rows, no dropout."""
     data = trainer.data
     n, d = data.num_items, config.model.hidden
-    inputs, targets = data.train_inputs[users], data.train_targets[users]
+    inputs, targets = data.train_rows(users)
     states = np.asarray(trainer.model.apply(params, inputs, deterministic=True), np.float64)
     E = np.asarray(item_table(params), np.float64)
     real = inputs != n

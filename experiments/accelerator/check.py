@@ -74,7 +74,7 @@ def _train(dry_run: bool, precision: str, epochs: int, timed: bool) -> dict:
             if timed and epoch == 2:
                 result.update(train_epoch_s=round(train_s, 3),
                               ranking_valid_and_test_s=round(eval_s, 3),
-                              train_targets_per_s=round(trainer.targets_per_epoch / train_s))
+                              train_targets_per_s=round(trainer.data.num_train_targets / train_s))
     return result
 
 

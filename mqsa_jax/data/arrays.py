@@ -7,6 +7,7 @@ items, right-aligned and left-padded with the padding id ``num_items``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -36,6 +37,15 @@ class Transitions:
         result[nonempty] = np.maximum.reduceat(self.counts, self.indptr[:-1][nonempty])
         return result
 
+    @classmethod
+    def from_pairs(cls, pairs: np.ndarray, counts: np.ndarray, num_items: int) -> Transitions:
+        """From distinct sorted keys ``head * N + tail`` [nnz] and their counts [nnz]."""
+        row_lengths = np.bincount(pairs // num_items, minlength=num_items)
+        indptr = np.zeros(num_items + 1, dtype=np.int64)
+        np.cumsum(row_lengths, out=indptr[1:])
+        return cls(indptr=indptr, indices=(pairs % num_items).astype(np.int32),
+                   counts=counts.astype(np.float32), num_items=num_items)
+
     def to_dense(self) -> np.ndarray:
         """For tests and small catalogues only."""
         dense = np.zeros((self.num_items, self.num_items), dtype=np.float32)
@@ -46,22 +56,21 @@ class Transitions:
 
 @dataclasses.dataclass(frozen=True)
 class SequenceData:
-    """Per-user rows of length ``max_len``, padding id ``num_items``.
+    """Per-user rows of length ``max_len``, padding id ``num_items``, all derived from one
+    matrix: ``cut``, each user's training list cut to its last ``max_len`` items, right-aligned.
 
-    Histories (items excluded from ranking) are padded id lists, never a users x items matrix:
-    validation excludes the cut training list, test excludes it plus the validation item.
+    Only ``cut`` and the labels are kept (4 bytes per user and position: 1.4 GB for 7 million
+    users at ``max_len`` 50); a batch's training and evaluation rows are made from its users'
+    rows of it when asked (:meth:`train_rows`, :meth:`eval_rows`).  Histories (items excluded
+    from ranking) are padded id lists, never a users x items matrix: validation excludes the cut
+    training list, test excludes it plus the validation item.
     """
 
     num_items: int
     max_len: int
-    train_inputs: np.ndarray  # [U, T]
-    train_targets: np.ndarray  # [U, T]
-    valid_inputs: np.ndarray  # [U, T]
+    cut: np.ndarray  # [U, T] int32
     valid_labels: np.ndarray  # [U]
-    test_inputs: np.ndarray  # [U, T]
     test_labels: np.ndarray  # [U]
-    valid_history: np.ndarray  # [U, T]
-    test_history: np.ndarray  # [U, T + 1]
     transitions: Transitions
 
     @property
@@ -72,9 +81,39 @@ class SequenceData:
     def padding_id(self) -> int:
         return self.num_items
 
+    @functools.cached_property
+    def cut_lengths(self) -> np.ndarray:
+        """[U] each user's items in ``cut``."""
+        return (self.cut != self.num_items).sum(axis=1)
+
+    @property
+    def train_lengths(self) -> np.ndarray:
+        """[U] each user's training targets: its cut list's items but the first."""
+        return np.maximum(self.cut_lengths - 1, 0)
+
     @property
     def num_train_targets(self) -> int:
-        return int((self.train_targets != self.num_items).sum())
+        return int(self.train_lengths.sum())
+
+    def train_rows(self, users: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Training inputs ``cut[:-1]`` and targets ``cut[1:]``, right-aligned: [len(users), T]
+        each."""
+        cut = self.cut[users]
+        inputs = np.concatenate([np.full((len(cut), 1), self.num_items, np.int32), cut[:, :-1]],
+                                axis=1)
+        return inputs, np.where(inputs != self.num_items, cut, self.num_items).astype(np.int32)
+
+    def eval_rows(self, split: str, users: np.ndarray | slice = slice(None)):
+        """A split's inputs [len(users), T], labels [len(users)] and excluded history: the
+        validation input is the cut list, the test input its last T - 1 items and the
+        validation item; the test history is the cut list and the validation item
+        [len(users), T + 1]."""
+        cut, valid = self.cut[users], self.valid_labels[users]
+        if split == "valid":
+            return cut, valid, cut
+        column = valid[:, None].astype(np.int32)
+        return (np.concatenate([cut[:, 1:], column], axis=1), self.test_labels[users],
+                np.concatenate([cut, column], axis=1))
 
 
 def right_aligned_tails(values: np.ndarray, offsets: np.ndarray, width: int,
@@ -109,37 +148,13 @@ def transition_counts(cut: np.ndarray, num_items: int, time_span: int = 1) -> Tr
         heads.append(head[real])
         tails.append(tail[real])
     keys = np.concatenate(heads).astype(np.int64) * num_items + np.concatenate(tails)
-    pairs, counts = np.unique(keys, return_counts=True)  # sorted by head, then tail
-    row_lengths = np.bincount(pairs // num_items, minlength=num_items)
-    indptr = np.zeros(num_items + 1, dtype=np.int64)
-    np.cumsum(row_lengths, out=indptr[1:])
-    return Transitions(
-        indptr=indptr,
-        indices=(pairs % num_items).astype(np.int32),
-        counts=counts.astype(np.float32),
-        num_items=num_items,
-    )
+    return Transitions.from_pairs(*np.unique(keys, return_counts=True), num_items)
 
 
 def build_sequence_data(dataset: Dataset, max_len: int = 50, time_span: int = 1) -> SequenceData:
-    pad = dataset.num_items
-    cut = right_aligned_tails(dataset.train_items, dataset.train_offsets, max_len, pad)
-    # Training: input cut[:-1], target cut[1:], both right-aligned.
-    train_inputs = np.concatenate([np.full((len(cut), 1), pad, np.int32), cut[:, :-1]], axis=1)
-    train_targets = np.where(train_inputs != pad, cut, pad).astype(np.int32)
-    # Test input: the last max_len items of cut + [valid].
-    valid_column = dataset.valid[:, None].astype(np.int32)
-    test_inputs = np.concatenate([cut[:, 1:], valid_column], axis=1)
-    return SequenceData(
-        num_items=dataset.num_items,
-        max_len=max_len,
-        train_inputs=train_inputs,
-        train_targets=train_targets,
-        valid_inputs=cut,
-        valid_labels=dataset.valid.astype(np.int32),
-        test_inputs=test_inputs,
-        test_labels=dataset.test.astype(np.int32),
-        valid_history=cut,
-        test_history=np.concatenate([cut, valid_column], axis=1),
-        transitions=transition_counts(cut, dataset.num_items, time_span),
-    )
+    cut = right_aligned_tails(dataset.train_items, dataset.train_offsets, max_len,
+                              dataset.num_items)
+    return SequenceData(num_items=dataset.num_items, max_len=max_len, cut=cut,
+                        valid_labels=dataset.valid.astype(np.int32),
+                        test_labels=dataset.test.astype(np.int32),
+                        transitions=transition_counts(cut, dataset.num_items, time_span))

@@ -61,10 +61,19 @@ def list_datasets(root: Path) -> list[str]:
     return list(RELEASE_DATASETS) + [n for n in imported if n not in RELEASE_DATASETS]
 
 
-def load_dataset(name: str, root: Path | None = None) -> Dataset:
-    """Loads a dataset by name through its TFDS data source, preparing it on first use."""
+def prepare_dataset(name: str, root: Path | None = None) -> Path:
+    """The prepared TFDS directory of a dataset, written on first use."""
+    root = data_dir(root)
+    return tfds_dataset.prepare(store_path(name, root), name, root / "tfds")
+
+
+def load_dataset(name: str, root: Path | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> Dataset:
+    """Loads a dataset by name through its TFDS data source, preparing it on first use; with
+    ``shard`` ``(k, K)``, only the users of the k-th of K equal runs of its records."""
     root = data_dir(root)
     store = store_path(name, root)
-    prepared = tfds_dataset.prepare(store, name, root / "tfds")
+    prepared = prepare_dataset(name, root)
+    records = None if shard[1] == 1 else tfds_dataset.shard_records(prepared, *shard)
     # The sequences come through TFDS; the id maps travel in the store only.
-    return tfds_dataset.load(prepared, name, *load_id_maps(store))
+    return tfds_dataset.load(prepared, name, *load_id_maps(store), records=records)

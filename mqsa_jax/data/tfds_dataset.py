@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mqsa_jax.data.dataset import Dataset, load_store
+from mqsa_jax.errors import UserError
 
 BUILDER_NAME = "mqsa_sequences"
 SPLIT = "users"
@@ -137,6 +138,16 @@ def prepare(store: Path, dataset_name: str, tfds_root: Path) -> Path:
 def num_records(num_users: int) -> int:
     """How many records hold ``num_users`` users."""
     return -(-num_users // USERS_PER_RECORD)
+
+
+def shard_records(prepared: Path, index: int, count: int) -> list[int]:
+    """The records of shard ``index`` of ``count`` equal runs of a prepared dataset's records
+    (consecutive users); a shard of no record is refused."""
+    records = tfds.builder_from_directory(str(prepared)).info.splits[SPLIT].num_examples
+    if records < count:
+        raise UserError(f"{prepared}: {records} record(s) of {USERS_PER_RECORD:,} users cannot "
+                        f"be split over {count} hosts; use fewer processes along the batch axis")
+    return np.array_split(np.arange(records), count)[index].tolist()
 
 
 def read_sequences(prepared: Path, records: Sequence[int] | None = None
