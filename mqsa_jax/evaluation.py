@@ -118,6 +118,8 @@ def label_ranks(states: jax.Array, table: jax.Array, labels: jax.Array, history:
     def scores(items, first_ids):  # [B, S, b] and the items' ids [S, b]; padding rows -inf
         z = (states @ items.reshape(-1, items.shape[-1]).T).reshape(len(states), *items.shape[:2])
         item_ids = first_ids[:, None] + jnp.arange(items.shape[1], dtype=jnp.int32)
+        if table.shape[0] == num_items:  # no padding row: no mask pass
+            return z, item_ids
         return jnp.where(item_ids < num_items, z, -jnp.inf), item_ids
 
     def take_targets(found, z, item_ids):  # the label's and history's scores, where in z

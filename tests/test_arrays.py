@@ -80,3 +80,19 @@ def test_beauty_counts(data_root):
     cut_lengths = np.minimum(dataset.train_lengths, 50)
     assert data.num_train_targets == int((cut_lengths - 1).sum())
     assert data.transitions.counts.sum() == data.num_train_targets
+
+
+def test_blocks_of_rows_give_the_arrays_of_one_block(monkeypatch):
+    """The host arrays are built ROWS_PER_BLOCK users at a time: 7 here, a tail included."""
+    from mqsa_jax.data import arrays
+    from tests.helpers import random_dataset
+
+    dataset = random_dataset(num_users=50, num_items=30, max_length=14)
+    whole = build_sequence_data(dataset, max_len=6, time_span=2)
+    monkeypatch.setattr(arrays, "ROWS_PER_BLOCK", 7)
+    blocked = build_sequence_data(dataset, max_len=6, time_span=2)
+    np.testing.assert_array_equal(whole.cut, blocked.cut)
+    for field in ("indptr", "indices", "counts"):
+        np.testing.assert_array_equal(getattr(whole.transitions, field),
+                                      getattr(blocked.transitions, field))
+    assert whole.transitions.counts.sum() > 0
