@@ -11,7 +11,8 @@ its own users of each batch into its own rows, and the shards agree on each batc
 shape (rows, target capacity) once per window of batches, with one collective of a few integers.
 Evaluation ranks each shard's users in the same way, and the metric sums add up over the batch
 axis inside the step.  Where the shards would overlap (a batch axis that does not split evenly
-over the processes), every process holds every user, as before.
+over the processes), or a shard would get no record (under 1,024 users a shard), every process
+holds every user, as before.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from jax.experimental import multihost_utils
 
 from mqsa_jax.config import Config
 from mqsa_jax.data.arrays import SequenceData, Transitions
+from mqsa_jax.data.tfds_dataset import TooFewRecords
 from mqsa_jax.packing import CAPACITY_QUANTUM, Batch, Packing, round_up
 from mqsa_jax.runs import load_run_dataset, sequence_data
 from mqsa_jax.tables import BATCH
@@ -170,7 +172,12 @@ def prepare_host_data(config: Config, partitioner,
     """Model-ready arrays of this process's users (every user on one process; with several,
     its shard's), with the teacher's transitions of every user, and its shard."""
     index, count, processes = batch_shards(partitioner)
-    data = sequence_data(config, load_run_dataset(config, data_dir, (index, count)))
+    try:
+        dataset = load_run_dataset(config, data_dir, (index, count))
+    except TooFewRecords:  # a small dataset (under 1,024 users a shard): every process holds it
+        index, count, processes = 0, 1, (0,) * jax.process_count()
+        dataset = load_run_dataset(config, data_dir)
+    data = sequence_data(config, dataset)
     shard = host_shard(index, count, processes, data.num_users)
     return dataclasses.replace(
         data, transitions=summed_transitions(data.transitions, shard)), shard

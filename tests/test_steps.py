@@ -96,5 +96,5 @@ def test_final_eval_sample_ranks_the_sample_at_the_end_too(tiny_dataset):
     assert [(r["step"], r.get("eval_users")) for r in records] == [(3, 20), (4, 20)]
     refused = _train(tiny_dataset, tiny_dataset / "steps_bad", "--set", "final_eval=some",
                      check=False)
-    assert refused.returncode == 2 and refused.stderr.strip() == (
-        "mqsa-jax: error: invalid config: final_eval must be all or sample, got 'some'"), refused.stderr
+    message = "mqsa-jax: error: invalid config: final_eval must be all or sample, got 'some'"
+    assert refused.returncode == 2 and refused.stderr.strip() == message, refused.stderr

@@ -140,13 +140,16 @@ def num_records(num_users: int) -> int:
     return -(-num_users // USERS_PER_RECORD)
 
 
+class TooFewRecords(UserError):
+    """A dataset has fewer records than the shards it was to be split into."""
+
+
 def shard_records(prepared: Path, index: int, count: int) -> list[int]:
     """The records of shard ``index`` of ``count`` equal runs of a prepared dataset's records
-    (consecutive users); a shard of no record is refused."""
+    (consecutive users); :class:`TooFewRecords` where a shard would get none."""
     records = tfds.builder_from_directory(str(prepared)).info.splits[SPLIT].num_examples
     if records < count:
-        raise UserError(f"{prepared}: {records} record(s) of {USERS_PER_RECORD:,} users cannot "
-                        f"be split over {count} hosts; use fewer processes along the batch axis")
+        raise TooFewRecords(f"{prepared}: {records} record(s) for {count} shards")
     return np.array_split(np.arange(records), count)[index].tolist()
 
 
