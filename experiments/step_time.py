@@ -34,7 +34,6 @@ def main() -> None:
     checkout, dataset = sys.argv[1], sys.argv[2]
     data_dir = sys.argv[3] if len(sys.argv) > 3 else None
     sys.path.insert(0, checkout)
-    import jax
     import numpy as np
 
     from mqsa_jax.config import build_config
