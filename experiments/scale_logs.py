@@ -10,7 +10,8 @@ number of steps with the reference hyperparameters, and every user evaluated (or
 With ``--processes 2`` only the training is measured again, on two local processes of one CPU
 device each (mesh data=2: each holds half the users, :mod:`mqsa_jax.hosts`), beside the log's
 one-process figures (each process's own peak RSS; the seconds of the whole run);
-``--train-only`` measures a log's one-process training again, its import figures kept.
+``--train-only`` measures a log's one-process training again, its import figures kept;
+``--import-only`` its imports, its training figures kept.
 
 Per log: import seconds and peak RSS of each format, the prepared dataset's size on disk, the
 training process's peak RSS, its seconds per 100 steps and targets/s between its first and last
@@ -87,10 +88,19 @@ def _name(events: int) -> str:
 
 
 def measure(events: int, steps: int, workdir: Path, eval_users: int = 0) -> dict:
+    entry = {"events": events, "users": SIZES[events][0], "items": SIZES[events][1],
+             **measure_imports(events, workdir)}
+    entry["train"] = measure_training(events, steps, workdir, eval_users)
+    return entry
+
+
+def measure_imports(events: int, workdir: Path) -> dict:
+    """Imports the log as CSV and as Parquet (writing it first where it is missing); each
+    import's figures, the prepared dataset's size and its counts after the 5-core filter."""
     cli = [sys.executable, "-m", "mqsa_jax"]
     env = dict(os.environ, MQSA_DATA_DIR=str(workdir / "data"))
     name = _name(events)
-    entry = {"events": events, "users": SIZES[events][0], "items": SIZES[events][1]}
+    entry = {}
     for fmt in ("csv", "parquet"):
         log = workdir / f"{name}.{fmt}"
         if not log.exists():
@@ -106,7 +116,6 @@ def measure(events: int, steps: int, workdir: Path, eval_users: int = 0) -> dict
     info = json.loads(subprocess.run([*cli, "data", "info", f"{name}_csv"], env=env,
                                      capture_output=True, text=True, check=True).stdout)
     entry["after_5_core"] = {k: info[k] for k in ("num_users", "num_items", "num_interactions")}
-    entry["train"] = measure_training(events, steps, workdir, eval_users)
     return entry
 
 
@@ -163,7 +172,9 @@ def write(results: dict) -> None:
                 f"{train['targets_per_second']:,}" if "targets_per_second" in train else "–",
                 f"{train['eval_seconds']} s ({train['eval_users']:,} users)"
                 if train["eval_users"] != "all" else f"{train['eval_seconds']} s (all users)",
-                train.get("command", entry["command"])])
+                train.get("command", entry["command"])
+                + (f"; imports: {entry['import_command']}"
+                   if first and "import_command" in entry else "")])
     lines = ["# Real-sized logs: import, train, evaluate", "",
              f"Machine: {machine_line(results['machine'])}.",
              "", *table(["events", "processes", "users / items after the 5-core", "import CSV",
@@ -188,6 +199,8 @@ def main() -> None:
                         help="train on this many local processes (above 1: only the training)")
     parser.add_argument("--train-only", action="store_true",
                         help="measure only the training again, on the log already imported")
+    parser.add_argument("--import-only", action="store_true",
+                        help="measure only the imports again, the training figures kept")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/scale_logs"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +209,10 @@ def main() -> None:
     results["machine"] = machine()
     command = "python -m experiments.scale_logs " + " ".join(sys.argv[1:])
     for events in map(int, args.events):
-        if args.processes > 1 or args.train_only:
+        if args.import_only:
+            entry = next(e for e in results["logs"] if e["events"] == events)
+            entry.update(measure_imports(events, args.workdir), import_command=f"`{command}`")
+        elif args.processes > 1 or args.train_only:
             entry = next(e for e in results["logs"] if e["events"] == events)
             key = "train" if args.processes == 1 else f"train_{args.processes}_processes"
             entry[key] = {

@@ -64,12 +64,9 @@ def _scan_blocks(step, carry, table: jax.Array, block: int, slices: int, valid: 
     """Runs ``carry, out = step(carry, (block, real))`` over the table's blocks
     (:func:`mqsa_jax.tables.scan_row_blocks`; ``real``: which of the block's rows are items,
     not padding, None when all are)."""
-    def items_step(carry, blocks, first_ids):
+    def items_step(carry, blocks, row_ids):
         (items,) = blocks
-        real = None
-        if valid < table.shape[0]:
-            real = first_ids[:, None] + jnp.arange(items.shape[1]) < valid
-        return step(carry, (items, real))
+        return step(carry, (items, row_ids < valid if valid < table.shape[0] else None))
 
     return scan_row_blocks(items_step, carry, (table,), block, slices)
 

@@ -17,7 +17,7 @@ import numpy as np
 from mqsa_jax.config import EvalConfig, metric_names
 from mqsa_jax.data.arrays import SequenceData
 from mqsa_jax.model import item_table
-from mqsa_jax.tables import scan_row_blocks, table_slices
+from mqsa_jax.tables import block_row_ids, scan_row_blocks, table_slices
 
 KS = EvalConfig.eval_ks  # the reference's cut-offs
 # The reference selects the epoch (and the reproduction orders the variants) by valid NDCG@20.
@@ -115,9 +115,8 @@ def label_ranks(states: jax.Array, table: jax.Array, labels: jax.Array, history:
     block = -(-block // slices)
     targets = jnp.concatenate([labels[:, None], history], axis=1)  # [B, 1 + H]
 
-    def scores(items, first_ids):  # [B, S, b] and the items' ids [S, b]; padding rows -inf
+    def scores(items, item_ids):  # [B, S, b] and the items' ids [S, b]; padding rows -inf
         z = (states @ items.reshape(-1, items.shape[-1]).T).reshape(len(states), *items.shape[:2])
-        item_ids = first_ids[:, None] + jnp.arange(items.shape[1], dtype=jnp.int32)
         if table.shape[0] == num_items:  # no padding row: no mask pass
             return z, item_ids
         return jnp.where(item_ids < num_items, z, -jnp.inf), item_ids
@@ -136,17 +135,17 @@ def label_ranks(states: jax.Array, table: jax.Array, labels: jax.Array, history:
     local = table.shape[0] // slices
     if local <= one_pass:
         z, item_ids = scores(table.reshape(slices, local, -1),
-                             jnp.arange(slices, dtype=jnp.int32) * local)
+                             block_row_ids(jnp.arange(slices, dtype=jnp.int32) * local, local))
         target_scores = take_targets(found, z, item_ids).max(axis=1)
         total = beating(z, item_ids, target_scores[:, :1])
     else:
         found, _, _ = scan_row_blocks(
-            lambda found, blocks, first: (take_targets(found, *scores(*blocks, first)), None),
+            lambda found, blocks, ids: (take_targets(found, *scores(*blocks, ids)), None),
             found, (table,), block, slices)
         target_scores = found.max(axis=1)
         total, _, _ = scan_row_blocks(
-            lambda total, blocks, first: (
-                total + beating(*scores(*blocks, first), target_scores[:, :1]), None),
+            lambda total, blocks, ids: (
+                total + beating(*scores(*blocks, ids), target_scores[:, :1]), None),
             jnp.zeros((len(states), slices), jnp.int32), (table,), block, slices)
     ranks = total.sum(axis=1) - _history_beats(target_scores[:, 1:], labels[:, None],
                                                target_scores[:, :1], history, num_items)
@@ -204,7 +203,7 @@ class RankingEvaluator:
         rows = batch_size // split_over
         self.split, self.ks, self.num_items = split, tuple(ks), data.num_items
         self.num_users = len(chosen) if split_over == 1 else int(shard.gather(len(chosen)).sum())
-        self._data, self._place = data, place
+        self._data, self._place, self._split_over = data, place, split_over
         # The split's input lengths: the test input adds the validation item.
         lengths = np.minimum(data.cut_lengths[chosen] + (split == "test"), data.max_len)
         order = np.argsort(lengths, kind="stable")
@@ -249,7 +248,11 @@ class RankingEvaluator:
     def ranks(self, params) -> np.ndarray:
         """[U] each user's 0-based rank of its held-out item among the unmasked items, or N
         (the catalogue's size) when the item is in the user's own history and cannot be found.
+        Every ranked user must be this process's (no split ``shard``): a step's ranks are the
+        whole batch's, across processes.
         """
+        if self._split_over > 1:
+            raise ValueError("ranks() of a split shard: each process holds only its own users")
         ranks = np.empty(self.num_users, np.int64)
         for index, users in enumerate(self._users):
             batch_ranks = np.asarray(self._ranks(params, *self._batch(index)[:3]))

@@ -115,8 +115,13 @@ def add_rows(table: jax.Array, ids: jax.Array, updates: jax.Array) -> jax.Array:
         table, ids, updates)
 
 
+def block_row_ids(first_ids: jax.Array, block: int) -> jax.Array:
+    """[S, block] int32 row ids of blocks of ``block`` rows that start at ``first_ids`` [S]."""
+    return first_ids[:, None] + jnp.arange(block, dtype=jnp.int32)
+
+
 def scan_row_blocks(step, carry, arrays: tuple, block: int, slices: int):
-    """Runs ``carry, out = step(carry, blocks, first_ids)`` over the table's rows, block by
+    """Runs ``carry, out = step(carry, blocks, row_ids)`` over the table's rows, block by
     block.
 
     Each of the ``slices`` equal row slices (a device's share, on a mesh that splits the rows)
@@ -125,8 +130,7 @@ def scan_row_blocks(step, carry, arrays: tuple, block: int, slices: int):
     Blocks are sliced inside the loop: no copy of the table is made.
 
     Args:
-      step: the scan's body; ``first_ids`` [slices] are the row ids of each slice's first row
-        in the block (its rows' ids are ``first_ids[:, None] + arange(block)``).
+      step: the scan's body; ``row_ids`` [slices, b] are the ids of the blocks' rows.
       carry: its initial carry.
       arrays: [R, ...] per-row arrays (the table, or any array with one entry per row; a None
         stays None), R a multiple of ``slices``.
@@ -148,10 +152,11 @@ def scan_row_blocks(step, carry, arrays: tuple, block: int, slices: int):
             return step(carry, tuple(
                 None if view is None else jax.lax.dynamic_slice_in_dim(view, index * block,
                                                                        block, axis=1)
-                for view in views), offsets + index * block)
+                for view in views), block_row_ids(offsets + index * block, block))
 
         carry, body_out = jax.lax.scan(body_step, carry, jnp.arange(count, dtype=jnp.int32))
     if local % block:
         carry, tail_out = step(carry, tuple(None if view is None else view[:, count * block:]
-                                            for view in views), offsets + count * block)
+                                            for view in views),
+                                  block_row_ids(offsets + count * block, local % block))
     return carry, body_out, tail_out

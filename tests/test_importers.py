@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mqsa_jax.data import events, importers, registry
+from mqsa_jax.data import events, importers, parquet, registry
 from mqsa_jax.data.from_log import build_dataset, dense_ids, k_core
 from mqsa_jax.data.importers import Columns, read_csv, read_recbole, read_sasrec
 from mqsa_jax.data.release import RELEASE_DATASETS
@@ -205,6 +205,7 @@ def test_the_columnar_reader_and_the_exact_reader_give_one_dataset(tmp_path, mon
 
 def test_parquet_gives_the_csv_dataset_and_names_the_bad_row(tmp_path, capsys):
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 
@@ -212,14 +213,27 @@ def test_parquet_gives_the_csv_dataset_and_names_the_bad_row(tmp_path, capsys):
     table = pa_csv.read_csv(csv_path)  # integer item ids, as Parquet files often have them
     pq.write_table(table, tmp_path / "log.parquet")
     from_csv, _ = build_dataset("x", read_csv(csv_path), min_count=2)
-    from_parquet, _ = build_dataset("x", importers.read_parquet(tmp_path / "log.parquet"), 2)
+    from_parquet, _ = build_dataset("x", parquet.read_parquet(tmp_path / "log.parquet"), 2)
     for key in ("train_items", "train_offsets", "valid", "test", "user_ids", "item_ids"):
         np.testing.assert_array_equal(getattr(from_parquet, key), getattr(from_csv, key))
+    # String ids, read as dictionaries: padded spellings of one id are one id, as in the CSV.
+    users = [f" {u} " if row % 3 else u for row, u in enumerate(table["user_id"].to_pylist())]
+    padded = table.set_column(0, "user_id", pa.array(users))
+    pq.write_table(padded.set_column(1, "item_id", pc.cast(table["item_id"], pa.string())),
+                   tmp_path / "padded.parquet", row_group_size=10)
+    from_padded, _ = build_dataset("x", parquet.read_parquet(tmp_path / "padded.parquet"), 2)
+    for key in ("train_items", "train_offsets", "valid", "test", "user_ids", "item_ids"):
+        np.testing.assert_array_equal(getattr(from_padded, key), getattr(from_csv, key))
+    items = table["item_id"].to_pylist()
+    items[6] = " "
+    pq.write_table(table.set_column(1, "item_id", pa.array([str(i) for i in items])),
+                   tmp_path / "empty.parquet", row_group_size=4)
     times = table["timestamp"].to_pylist()
     times[4] = None
     pq.write_table(table.set_column(2, "timestamp", pa.array(times, pa.float64())),
                    tmp_path / "bad.parquet")
     for name, message in (("bad.parquet", "bad.parquet: row 5: timestamp None is not a finite"),
+                          ("empty.parquet", "empty.parquet: row 7: empty item id"),
                           ("log.csv", "log.csv: not a readable Parquet file")):
         code, _, err = run_cli(capsys, "data", "import", str(tmp_path / name), "--format",
                                "parquet", "--name", "p", "--data-dir", str(tmp_path / "d"))

@@ -1,5 +1,5 @@
-"""Reading a user's interaction log: the csv (and tsv), sasrec, recbole and parquet formats,
-and sasrec export.
+"""Reading a user's interaction log: the csv (and tsv), sasrec, recbole and parquet
+(:mod:`mqsa_jax.data.parquet`) formats, and sasrec export.
 
 Readers return an :class:`EventLog`: columns, each event's user and item as a code into the
 distinct ids (kept as the strings of the file); :func:`mqsa_jax.data.from_log.build_dataset`
@@ -20,14 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 
 from mqsa_jax.data.dataset import Dataset, full_sequences
 from mqsa_jax.data.events import (
     DEFAULT_COLUMNS,
     DEFAULT_ENCODING,
+    ID_TYPE,
     Columns,
     EventLog,
     arrow_log,
@@ -35,6 +34,7 @@ from mqsa_jax.data.events import (
     open_text,
     stream_csv,
 )
+from mqsa_jax.data.parquet import read_parquet
 from mqsa_jax.errors import UserError
 from mqsa_jax.io import write_text_atomic
 
@@ -136,7 +136,7 @@ def _arrow_table(path: Path, delimiter: str, header_columns, columns: Columns,
     raw = dict(zip(header_columns(path, header), header))  # name -> the header's own field
     if columns.user not in raw or columns.item not in raw:
         return None
-    types = {raw[columns.user]: pa.string(), raw[columns.item]: pa.string()}
+    types = {raw[columns.user]: ID_TYPE, raw[columns.item]: ID_TYPE}
     if columns.time in raw:
         types[raw[columns.time]] = pa.float64()
     user, item, time = raw[columns.user], raw[columns.item], raw.get(columns.time)
@@ -210,7 +210,7 @@ def _arrow_sasrec(path: Path, encoding: str) -> EventLog | None:
     reader, which splits on any whitespace, then reads them or names the line at fault)."""
     if _open_text_check(path, encoding):
         return None
-    types = {"user": pa.string(), "item": pa.string()}
+    types = {"user": ID_TYPE, "item": ID_TYPE}
 
     def batches():
         parse = pa_csv.ParseOptions(delimiter=" ", quote_char=False)
@@ -227,42 +227,6 @@ def _open_text_check(path: Path, encoding: str) -> bool:
             return False
     except UserError:
         return True
-
-
-def read_parquet(path: Path, columns: Columns = DEFAULT_COLUMNS) -> EventLog:
-    """A Parquet file with user, item and time columns (ids of any type, read as text)."""
-    try:
-        names = pq.read_schema(path).names
-    except FileNotFoundError:
-        raise UserError(f"{path}: cannot read (No such file or directory)") from None
-    except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{path}: not a readable Parquet file ({e})") from None
-    wanted = [columns.user, columns.item, columns.time]
-    for column in wanted:
-        if column not in names:
-            raise UserError(f"{path}: no column {column!r} (found: {', '.join(names)})")
-    try:
-        table = pq.read_table(path, columns=wanted)
-        users, items = (pc.cast(table[c], pa.string()) for c in wanted[:2])
-        times = pc.cast(table[columns.time], pa.float64()).to_numpy()
-    except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{path}: unreadable columns ({e})") from None
-    if not len(times):
-        raise UserError(f"{path}: no events")
-    for kind, ids in (("user", users), ("item", items)):
-        empty = pc.or_kleene(pc.is_null(ids), pc.equal(pc.utf8_length(
-            pc.utf8_trim_whitespace(ids)), 0)).to_numpy(zero_copy_only=False)
-        if empty.any():
-            raise UserError(f"{path}: row {np.argmax(empty) + 1}: empty {kind} id")
-    bad = ~np.isfinite(times)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise UserError(f"{path}: row {row + 1}: timestamp {table[columns.time][row].as_py()!r} "
-                        f"is not a finite number")
-    log = arrow_log(path, [(users, items, times)])
-    if log is None:
-        raise UserError(f"{path}: an id holds a NUL byte")
-    return log
 
 
 def read_log(path: Path, fmt: str, columns: Columns = DEFAULT_COLUMNS,
