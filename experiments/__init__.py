@@ -1,1 +1,3 @@
-"""Reproduction, benchmarks and measurements; each script runs as ``python -m experiments.NAME``."""
+"""The reproduction (:mod:`experiments.reproduction`) and the benchmarks and probes
+(:mod:`experiments.benchmarks`), with their shared configs, reference figures, results and
+helpers; each script runs as ``python -m experiments.PACKAGE.NAME``."""

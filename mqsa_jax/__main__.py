@@ -1,5 +1,3 @@
-import sys
+from mqsa_jax.cli import entry
 
-from mqsa_jax.cli import main
-
-sys.exit(main())
+entry()

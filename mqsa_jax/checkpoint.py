@@ -19,8 +19,6 @@ older of the two latest checkpoints.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import sys
@@ -31,9 +29,10 @@ import jax
 import orbax.checkpoint as ocp
 
 from mqsa_jax.errors import UserError
-from mqsa_jax.io import write_json_atomic
+from mqsa_jax.io import file_sha256, write_json_atomic
+from mqsa_jax.quiet import logger_level
+from mqsa_jax.rundir import RunDir
 
-FOLDER = "checkpoints"  # inside the run directory
 LATEST, BEST = "latest", "best"
 CHECKSUMS = "checksums.json"
 
@@ -53,14 +52,14 @@ def has_checkpoint(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a latest checkpoint to resume from.  Checkpoints are not
     committed with a run's results: a run whose machine is gone has none and starts again from
     epoch 1."""
-    return any((run_dir / FOLDER / LATEST).glob("[0-9]*"))
+    return any((RunDir(run_dir).checkpoints / LATEST).glob("[0-9]*"))
 
 
 class RunCheckpoints:
     """The ``checkpoints/latest`` and ``checkpoints/best`` managers of one run directory."""
 
     def __init__(self, run_dir: Path, read_only: bool = False):
-        root = run_dir / FOLDER
+        root = RunDir(run_dir).checkpoints
         if read_only and not root.is_dir():
             raise UserError(f"{run_dir}: no checkpoints (not a training run directory?)")
         self._managers = {LATEST: _manager(root / LATEST, 2, read_only),
@@ -161,28 +160,17 @@ def _restore_target(leaf) -> jax.ShapeDtypeStruct:
     return target
 
 
-@contextlib.contextmanager
 def _quiet_orbax():
     """Orbax's writer threads log a failed write with its traceback before the save raises it;
     the save's own error says what happened, in one line."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    return logger_level("absl", logging.CRITICAL)
 
 
 def _file_digests(directory: Path) -> dict[str, str]:
     """The SHA-256 of every file under ``directory`` (but the checksums themselves)."""
-    return {str(path.relative_to(directory)): _sha256(path)
+    return {str(path.relative_to(directory)): file_sha256(path)
             for path in sorted(directory.rglob("*"))
             if path.is_file() and path.name != CHECKSUMS}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _damage(directory: Path) -> str | None:
@@ -201,6 +189,6 @@ def _damage(directory: Path) -> str | None:
         path = directory / name
         if not path.is_file():
             return f"{name} is missing"
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             return f"{name} does not match its checksum"
     return None

@@ -9,6 +9,7 @@ import sys
 from mqsa_jax import commands
 from mqsa_jax.data.importers import FORMATS
 from mqsa_jax.errors import UserError
+from mqsa_jax.quiet import logger_level
 
 PROG = "mqsa-jax"
 
@@ -152,23 +153,41 @@ def _ignore_unraisable(unraisable) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``mqsa-jax`` command run in this process; its exit code.  What it sets for the
+    process is undone when it returns (:func:`entry` runs it as the command's own process)."""
     args = build_parser().parse_args(argv)
+    hook = sys.unraisablehook
     sys.unraisablehook = _ignore_closed_event_loop
     try:
-        args.run(args)
+        # Orbax and TFDS log through absl at WARNING about what they do on their own (a
+        # read-only checkpoint manager, say); a user reads our lines.
+        with logger_level("absl", logging.ERROR):
+            args.run(args)
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
-        # What the failed operation left behind (an abandoned Orbax write's coroutines, say)
-        # would otherwise be reported at exit, after the one line that says what went wrong:
-        # as unraisable exceptions, or by asyncio's logger when their tasks are collected.
-        sys.unraisablehook = _ignore_unraisable
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.unraisablehook = hook
     return 0
 
 
+def entry() -> None:
+    """The console script: :func:`main`, then the process's exit.
+
+    What a failed operation left behind (an abandoned Orbax write's coroutines, say) would be
+    reported as the process ends, after the one line that says what went wrong: as unraisable
+    exceptions, or by asyncio's logger when their tasks are collected.  The process is ending,
+    so from here they are silenced (after success, only the closed event loop's report).
+    """
+    code = main()
+    sys.unraisablehook = _ignore_unraisable if code == 2 else _ignore_closed_event_loop
+    if code == 2:
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

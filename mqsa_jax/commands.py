@@ -67,12 +67,8 @@ def data_convert_release(args) -> None:
 
 def train(args) -> None:
     from mqsa_jax.config import resolve
-    from mqsa_jax.partitioning import (
-        Partitioner,
-        maybe_initialize_distributed,
-        parse_mesh,
-        peers_watched,
-    )
+    from mqsa_jax.partitioning import Partitioner, parse_mesh
+    from mqsa_jax.processes import maybe_initialize_distributed, peers_watched
 
     maybe_initialize_distributed()  # before anything touches the devices
     from mqsa_jax.train import train as train_run
@@ -124,17 +120,24 @@ def recommend(args) -> None:
 
         # How many shapes the stream compiled: one, unless a history outgrew the dataset's.
         compiled = []
-        jax.monitoring.register_event_duration_secs_listener(
-            lambda event, *_, **__: compiled.append(event) if event == _LOWERING else None)
+
+        def count_lowerings(event, *_, **__):
+            if event == _LOWERING:
+                compiled.append(event)
+
+        jax.monitoring.register_event_duration_secs_listener(count_lowerings)
         start = time.perf_counter()
-        with tqdm(unit="line" if args.input else "user", disable=None) as bar:
-            if args.input is not None:
-                summary = serving.recommend_file(recommender, Path(args.input),
-                                                 Path(args.output), args.k, exclude,
-                                                 args.skip_unknown, args.batch_size, bar)
-            else:
-                summary = serving.recommend_all_users(recommender, Path(args.output), args.k,
-                                                      exclude, args.batch_size, bar)
+        try:
+            with tqdm(unit="line" if args.input else "user", disable=None) as bar:
+                if args.input is not None:
+                    summary = serving.recommend_file(recommender, Path(args.input),
+                                                     Path(args.output), args.k, exclude,
+                                                     args.skip_unknown, args.batch_size, bar)
+                else:
+                    summary = serving.recommend_all_users(recommender, Path(args.output),
+                                                          args.k, exclude, args.batch_size, bar)
+        finally:
+            jax.monitoring.unregister_event_duration_listener(count_lowerings)
         seconds = time.perf_counter() - start
         done = summary.get("written", summary.get("users"))
         print(json.dumps({**summary, "output": args.output, "seconds": round(seconds, 3),

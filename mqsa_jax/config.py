@@ -7,9 +7,8 @@ Every field name is unique across the parts, so a value may be named by its fiel
 
 :func:`resolve` is the one way a run's config is made, by the CLI and the reproduction alike.
 Values come, last one winning, from the defaults below (the release's beauty command, the
-reference's section Hyperparameters), a resumed run's ``config.json``, a config file (plain
-Python defining ``get_config()`` that returns a dict, as in ``experiments/configs/``), and
-``--set key=value`` overrides.
+reference's section Hyperparameters), a resumed run's config, a config file (plain Python
+defining ``get_config()`` that returns a dict, as in ``experiments/configs/``), and ``--set``.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mqsa_jax.errors import UserError
+from mqsa_jax.rundir import RunDir
 
 
 def _at_least(part, names: Sequence[str], low: int) -> list[str]:
@@ -262,10 +262,10 @@ def config_from_json(path: Path) -> Config:
 
 
 def read_run_config(run_dir: Path) -> Config:
-    """The resolved config of an existing run directory (its ``config.json``)."""
-    path = run_dir / "config.json"
+    """The resolved config of an existing run directory (:meth:`RunDir.config_file`)."""
+    path = RunDir(run_dir).config_file
     if not path.is_file():
-        raise UserError(f"{run_dir}: not a training run directory (no config.json)")
+        raise UserError(f"{run_dir}: not a training run directory (no {path.name})")
     try:
         return config_from_json(path)
     except (ValueError, TypeError) as e:
@@ -280,7 +280,7 @@ def resolve(config_file: str | None = None, sets: Sequence[str] = (), *,
     Args:
       config_file: ``PATH`` or ``PATH:ARG`` of a config file (``get_config(ARG)``).
       sets: ``key=value`` overrides (``--set``).
-      resume: a run directory whose ``config.json`` is the base.
+      resume: a run directory whose config is the base.
       dataset, epochs: the CLI's shorthands for ``--set dataset=...``, ``--set epochs=...``.
 
     Returns:
@@ -288,7 +288,7 @@ def resolve(config_file: str | None = None, sets: Sequence[str] = (), *,
     """
     values, source = {}, config_file or "config"
     if resume is not None:
-        values, source = read_run_config(resume).flat(), str(resume / "config.json")
+        values, source = read_run_config(resume).flat(), str(RunDir(resume).config_file)
     if config_file:
         path, _, arg = config_file.partition(":")
         values.update(_flatten(load_config_file(Path(path), arg or None), path))

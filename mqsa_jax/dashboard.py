@@ -1,9 +1,11 @@
-"""TensorBoard event files in every run directory, beside ``metrics.jsonl``.
+"""A run's metrics as the user sees them: :class:`MetricLogger` writes every sink of each record
+(the run's metrics file, TensorBoard, the console line), and :class:`ProgressLog` the progress
+lines of a log that is not a terminal.
 
-Written with tensorboardX, which needs no TensorFlow; TensorBoard reads them as they are
-(``tensorboard --logdir runs/``).  They are a view of ``metrics.jsonl``: a run that resumes
-rewrites them from its checkpoint's history, so each epoch appears once however many times the
-run was interrupted.
+TensorBoard's event files are written with tensorboardX, which needs no TensorFlow;
+TensorBoard reads them as they are (``tensorboard --logdir runs/``).  They are a view of the
+metrics file: a run that resumes rewrites both from its checkpoint's history, so each epoch
+appears once however many times the run was interrupted.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from tensorboardX import SummaryWriter
 from tensorboardX.summary import hparams
 
 from mqsa_jax.config import Config
+from mqsa_jax.rundir import RunDir
 
-FOLDER = "tensorboard"  # inside the run directory
-# metrics.jsonl key -> TensorBoard tag, for the per-epoch numbers other than the metrics.
+# metrics record key -> TensorBoard tag, for the per-epoch numbers other than the metrics.
 _TAGS = {"loss": "loss/total", "loss_rec": "loss/rec", "loss_kd": "loss/kd",
          "train_seconds": "seconds/train", "eval_seconds": "seconds/eval",
          "targets_per_second": "throughput/train_targets_per_second"}
@@ -31,7 +33,7 @@ def metric_tag(split: str, metric: str) -> str:
 
 
 def scalars(record: dict) -> dict[str, float]:
-    """The TensorBoard scalars of one ``metrics.jsonl`` record: ``loss/total``,
+    """The TensorBoard scalars of one metrics record: ``loss/total``,
     ``valid/NDCG_20``, ``seconds/train``, ..."""
     values = {tag: float(record[key]) for key, tag in _TAGS.items() if key in record}
     for split in ("valid", "test"):
@@ -43,9 +45,9 @@ def scalars(record: dict) -> dict[str, float]:
 class TensorBoardLog:
     """The event files of one run: the config as hyperparameters, then one step per epoch."""
 
-    def __init__(self, run_dir: Path, config: Config, history: list[dict], selection: str):
-        """Starts the files afresh with ``history`` (the epochs a resumed run keeps)."""
-        folder = run_dir / FOLDER
+    def __init__(self, folder: Path, config: Config, history: list[dict], selection: str):
+        """Starts the files in ``folder`` afresh with ``history`` (the epochs a resumed run
+        keeps)."""
         shutil.rmtree(folder, ignore_errors=True)
         self._writer = SummaryWriter(str(folder), flush_secs=30)
         hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
@@ -66,6 +68,41 @@ class TensorBoardLog:
         self._writer.close()
 
     def __enter__(self) -> TensorBoardLog:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class MetricLogger:
+    """Every sink of a run's metrics, written together: each record goes to the metrics file,
+    to TensorBoard and, as one line, to the console.  With many processes only the primary one
+    writes; on the others this does nothing."""
+
+    def __init__(self, run_dir: RunDir, config: Config, history: list[dict], primary: bool):
+        """Starts the sinks with ``history`` (the records a resumed run keeps: the files drop
+        what came after its checkpoint)."""
+        self._run_dir, self._primary = run_dir, primary
+        self._epochs, self._selection = config.train.epochs, config.eval.selection_metric
+        self._board = None
+        if primary:
+            run_dir.rewrite_metrics(history)
+            self._board = TensorBoardLog(run_dir.tensorboard, config, history, self._selection)
+
+    def log(self, record: dict, checkpoint_seconds: float) -> None:
+        """One record, saved with a checkpoint that took ``checkpoint_seconds``."""
+        if not self._primary:
+            return
+        self._run_dir.append_metrics(record)
+        self._board.append(record)
+        print(summary_line(record, self._epochs, checkpoint_seconds, self._selection),
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._board is not None:
+            self._board.close()
+
+    def __enter__(self) -> MetricLogger:
         return self
 
     def __exit__(self, *exc_info) -> None:

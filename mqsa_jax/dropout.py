@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mqsa_jax.rounding import ceil_div
+
 _WORD_BITS = 32
 # Bits per mask element tried, fewest first; a rate that needs more draws a uniform number.
 _FIELD_BITS = (1, 2, 4, 8, 16)
@@ -47,7 +49,7 @@ def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
         return jax.random.bernoulli(key, keep, shape)
     size = int(np.prod(shape))
     fields_per_word = _WORD_BITS // bits
-    words = jax.random.bits(key, (-(-size // fields_per_word), 1), jnp.uint32)
+    words = jax.random.bits(key, (ceil_div(size, fields_per_word), 1), jnp.uint32)
     shifts = jnp.arange(fields_per_word, dtype=jnp.uint32) * bits
     fields = (words >> shifts) & jnp.uint32(2**bits - 1)  # [words, fields_per_word]
     return (fields.reshape(-1)[:size] < int(keep * 2**bits)).reshape(shape)

@@ -17,6 +17,7 @@ import numpy as np
 from mqsa_jax.config import EvalConfig, metric_names
 from mqsa_jax.data.arrays import SequenceData
 from mqsa_jax.model import item_table
+from mqsa_jax.rounding import ceil_div
 from mqsa_jax.tables import block_row_ids, scan_row_blocks, table_slices
 
 KS = EvalConfig.eval_ks  # the reference's cut-offs
@@ -38,7 +39,7 @@ def _beats(scores: jax.Array, ids: jax.Array, label_scores: jax.Array,
 
 
 # Below this many items, item ids and per-row counts are exact in float32 (2^24).
-_FLOAT_EXACT = 1 << 24
+FLOAT_EXACT = 1 << 24
 
 
 def _positive(x: jax.Array) -> jax.Array:
@@ -47,7 +48,7 @@ def _positive(x: jax.Array) -> jax.Array:
 
 
 def _count_beating(scores: jax.Array, ids: jax.Array, label_scores: jax.Array,
-                   labels: jax.Array, num_items: int) -> jax.Array:
+                   labels: jax.Array, num_items: int, arithmetic_below: int) -> jax.Array:
     """Per row and slice, how many items ``ids`` [S, W] (all below ``num_items``) with
     ``scores`` [B, S, W] beat the label (as :func:`_beats` decides), for ``label_scores`` and
     ``labels`` [B, 1, 1]: [B, S].
@@ -55,11 +56,12 @@ def _count_beating(scores: jax.Array, ids: jax.Array, label_scores: jax.Array,
     This is the ranking's N-wide pass.  XLA:CPU runs a comparison's select or convert inside a
     row sum more slowly than this form of max, ceil and min, which it vectorises: a whole sports
     evaluation took a fifth less (experiments/results/eval_speed.md).  It is exact below
-    ``_FLOAT_EXACT`` items, where ids and counts are whole floats.  A difference of two scores
+    :data:`FLOAT_EXACT` items, where ids and counts are whole floats; it serves catalogues of
+    fewer than ``arithmetic_below`` items, comparisons the others.  A difference of two scores
     that flushes to zero (scores below 1e-31 in magnitude) counts as a tie, as a comparison of
     two flushed scores does.
     """
-    if num_items >= _FLOAT_EXACT:
+    if num_items >= min(arithmetic_below, FLOAT_EXACT):
         return jnp.sum(_beats(scores, ids, label_scores, labels), axis=-1)
     gap = scores - label_scores
     tie = 1.0 - _positive(jnp.abs(gap))
@@ -87,8 +89,8 @@ ONE_PASS_ITEMS = 32768
 
 
 def label_ranks(states: jax.Array, table: jax.Array, labels: jax.Array, history: jax.Array,
-                num_items: int, block: int = EVAL_BLOCK,
-                one_pass: int = ONE_PASS_ITEMS) -> jax.Array:
+                num_items: int, block: int = EVAL_BLOCK, one_pass: int = ONE_PASS_ITEMS,
+                arithmetic_below: int = FLOAT_EXACT) -> jax.Array:
     """0-based rank of each label among the unmasked items, scoring ``states . table^T`` block
     by block: no ``[B, N]`` array is written to memory.
 
@@ -107,12 +109,14 @@ def label_ranks(states: jax.Array, table: jax.Array, labels: jax.Array, history:
       num_items: N.
       block: items per block over all slices.
       one_pass: up to this many rows per slice, one product instead of two scans.
+      arithmetic_below: the count's arithmetic form for fewer items than this (at most
+        :data:`FLOAT_EXACT`), comparisons from there (0: always; a benchmark compares them).
 
     Returns:
       [B] int32 ranks; N where the label is in its own history (it can never be found).
     """
     slices = table_slices()
-    block = -(-block // slices)
+    block = ceil_div(block, slices)
     targets = jnp.concatenate([labels[:, None], history], axis=1)  # [B, 1 + H]
 
     def scores(items, item_ids):  # [B, S, b] and the items' ids [S, b]; padding rows -inf
@@ -129,7 +133,7 @@ def label_ranks(states: jax.Array, table: jax.Array, labels: jax.Array, history:
 
     def beating(z, item_ids, label_scores):  # [B, S]
         return _count_beating(z, item_ids, label_scores[:, :, None], labels[:, None, None],
-                              num_items)
+                              num_items, arithmetic_below)
 
     found = jnp.full((len(states), slices, targets.shape[1]), -jnp.inf, states.dtype)
     local = table.shape[0] // slices
@@ -191,13 +195,16 @@ class RankingEvaluator:
     """
 
     def __init__(self, split: str, data: SequenceData, encode_last, batch_size: int, ks=KS,
-                 place=jax.device_put, users: np.ndarray | None = None, shard=None):
-        """``place`` puts a batch's arrays on the devices (split over the data axis of a mesh).
-        Called under a mesh that splits the item table (``Partitioner.activate``), ranking is
-        per item slice.  ``users``: rank these users only (None: every user).  ``shard``
-        (:class:`mqsa_jax.hosts.HostShard`): ``data`` holds this process's users alone, and
+                 place=jax.device_put, users: np.ndarray | None = None, shard=None,
+                 arithmetic_below: int = FLOAT_EXACT, partition=lambda jitted: jitted):
+        """``place`` puts a batch's arrays on the devices (split over the data axis of a mesh);
+        ``partition`` makes the jitted steps run under a mesh (:meth:`Partitioner.partition`):
+        where it splits the item table, ranking is per item slice.  ``users``: rank these
+        users only (None: every user).  ``shard`` (:class:`mqsa_jax.hosts.HostShard`):
+        ``data`` holds this process's users alone, and
         each step ranks ``batch_size / shard.count`` of them beside the other shards' (their
-        number of steps and widths agreed here); ``place`` then takes this shard's rows."""
+        number of steps and widths agreed here); ``place`` then takes this shard's rows.
+        ``arithmetic_below``: as :func:`label_ranks` takes it."""
         chosen = np.arange(data.num_users) if users is None else np.asarray(users)
         split_over = shard.count if shard is not None and shard.split else 1
         rows = batch_size // split_over
@@ -207,7 +214,7 @@ class RankingEvaluator:
         # The split's input lengths: the test input adds the validation item.
         lengths = np.minimum(data.cut_lengths[chosen] + (split == "test"), data.max_len)
         order = np.argsort(lengths, kind="stable")
-        steps = -(-len(order) // rows)
+        steps = ceil_div(len(order), rows)
         if split_over > 1:
             steps = int(shard.gather(steps).max())
         order = np.pad(order, (0, steps * rows - len(order)), constant_values=-1).reshape(-1, rows)
@@ -223,9 +230,11 @@ class RankingEvaluator:
         self._rows = [np.where(p >= 0, chosen[np.maximum(p, 0)], filler) for p in order]
         self._widths = [next(w for w in widths if w >= most) for most in longest]
         # Ranks are exact (capped at N, which no findable label reaches), for MRR and --ranks.
-        self._ranks = jax.jit(functools.partial(_batch_ranks, encode_last, data.num_items))
-        self._step = jax.jit(functools.partial(_batch_sums, self._ranks, data.num_items,
-                                               self.ks))
+        ranks = jax.jit(functools.partial(_batch_ranks, encode_last, data.num_items,
+                                          arithmetic_below))
+        self._ranks = partition(ranks)
+        self._step = partition(jax.jit(functools.partial(_batch_sums, ranks, data.num_items,
+                                                         self.ks)))
 
     def _batch(self, index: int) -> tuple[jax.Array, ...]:
         """Batch ``index``'s inputs, labels, history and weights, on the devices."""
@@ -260,9 +269,9 @@ class RankingEvaluator:
         return ranks
 
 
-def _batch_ranks(encode_last, num_items, params, inputs, labels, history):
+def _batch_ranks(encode_last, num_items, arithmetic_below, params, inputs, labels, history):
     return label_ranks(encode_last(params, inputs), item_table(params), labels, history,
-                       num_items)
+                       num_items, arithmetic_below=arithmetic_below)
 
 
 def _batch_sums(batch_ranks, num_items, ks, params, inputs, labels, history, weights):

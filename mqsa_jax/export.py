@@ -32,10 +32,10 @@ import numpy as np
 
 from mqsa_jax.data.arrays import pad_to_shape, right_aligned_tails
 from mqsa_jax.data.dataset import full_sequences
-from mqsa_jax.evaluation import mask_items
 from mqsa_jax.io import atomic_output, write_json_atomic, write_text_atomic
-from mqsa_jax.model import item_scores, item_table
-from mqsa_jax.recommend import Recommender
+from mqsa_jax.model import item_table
+from mqsa_jax.recommend import Recommender, top_items
+from mqsa_jax.rounding import round_up
 
 SCORER = "scorer.stablehlo"
 
@@ -64,8 +64,7 @@ def export_scorer(recommender: Recommender, out_dir: Path, k: int) -> Path:
     params, encode_last = recommender.params, recommender.model.encode_last
 
     def score(histories, exclude):
-        scores = item_scores(params, encode_last(params, histories))
-        return jax.lax.top_k(mask_items(scores, exclude), k)
+        return top_items(encode_last, params, histories, exclude, k)
 
     batch, width = jax.export.symbolic_shape("b, w")
     max_len = recommender.config.model.max_len
@@ -96,7 +95,7 @@ def export_user_vectors(recommender: Recommender, out_dir: Path,
     inputs = right_aligned_tails(items, offsets, recommender.config.model.max_len,
                                  recommender.num_items)
     encode = jax.jit(recommender.model.encode_last)
-    rows = -(-len(inputs) // batch_size) * batch_size  # one shape for every batch
+    rows = round_up(len(inputs), batch_size)  # one shape for every batch
     padded = pad_to_shape(inputs, rows, inputs.shape[1], recommender.num_items)
     vectors = np.concatenate([np.asarray(encode(recommender.params, chunk))
                               for chunk in padded.reshape(-1, batch_size, inputs.shape[1])])

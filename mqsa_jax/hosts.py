@@ -29,7 +29,8 @@ from jax.experimental import multihost_utils
 from mqsa_jax.config import Config
 from mqsa_jax.data.arrays import SequenceData, Transitions
 from mqsa_jax.data.tfds_dataset import TooFewRecords
-from mqsa_jax.packing import CAPACITY_QUANTUM, Batch, Packing, round_up
+from mqsa_jax.packing import CAPACITY_QUANTUM, Batch, Packing
+from mqsa_jax.rounding import round_up
 from mqsa_jax.runs import load_run_dataset, sequence_data
 from mqsa_jax.tables import BATCH
 

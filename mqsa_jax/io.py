@@ -1,10 +1,12 @@
 """Atomic file output: a reader, or a run resumed after an interruption, sees the old file or the
 new one, never half of one, and an interrupted write leaves no temporary file behind.  The one
-file appended to instead (a run's ``metrics.jsonl``) is read back by complete lines only."""
+file appended to instead (a run's metrics, :mod:`mqsa_jax.rundir`) is read back by complete
+lines only.  Files are also hashed here."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -43,3 +45,9 @@ def write_json_atomic(path: Path, value: Any) -> None:
 def read_json_lines(path: Path) -> list[dict]:
     """The records of a JSON-lines file, without a last line that a writer is still appending."""
     return [json.loads(line) for line in Path(path).read_text().split("\n")[:-1] if line.strip()]
+
+
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in chunks (a store of 10^8 events is a GB)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from mqsa_jax import blocked
+from mqsa_jax.rounding import ceil_div
 from mqsa_jax.tables import lookup_rows, real_rows, table_slices
 from mqsa_jax.teacher import TeacherRows
 
@@ -63,7 +64,7 @@ def fused_losses(
     rows = states if students is None else jnp.concatenate([states, students])
     num_items = len(table) if num_items is None else num_items
     slices = table_slices() if catalogue_slices is None else catalogue_slices
-    block = -(-block // slices) if block else blocked.DEFAULT_BLOCK
+    block = ceil_div(block, slices) if block else blocked.DEFAULT_BLOCK
     lse, correction = blocked.catalogue_sums(rows, table, len(states), num_items, block, slices)
     count = jnp.maximum(weights.sum(), 1.0)
     target_logits = jnp.sum(states * lookup_rows(table, targets, num_items, batch_split=False),

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from mqsa_jax.data.arrays import SequenceData
+from mqsa_jax.rounding import ceil_div, round_up
 
 # Packed-target buffers are rounded up to a multiple of this, so an epoch compiles a handful of
 # shapes while wasting at most this many rows per step.
@@ -45,10 +46,6 @@ class Batch:
     segments: jax.Array  # [R, T] int32
     positions: jax.Array  # [R, T] int32
     capacity: int = flax.struct.field(pytree_node=False)
-
-
-def round_up(value: int, quantum: int) -> int:
-    return -(-value // quantum) * quantum
 
 
 def first_fit_rows(lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,17 +74,18 @@ class Packing:
       data: the users' sequences (:class:`mqsa_jax.data.arrays.SequenceData`); a batch's
         training rows are made from them as it is packed.
       batch_size: users per batch.
-      row_multiple: the packed rows are a multiple of this (the mesh's ``data`` axis).
+      data_shards: the packed rows are a multiple of this: the ways the mesh's ``data`` axis
+        splits them (within this process's shard).
     """
 
-    def __init__(self, data: SequenceData, batch_size: int, row_multiple: int = 1):
+    def __init__(self, data: SequenceData, batch_size: int, data_shards: int = 1):
         self.data, self.padding_id, self.batch_size = data, data.padding_id, batch_size
         self.lengths = data.train_lengths
-        self.row_quantum = np.lcm(ROWS_QUANTUM, row_multiple)
+        self.row_quantum = np.lcm(ROWS_QUANTUM, data_shards)
 
     def num_batches(self, users: int) -> int:
         """How many batches an order of ``users`` users makes."""
-        return -(-users // self.batch_size)
+        return ceil_div(users, self.batch_size)
 
     def batches(self, order: np.ndarray, first: int = 0,
                 stop: int | None = None) -> Iterator[tuple[Batch, int]]:

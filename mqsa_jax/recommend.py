@@ -49,7 +49,7 @@ class Recommender:
         # Excluded items: one width for every history as long as the dataset's longest sequence.
         self.exclude_width = _bucket(int(dataset.train_lengths.max(initial=0)) + 2)
         self._data = self._full = None
-        self._ranked = jax.jit(functools.partial(_top_items, model.encode_last),
+        self._ranked = jax.jit(functools.partial(top_items, model.encode_last),
                                static_argnames="k")
 
     @classmethod
@@ -150,7 +150,9 @@ class Recommender:
         return ids, [row[keep].tolist() for row, keep in zip(scores, finite)]
 
 
-def _top_items(encode_last, params, inputs, exclude, k):
+def top_items(encode_last, params, inputs: jax.Array, exclude: jax.Array, k: int):
+    """The ``k`` best items for each history of ``inputs`` [B, T], none of ``exclude`` [B, W]
+    (padded with any id >= N): their scores and indices, each [B, k]."""
     scores = item_scores(params, encode_last(params, inputs))
     return jax.lax.top_k(mask_items(scores, exclude), k)
 

@@ -1,17 +1,13 @@
-"""Run directories: their lock, their data, their checkpoints restored, and their evaluation.
-
-A run directory holds ``config.json``, ``metrics.jsonl``, ``results.json`` and ``checkpoints/``
-(:mod:`mqsa_jax.checkpoint`).  Everything here serves training, evaluation and serving alike,
+"""A run's data, its checkpoints restored, and its evaluation (its files:
+:mod:`mqsa_jax.rundir`).  Everything here serves training, evaluation and serving alike,
 and imports nothing of training: ``mqsa_jax.recommend`` restores a run through this module.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -28,6 +24,7 @@ from mqsa_jax.evaluation import RankingEvaluator
 from mqsa_jax.io import atomic_output
 from mqsa_jax.model import MQSA
 from mqsa_jax.partitioning import Partitioner
+from mqsa_jax.progress import RunProgress
 from mqsa_jax.state import TrainState, init_state, make_optimizer
 
 # What a resumed run may change: none changes what is trained nor any rank.
@@ -45,17 +42,6 @@ def check_resumable(stored: Config, requested: Config, run_dir: Path) -> None:
     if changed:
         raise UserError(f"cannot resume {run_dir} with a different config: {', '.join(changed)}; "
                         f"only {', '.join(RESUMABLE_CHANGES)} may change")
-
-
-@contextlib.contextmanager
-def exclusive(run_dir: Path) -> Iterator[None]:
-    """Holds the run directory's lock: two processes training one run would corrupt it."""
-    with open(run_dir / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{run_dir}: another process is training this run") from None
-        yield
 
 
 def load_run_dataset(config: Config, data_dir: Path | None = None,
@@ -94,11 +80,12 @@ def make_evaluators(model: MQSA, data: SequenceData, config: Config,
                     splits: Sequence[str] = ("valid", "test"),
                     users: np.ndarray | None = None, shard=None) -> list[RankingEvaluator]:
     """Full-ranking evaluators of ``splits`` (of ``users`` alone, if given); with a
-    partitioner, batches are split over its batch axis (and, under its ``activate()``, ranking
-    is per item slice); with a ``shard`` (:class:`mqsa_jax.hosts.HostShard`), ``data`` holds
+    partitioner, batches are split over its batch axis, the steps run under its mesh and
+    ranking is per item slice; with a ``shard`` (:class:`mqsa_jax.hosts.HostShard`), ``data`` holds
     that shard's users and ``users`` are indices among them."""
     placement = {} if partitioner is None else {
-        "place": partitioner.place_batch if shard is None else shard.placer(partitioner)}
+        "place": partitioner.place_batch if shard is None else shard.placer(partitioner),
+        "partition": partitioner.partition}
     return [RankingEvaluator(split, data, model.encode_last, config.eval.eval_batch_size,
                              config.eval.eval_ks, users=users, shard=shard, **placement)
             for split in splits]
@@ -113,17 +100,16 @@ def evaluation_sample(config: Config, num_users: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(config.seed).choice(num_users, count, replace=False))
 
 
-def check_catalogue(progress: dict, num_items: int, run_dir: Path) -> None:
+def check_catalogue(progress: RunProgress, num_items: int, run_dir: Path) -> None:
     """A checkpoint serves only the catalogue it was trained on (checkpoints restore at any row
-    count, to move between meshes; older ones did not record it)."""
-    saved = progress.get("num_items", num_items)
-    if saved != num_items:
-        raise UserError(f"{run_dir}: its checkpoints were trained on {saved} items, but the "
-                        f"dataset now has {num_items}")
+    count, to move between meshes)."""
+    if progress.num_items != num_items:
+        raise UserError(f"{run_dir}: its checkpoints were trained on {progress.num_items} "
+                        f"items, but the dataset now has {num_items}")
 
 
 def restore_trained(run_dir: Path, which: str, config: Config,
-                    num_items: int) -> tuple[MQSA, TrainState, dict]:
+                    num_items: int) -> tuple[MQSA, TrainState, RunProgress]:
     """The model (on one device: its item table has exactly ``num_items`` rows), and the train
     state and progress saved in a run's ``which`` (best or latest) checkpoint."""
     model = MQSA(config.model, num_items)
@@ -132,7 +118,8 @@ def restore_trained(run_dir: Path, which: str, config: Config,
     # recommend_throughput*.md of experiments/results).
     template = jax.eval_shape(lambda: init_state(model, make_optimizer(config), config))
     with RunCheckpoints(run_dir, read_only=True) as checkpoints:
-        state, progress = checkpoints.restore(which, template)
+        state, saved = checkpoints.restore(which, template)
+    progress = RunProgress.from_json(saved, num_items)
     check_catalogue(progress, num_items, run_dir)
     return model, state, progress
 
@@ -151,7 +138,7 @@ def evaluate_run(run_dir: Path, which: str = "best", splits: Sequence[str] = ("v
     dataset = load_run_dataset(config, data_dir)
     data = sequence_data(config, dataset)
     model, state, progress = restore_trained(run_dir, which, config, data.num_items)
-    result = {"checkpoint": which, "epoch": progress["epoch"]}
+    result = {"checkpoint": which, "epoch": progress.epoch}
     evaluators = make_evaluators(model, data, config, splits=splits)
     for evaluator in evaluators:
         result[evaluator.split] = evaluator.evaluate(state.params)

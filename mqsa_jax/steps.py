@@ -7,8 +7,6 @@ static widths fix the compiled shape).
 
 from __future__ import annotations
 
-import functools
-
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -19,7 +17,6 @@ from mqsa_jax.data.arrays import SequenceData
 from mqsa_jax.losses import fused_losses, l2_penalty
 from mqsa_jax.model import MQSA, item_table
 from mqsa_jax.packing import Batch
-from mqsa_jax.partitioning import Partitioner
 from mqsa_jax.state import TrainState
 from mqsa_jax.tables import lookup_rows
 from mqsa_jax.teacher import TeacherWeights, ted_students
@@ -66,21 +63,11 @@ def make_loss_fn(model: MQSA, config: Config):
     return loss_fn
 
 
-def make_train_step(model: MQSA, optimizer: optax.GradientTransformation, config: Config,
-                    partitioner: Partitioner | None = None, state_shardings=None):
-    """The jitted step ``(state, arrays, batch) -> (state, losses)``; the state is donated.
-
-    With a partitioner, the step is jitted with explicit shardings: the state's
-    (``state_shardings``, from the parameters' logical axes), the arrays replicated, the batch's
-    rows over the batch axis; it must then run under :meth:`Partitioner.activate`.
-    """
+def train_step_fn(model: MQSA, optimizer: optax.GradientTransformation, config: Config):
+    """The step ``(state, arrays, batch) -> (state, losses)``, not jitted: a partitioner jits it
+    for its mesh (:meth:`mqsa_jax.partitioning.Partitioner.partition_step`)."""
     loss_fn = make_loss_fn(model, config)
-    shardings = {}
-    if partitioner is not None:
-        shardings = {"in_shardings": (state_shardings, partitioner.replicated, partitioner.batch),
-                     "out_shardings": (state_shardings, partitioner.replicated)}
 
-    @functools.partial(jax.jit, donate_argnums=0, **shardings)
     def train_step(state: TrainState, arrays: TrainArrays, batch: Batch):
         """One Adam step on a packed batch (``mqsa_jax.packing``)."""
         key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
@@ -90,3 +77,8 @@ def make_train_step(model: MQSA, optimizer: optax.GradientTransformation, config
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), losses
 
     return train_step
+
+
+def make_train_step(model: MQSA, optimizer: optax.GradientTransformation, config: Config):
+    """The step jitted for the default device, the state donated."""
+    return jax.jit(train_step_fn(model, optimizer, config), donate_argnums=0)

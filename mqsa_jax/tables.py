@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from mqsa_jax.rounding import round_up
+
 # Logical axis names.
 BATCH = "batch"  # rows of a batch
 ITEM = "item"  # rows of the item table: the catalogue
@@ -30,7 +32,7 @@ BRANCH = "branch"  # the query windows' stacked branches
 
 def padded_rows(num_items: int, multiple: int) -> int:
     """The item table's rows: ``num_items`` rounded up to a multiple of ``multiple``."""
-    return -(-num_items // multiple) * multiple
+    return round_up(num_items, multiple)
 
 
 def real_rows(rows: int, num_items: int) -> jax.Array:

@@ -1,6 +1,5 @@
 """Shared test helpers: small datasets for fast model and training tests, and the CLI."""
 
-import logging
 import sys
 from pathlib import Path
 
@@ -43,15 +42,10 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     """Runs ``mqsa-jax argv...`` in this process: (exit code, stdout, stderr)."""
     from mqsa_jax.cli import main
 
-    # main() silences these after a user error; the session keeps its own.
-    hook, asyncio_level = sys.unraisablehook, logging.getLogger("asyncio").level
     try:
         code = main(list(argv))
     except SystemExit as e:  # argparse exits on usage errors
         code = e.code
-    finally:
-        sys.unraisablehook = hook
-        logging.getLogger("asyncio").setLevel(asyncio_level)
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -1,5 +1,5 @@
-"""The accelerator check (experiments/accelerator) in its CPU dry run: every part runs and
-writes its figures, with nothing downloaded or installed."""
+"""The accelerator check (experiments/benchmarks/accelerator) in its CPU dry run: every part
+runs and writes its figures, with nothing downloaded or installed."""
 
 import json
 import os
@@ -10,12 +10,14 @@ import pytest
 
 from tests.helpers import REPO
 
+ACCELERATOR = REPO / "experiments" / "benchmarks" / "accelerator"
+
 
 @pytest.mark.scale
 def test_the_dry_run_writes_every_part(tmp_path, data_root):
     out = tmp_path / "out"
-    done = subprocess.run(["bash", str(REPO / "experiments" / "accelerator" / "run.sh"), str(out),
-                           "--dry-run"], capture_output=True, text=True, timeout=900,
+    done = subprocess.run(["bash", str(ACCELERATOR / "run.sh"), str(out), "--dry-run"],
+                          capture_output=True, text=True, timeout=900,
                           env={**os.environ, "PYTHON": sys.executable,
                                "MQSA_DATA_DIR": str(data_root)})
     assert done.returncode == 0, done.stderr
@@ -34,7 +36,7 @@ def test_the_dry_run_writes_every_part(tmp_path, data_root):
 
 def test_the_wheels_list_holds_what_the_machine_lacks():
     wanted = {line.strip() for line in
-              (REPO / "experiments" / "accelerator" / "requirements.txt").read_text().splitlines()
+              (ACCELERATOR / "requirements.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")}
     # The project's own dependencies that the H200 machine does not have (it has jax, flax,
     # optax, orbax-checkpoint), and pytest for the suite.

@@ -23,11 +23,9 @@ def _brute_force_rank(scores, label, history, top):
 
 @pytest.mark.parametrize("count", ["arithmetic", "comparison"])
 @pytest.mark.parametrize("one_pass", [0, 4096])
-def test_ranks_against_brute_force_with_ties_and_masks(count, one_pass, monkeypatch):
+def test_ranks_against_brute_force_with_ties_and_masks(count, one_pass):
     """Both forms of the N-wide count (the arithmetic one, and the comparisons that catalogues
     of 2^24 items or more fall back to), scanned in blocks that leave a tail or in one pass."""
-    if count == "comparison":
-        monkeypatch.setattr(evaluation, "_FLOAT_EXACT", 0)
     rng = np.random.default_rng(0)
     n, rows = 30, 60
     scores = rng.integers(0, 8, (rows, n)).astype(np.float32)  # many ties
@@ -40,8 +38,10 @@ def test_ranks_against_brute_force_with_ties_and_masks(count, one_pass, monkeypa
     history[0, 0] = labels[0]  # a label in its own history can never be found
     # The states score exactly ``scores`` against an identity table whose last 2 rows are
     # padding (as a mesh pads the table): ranked below every item.
+    below = 0 if count == "comparison" else evaluation.FLOAT_EXACT
     got = np.asarray(label_ranks(jnp.asarray(scores), jnp.eye(n), jnp.asarray(labels),
-                                 jnp.asarray(history), n - 2, block=7, one_pass=one_pass))
+                                 jnp.asarray(history), n - 2, block=7, one_pass=one_pass,
+                                 arithmetic_below=below))
     scores[:, -2:] = -np.inf
     expected = [_brute_force_rank(scores[r], labels[r], history[r], n - 2) for r in range(rows)]
     assert got.tolist() == expected

@@ -12,10 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from experiments.multiprocess import local_process_envs
+from experiments.benchmarks.multiprocess import local_process_envs
 from mqsa_jax.data import registry
 from mqsa_jax.errors import UserError
-from mqsa_jax.partitioning import parse_mesh, size_cpu_thread_pool
+from mqsa_jax.partitioning import parse_mesh
+from mqsa_jax.processes import size_cpu_thread_pool
 from mqsa_jax.tables import padded_rows
 from tests.helpers import EPOCHS, REPO, cli, tiny_train_args
 

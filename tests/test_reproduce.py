@@ -1,5 +1,5 @@
-"""The reproduction (experiments.reproduce): resumable runs, the summary's numbers, tables and
-plots."""
+"""The reproduction (experiments.reproduction.reproduce): resumable runs, the summary's numbers,
+tables and plots."""
 
 import json
 import os
@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import claims, plan, plots, readme, report, reproduce, runner
-from experiments.summary import collect, recent_pace, run_status
+from experiments.reproduction import claims, plan, plots, readme, report, reproduce, runner
+from experiments.reproduction.summary import collect, recent_pace, run_status
 from mqsa_jax.errors import UserError
-from mqsa_jax.runs import exclusive
+from mqsa_jax.rundir import RunDir
 from tests.helpers import REPO
 
 # The reproduction draws its plots with matplotlib (the experiments extra, which `make test`
@@ -197,8 +197,9 @@ def test_summary_shows_the_plots_it_drew_and_removes_stale_ones(tmp_path):
 
 
 def test_a_second_process_cannot_train_a_locked_run(tmp_path):
-    with exclusive(tmp_path), pytest.raises(UserError, match="another process is training"):
-        with exclusive(tmp_path):
+    with RunDir(tmp_path).exclusive(), pytest.raises(UserError,
+                                                     match="another process is training"):
+        with RunDir(tmp_path).exclusive():
             pass
 
 
@@ -207,7 +208,7 @@ def test_reproduction_runs_resumes_and_summarises(tiny_dataset, tmp_path):
     env = {**os.environ, "MQSA_DATA_DIR": str(tiny_dataset / "data")}
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "experiments.reproduce", "main",
+        return subprocess.run([sys.executable, "-m", "experiments.reproduction.reproduce", "main",
                                "--datasets", "tiny", "--seeds", "5", "--variants", "mqsa_ted",
                                "--results", str(results), *args],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -90,10 +90,17 @@ def test_a_file_of_histories_compiles_once_and_equals_one_at_a_time(recommender,
     source.write_text("".join(json.dumps({"id": i, "history": h}) + "\n"
                               for i, h in enumerate(histories)))
     lowered = []
-    jax.monitoring.register_event_duration_secs_listener(
-        lambda event, seconds, **_: lowered.append(event)
-        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration" else None)
-    counts = recommend_file(recommender, source, tmp_path / "out.jsonl", k=5, batch_size=128)
+
+    def count_lowerings(event, seconds, **_):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(count_lowerings)
+    try:
+        counts = recommend_file(recommender, source, tmp_path / "out.jsonl", k=5,
+                                batch_size=128)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count_lowerings)
     assert len(lowered) == 1  # six batches, the last one short: one shape
     assert counts == {"lines": 700, "written": 700, "skipped_lines": 0, "skipped_items": 0}
     lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]

@@ -7,7 +7,6 @@ converter also checks each file's SHA-256 against the release's ``SHA256SUMS`` b
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from mqsa_jax.data.dataset import Dataset, save_store
 from mqsa_jax.errors import UserError
+from mqsa_jax.io import file_sha256
 
 RELEASE_DATASETS = ("beauty", "sports", "toys", "yelp")
 
@@ -46,10 +46,6 @@ class _ReleaseUnpickler(pickle.Unpickler):
         raise UserError(f"{self._source}: refused to load: the pickle uses persistent ids")
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def read_checksums(sums_file: Path) -> dict[str, str]:
     sums = {}
     for lineno, line in enumerate(sums_file.read_text().splitlines(), 1):
@@ -63,7 +59,7 @@ def read_checksums(sums_file: Path) -> dict[str, str]:
 
 
 def verify_checksum(path: Path, expected: str) -> None:
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     if actual != expected:
         raise UserError(
             f"{path}: SHA-256 mismatch (expected {expected}, got {actual}): "

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import io
 import json
 import logging
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,9 @@ import tensorflow_datasets as tfds
 
 from mqsa_jax.data.dataset import Dataset, load_store
 from mqsa_jax.errors import UserError
+from mqsa_jax.io import file_sha256
+from mqsa_jax.quiet import logger_level
+from mqsa_jax.rounding import ceil_div
 
 BUILDER_NAME = "mqsa_sequences"
 SPLIT = "users"
@@ -37,8 +39,18 @@ USERS_PER_RECORD = 1024
 _COLUMN = functools.partial(tfds.features.Tensor, shape=(None,), dtype=np.int32,
                             encoding=tfds.features.Encoding.BYTES)
 
-tfds.display_progress_bar(False)
-logging.getLogger("absl").setLevel(logging.ERROR)
+
+@contextlib.contextmanager
+def _quiet_tfds() -> Iterator[None]:
+    """TFDS's progress bars and absl's lines off while TFDS works here, as they were after: our
+    own lines say what happens (TFDS has no getter for its bars' switch, hence the read)."""
+    bars = getattr(tfds.core.utils.tqdm_utils, "_active", True)
+    tfds.display_progress_bar(False)
+    try:
+        with logger_level("absl", logging.ERROR):
+            yield
+    finally:
+        tfds.display_progress_bar(bars)
 
 
 class SequenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -102,10 +114,6 @@ def prepared_dir(tfds_root: Path, dataset_name: str) -> Path:
     return tfds_root / BUILDER_NAME / dataset_name / str(SequenceBuilder.VERSION)
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _prepared_from(target: Path) -> str | None:
     """The SHA-256 of the store a prepared dataset was built from, or None if it is incomplete."""
     try:
@@ -128,7 +136,7 @@ def prepare(store: Path, dataset_name: str, tfds_root: Path) -> Path:
     builder = SequenceBuilder(store=store, dataset_name=dataset_name, data_dir=tfds_root)
     print(f"preparing dataset {dataset_name} in {tfds_root}", file=sys.stderr, flush=True)
     # TFDS prints its own lines about downloading, which never happens here: they are dropped.
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_tfds():
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False)
         )
@@ -137,7 +145,7 @@ def prepare(store: Path, dataset_name: str, tfds_root: Path) -> Path:
 
 def num_records(num_users: int) -> int:
     """How many records hold ``num_users`` users."""
-    return -(-num_users // USERS_PER_RECORD)
+    return ceil_div(num_users, USERS_PER_RECORD)
 
 
 class TooFewRecords(UserError):
@@ -147,7 +155,8 @@ class TooFewRecords(UserError):
 def shard_records(prepared: Path, index: int, count: int) -> list[int]:
     """The records of shard ``index`` of ``count`` equal runs of a prepared dataset's records
     (consecutive users); :class:`TooFewRecords` where a shard would get none."""
-    records = tfds.builder_from_directory(str(prepared)).info.splits[SPLIT].num_examples
+    with _quiet_tfds():
+        records = tfds.builder_from_directory(str(prepared)).info.splits[SPLIT].num_examples
     if records < count:
         raise TooFewRecords(f"{prepared}: {records} record(s) for {count} shards")
     return np.array_split(np.arange(records), count)[index].tolist()
@@ -165,9 +174,10 @@ def read_sequences(prepared: Path, records: Sequence[int] | None = None
       The metadata and, ordered by user, the users read [U'], their concatenated train items,
       their offsets [U' + 1], and their valid and test items [U'].
     """
-    builder = tfds.builder_from_directory(str(prepared))
-    source = builder.as_data_source()[SPLIT]
-    blocks = source.__getitems__(range(len(source)) if records is None else sorted(records))
+    with _quiet_tfds():
+        builder = tfds.builder_from_directory(str(prepared))
+        source = builder.as_data_source()[SPLIT]
+        blocks = source.__getitems__(range(len(source)) if records is None else sorted(records))
     lengths = np.concatenate([b["lengths"] for b in blocks] or [np.zeros(0, np.int32)])
     users = np.concatenate([int(b["first_user"]) + np.arange(len(b["lengths"]))
                             for b in blocks] or [np.zeros(0, np.int64)])

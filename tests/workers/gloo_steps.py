@@ -5,7 +5,7 @@ two processes of two CPU devices; prints "done STEPS" when every step has run.
 
 Each step reads item rows with the sharded lookup (all-reduces over ``model``), gathers packed
 rows across ``data`` as the loss does, and sums gradients over both.  Before
-:func:`mqsa_jax.partitioning.size_cpu_thread_pool`, such a program stalled within its first
+:func:`mqsa_jax.processes.size_cpu_thread_pool`, such a program stalled within its first
 50 steps on a two-core machine (XLA:CPU's default pool of one thread per core).
 """
 
@@ -17,7 +17,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mqsa_jax.partitioning import Partitioner, maybe_initialize_distributed
+from mqsa_jax.partitioning import Partitioner
+from mqsa_jax.processes import maybe_initialize_distributed
 from mqsa_jax.tables import lookup_rows
 
 maybe_initialize_distributed()

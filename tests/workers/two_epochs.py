@@ -15,7 +15,8 @@ import numpy as np
 from mqsa_jax.config import build_config
 from mqsa_jax.data.arrays import build_sequence_data
 from mqsa_jax.model import item_table
-from mqsa_jax.partitioning import Partitioner, maybe_initialize_distributed
+from mqsa_jax.partitioning import Partitioner
+from mqsa_jax.processes import maybe_initialize_distributed
 from mqsa_jax.train import Trainer
 from tests.helpers import random_dataset
 

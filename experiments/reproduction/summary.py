@@ -1,7 +1,7 @@
 """The reproduction's numbers, collected from the run directories.
 
-A finished run's best epoch and its metrics are its ``results.json``, as training wrote them;
-``metrics.jsonl`` gives the curves, the times and, for a run still going, its best so far.
+A finished run's best epoch and its metrics are its results, as training wrote them; its
+metrics records give the curves, the times and, for a run still going, its best so far.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.plan import METRICS, SWEEPS, VARIANTS, sweep_folder
+from experiments.reproduction.plan import METRICS, SWEEPS, VARIANTS, sweep_folder
 from mqsa_jax.checkpoint import has_checkpoint
 from mqsa_jax.config import read_run_config
 from mqsa_jax.evaluation import SELECTION_METRIC
-from mqsa_jax.io import read_json_lines
+from mqsa_jax.rundir import RunDir
 
 
 def best_record(history: list[dict]) -> dict | None:
@@ -29,16 +29,15 @@ def best_record(history: list[dict]) -> dict | None:
 
 def run_status(run_dir: Path) -> dict:
     """What a run directory holds: its config, history, and best record so far."""
-    config = read_run_config(run_dir) if (run_dir / "config.json").exists() else None
-    metrics = run_dir / "metrics.jsonl"
+    run = RunDir(run_dir)
+    config = read_run_config(run_dir) if run.holds_run() else None
     # A run training beside this process may be appending its last line.
-    history = read_json_lines(metrics) if metrics.exists() else []
+    history = run.metrics() if run.metrics_file.exists() else []
     done = history[-1]["epoch"] if history else 0
-    results = run_dir / "results.json"
-    finished = results.exists() and config is not None and (
+    finished = run.results_file.exists() and config is not None and (
         done == config.train.epochs or config.eval.patience > 0)
     if finished:
-        written = json.loads(results.read_text())
+        written = run.results()
         best = {"epoch": written["best_epoch"], "valid": written["valid"],
                 "test": written["test"]}
     else:
@@ -63,7 +62,7 @@ def _mean_std(values: list[float]) -> dict:
 def _machines(run_dirs: list[Path]) -> list[str]:
     machines = set()
     for p in run_dirs:
-        provenance = p / "provenance.json"
+        provenance = RunDir(p).provenance_file
         if provenance.exists():
             for session in json.loads(provenance.read_text())["sessions"]:
                 machines.add(f"{session['cpu']} x{session['cpu_count']}"
@@ -135,7 +134,7 @@ def sweep_scores(points: dict, split: str = "test") -> tuple[list[str], dict[flo
 
 
 def seed_dirs(folder: Path) -> list[Path]:
-    return [p for p in folder.glob("seed*") if (p / "config.json").exists()]
+    return [p for p in folder.glob("seed*") if RunDir(p).holds_run()]
 
 
 def collect(results: Path) -> tuple[dict, dict]:

@@ -1,6 +1,6 @@
 """Throughput of batch recommendations: ``mqsa-jax recommend RUN --input FILE --output FILE``.
 
-    python -m experiments.recommend_throughput RUN_DIR [--histories 10000] [--k 10]
+    python -m experiments.benchmarks.recommend_throughput RUN_DIR [--histories 10000] [--k 10]
         [--batch-sizes 256 1024] [--out experiments/results/recommend_throughput]
 
 The input is ``--histories`` histories drawn from the run's dataset (each a random user's
@@ -94,7 +94,8 @@ def main() -> None:
         one_history = _time_one_history(args.run_dir, source, args.k)
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_line(),
-        "command": "python -m experiments.recommend_throughput " + " ".join(sys.argv[1:]),
+        "command": "python -m experiments.benchmarks.recommend_throughput "
+                   + " ".join(sys.argv[1:]),
         "run_dir": str(args.run_dir), "histories": args.histories, "k": args.k, "rows": rows,
         "one_history_command_wall_seconds": one_history,
     }

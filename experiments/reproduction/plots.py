@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from experiments.markdown import seed_list
-from experiments.plan import VARIANTS
-from experiments.summary import run_status, sweep_scores
+from experiments.reproduction.plan import VARIANTS
+from experiments.reproduction.summary import run_status, sweep_scores
 from mqsa_jax.evaluation import SELECTION_METRIC
 from mqsa_jax.io import atomic_output
 

@@ -8,18 +8,19 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.claims import claim_line
 from experiments.markdown import duration, mean_std, relative_gap, seed_list, table
-from experiments.plan import (
+from experiments.reproduction.claims import claim_line
+from experiments.reproduction.plan import (
     BASELINE,
     HERE,
     METRICS,
     ORDERING,
     VARIANTS,
 )
-from experiments.plots import figure_path
-from experiments.summary import common_seeds, sweep_scores
+from experiments.reproduction.plots import figure_path
+from experiments.reproduction.summary import common_seeds, sweep_scores
 from mqsa_jax.evaluation import SELECTION_METRIC as SELECTION
+from mqsa_jax.rundir import PROVENANCE
 
 PAPER = json.loads((HERE / "reference" / "paper_results.json").read_text())
 
@@ -179,14 +180,15 @@ def _sweep_section(dataset: str, param: str, points: dict, figures: Collection[P
 
 def markdown(summary: dict, sweeps: dict, figures: Collection[Path] = ()) -> str:
     """``summary.md``: a section per dataset, then per sweep; ``figures`` are the plots drawn,
-    relative to it (as :func:`experiments.plots.figure_path` gives), shown in their sections."""
+    relative to it (as :func:`experiments.reproduction.plots.figure_path` gives), shown in
+    their sections."""
     out = ["# Reproduction results", "",
-           "Written by `python -m experiments.reproduce` from the run directories beside this "
-           "file (do not edit). Test metrics at each run's first epoch with the best validation "
-           f"{SELECTION} (the reference's protocol: full ranking of all items, history masked); "
-           "mean ± sample standard deviation over the finished seeds. Paper figures: "
-           f"`experiments/reference/paper_results.json` ({PAPER['source']}). Times are wall "
-           "times on a machine that other jobs may have shared (each run's `provenance.json` "
+           "Written by `python -m experiments.reproduction.reproduce` from the run directories "
+           "beside this file (do not edit). Test metrics at each run's first epoch with the best "
+           f"validation {SELECTION} (the reference's protocol: full ranking of all items, "
+           "history masked); mean ± sample standard deviation over the finished seeds. Paper "
+           f"figures: `experiments/reference/paper_results.json` ({PAPER['source']}). Times are "
+           f"wall times on a machine that other jobs may have shared (each run's `{PROVENANCE}` "
            "has the load average and nice level at each start), so the table gives the fastest "
            "seed's.", ""]
     for dataset, groups in summary.items():

@@ -1,7 +1,8 @@
 """Training and evaluation speed per dataset against the authors' release, measured together.
 
-    python -m experiments.bench [--datasets beauty yelp] [--out experiments/results/bench]
-                                [--release ../shared/tools/release-bench/run.sh | --no-release]
+    python -m experiments.benchmarks.bench [--datasets beauty yelp]
+        [--out experiments/results/bench]
+        [--release ../shared/tools/release-bench/run.sh | --no-release]
 
 For each dataset, with the reference hyperparameters: one warm-up epoch (compiles the step's
 shapes), then one timed epoch of training and one full evaluation (valid + test, all users, all
@@ -44,7 +45,7 @@ from mqsa_jax.tables import lookup_rows
 from mqsa_jax.teacher import ted_students
 from mqsa_jax.train import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RELEASE_BENCH = REPO.parent / "shared" / "tools" / "release-bench" / "run.sh"
 
 
@@ -224,7 +225,7 @@ def main() -> None:
         sys.exit(f"{args.release}: release-bench not found; pass --release PATH or --no-release")
     peak = matmul_peak_gflops()
     report = {
-        "command": "python -m experiments.bench " + " ".join(sys.argv[1:]),
+        "command": "python -m experiments.benchmarks.bench " + " ".join(sys.argv[1:]),
         "machine": f"{machine_line()}, backend {jax.devices()[0].platform}",
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "matmul_peak_gflops_f32_2048": round(peak, 1),

@@ -1,6 +1,6 @@
 """Times one epoch of ``mqsa-jax train`` on several process layouts of one machine.
 
-    python -m experiments.multiprocess [--dataset toys] [--epochs 1] [--timeout 1200]
+    python -m experiments.benchmarks.multiprocess [--dataset toys] [--epochs 1] [--timeout 1200]
         [--layouts 1x1x1 2x1x2,1 2x1x1,2 2x2x2,2]
 
 A layout ``PxDxM,N`` is P processes of D CPU devices each (``JAX_COORDINATOR_ADDRESS`` on
@@ -28,8 +28,9 @@ from pathlib import Path
 from experiments.markdown import table
 from experiments.measure import machine, machine_line
 from mqsa_jax.io import write_json_atomic, write_text_atomic
+from mqsa_jax.rundir import RunDir
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # experiments/
 DEFAULT_LAYOUTS = ("1x1x1,1", "2x1x2,1", "2x1x1,2", "2x2x2,2")
 
 
@@ -83,7 +84,7 @@ def run_layout(layout: str, dataset: str, epochs: int, timeout: float, workdir: 
     if failed:
         code, err = failed[0]
         return {**record, "status": f"failed (exit {code})", "error": err.strip()[-500:]}
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    history = RunDir(run_dir).metrics()
     last = history[-1]
     return {**record, "status": "finished",
             "train_seconds": [r["train_seconds"] for r in history],
@@ -132,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(path.read_text()) if path.exists() else {}
     if (results.get("dataset"), results.get("epochs")) != (args.dataset, args.epochs):
         results = {"dataset": args.dataset, "epochs": args.epochs, "layouts": []}
-    results.update(command="python -m experiments.multiprocess " + " ".join(argv or sys.argv[1:]),
-                   machine=machine())
+    results.update(command="python -m experiments.benchmarks.multiprocess "
+                   + " ".join(argv or sys.argv[1:]), machine=machine())
     done = {r["layout"] for r in results["layouts"] if r["status"] == "finished"}
     with tempfile.TemporaryDirectory() as workdir:
         for layout in args.layouts:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from experiments.markdown import relative_gap, seed_list
-from experiments.plan import SWEEPS
-from experiments.summary import sweep_scores
+from experiments.reproduction.plan import SWEEPS
+from experiments.reproduction.summary import sweep_scores
 from mqsa_jax.evaluation import SELECTION_METRIC as SELECTION
 
 # A claim is judged once this many of its sweep's points have finished: the reference point and

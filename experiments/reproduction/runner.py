@@ -11,15 +11,16 @@ import time
 from collections.abc import Callable
 
 from experiments.measure import machine
-from experiments.plan import Run
-from experiments.summary import run_status
+from experiments.reproduction.plan import Run
+from experiments.reproduction.summary import run_status
 from mqsa_jax.checkpoint import has_checkpoint
 from mqsa_jax.io import write_json_atomic
+from mqsa_jax.rundir import RunDir
 
 
 def record_start(run: Run, command: list[str]) -> None:
-    """Appends this (re)start's machine and load to the run's ``provenance.json``."""
-    path = run.run_dir / "provenance.json"
+    """Appends this (re)start's machine and load to the run's provenance file."""
+    path = RunDir(run.run_dir).provenance_file
     # Without a checkpoint the run starts again from epoch 1: the earlier sessions' epochs (and
     # so their machines) are no longer in its metrics.
     resumes = path.exists() and has_checkpoint(run.run_dir)

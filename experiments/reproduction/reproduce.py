@@ -1,18 +1,23 @@
 """Reproduces the paper: the main comparison, the ablations, the sweeps, their tables and plots.
 
-    python -m experiments.reproduce main [--datasets beauty toys] [--seeds 2023 2024 2025]
-    python -m experiments.reproduce ablation [--datasets beauty] [--seeds 2023]
-    python -m experiments.reproduce sweep L|alpha|lambda_kd|tau [--values 1 5] [--datasets beauty]
-    python -m experiments.reproduce summary
+    python -m experiments.reproduction.reproduce main [--datasets beauty toys]
+        [--seeds 2023 2024 2025]
+    python -m experiments.reproduction.reproduce ablation [--datasets beauty] [--seeds 2023]
+    python -m experiments.reproduction.reproduce sweep L|alpha|lambda_kd|tau [--values 1 5]
+        [--datasets beauty]
+    python -m experiments.reproduction.reproduce summary
 
 (`make reproduce`, `make ablation` and `make sweep PARAM=L` wrap the first three.)
 
-The runs are planned in :mod:`experiments.plan` (which config, which seed, which directory), run
-by :mod:`experiments.runner`, collected by :mod:`experiments.summary`, and reported by
-:mod:`experiments.report` (summary.md), :mod:`experiments.readme` (the README's table) and
-:mod:`experiments.plots`.  A finished run (it has results.json) is skipped and a started one is
-resumed from its latest checkpoint, so an interrupted reproduction continues where it stopped.
-Each run directory also gets ``provenance.json``: the command and, per (re)start, the machine.
+The runs are planned in :mod:`~experiments.reproduction.plan` (which config, which seed, which
+directory), run by :mod:`~experiments.reproduction.runner`, collected by
+:mod:`~experiments.reproduction.summary`, and reported by :mod:`~experiments.reproduction.report`
+(summary.md), :mod:`~experiments.reproduction.readme` (the README's table) and
+:mod:`~experiments.reproduction.plots`.  A finished run (it has its results) is skipped and a
+started one is resumed from its latest checkpoint, so an interrupted reproduction continues where
+it stopped.
+Each run directory also gets a provenance file (:mod:`mqsa_jax.rundir`): the command and, per
+(re)start, the machine.
 After every run, and with ``summary``, the summary is rewritten from whatever runs exist,
 finished or not: ``summary.json``, ``summary.md``, ``sweeps.json`` and the PNG plots.
 """
@@ -24,9 +29,9 @@ import signal
 import sys
 from pathlib import Path
 
-from experiments import plan, plots, readme, report
-from experiments.runner import execute
-from experiments.summary import collect
+from experiments.reproduction import plan, plots, readme, report
+from experiments.reproduction.runner import execute
+from experiments.reproduction.summary import collect
 from mqsa_jax.config import parse_overrides
 from mqsa_jax.evaluation import SELECTION_METRIC
 from mqsa_jax.io import write_json_atomic, write_text_atomic

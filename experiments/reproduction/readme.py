@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from experiments.claims import claim_verdict
 from experiments.markdown import mean_std, seed_list, table
-from experiments.plan import PLANNED, PLANNED_SWEEPS, VARIANTS
-from experiments.report import PAPER
-from experiments.summary import sweep_progress
+from experiments.reproduction.claims import claim_verdict
+from experiments.reproduction.plan import PLANNED, PLANNED_SWEEPS, VARIANTS
+from experiments.reproduction.report import PAPER
+from experiments.reproduction.summary import sweep_progress
 from mqsa_jax.io import write_text_atomic
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -19,7 +19,7 @@ def readme_table(summary: dict, sweeps: dict, results: Path, planned: dict = PLA
     """The README's results table: test metrics of what was run, and what is pending, started
     or not, among the ``planned`` runs; then how far the planned sweeps are, and whether the
     paper's claim about each swept parameter holds (``summary``, ``sweeps``: as
-    :func:`experiments.summary.collect` gives them)."""
+    :func:`experiments.reproduction.summary.collect` gives them)."""
     shown = ("HR@5", "NDCG@5", "NDCG@20")
     rows = []
     for dataset in dict.fromkeys([*planned, *summary]):

@@ -1,7 +1,7 @@
 """Train- and evaluation-step seconds without compilation, for comparing two checkouts in one
 sitting.
 
-    python -m experiments.step_time CHECKOUT DATASET [DATA_DIR]
+    python -m experiments.benchmarks.step_time CHECKOUT DATASET [DATA_DIR]
 
 Imports ``mqsa_jax`` from CHECKOUT (another commit's worktree, or this one), packs the first 6
 batches of a fixed shuffle of DATASET, compiles their shapes, then times 3 passes over them; the

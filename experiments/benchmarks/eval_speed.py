@@ -1,7 +1,7 @@
 """Times one full evaluation (valid and test, all users, all items) by form of the ranking's
 N-wide count and by users per step, in one process, on one machine.
 
-    python -m experiments.eval_speed [--datasets beauty sports] [--repeats 3]
+    python -m experiments.benchmarks.eval_speed [--datasets beauty sports] [--repeats 3]
 
 The forms: the arithmetic one the evaluator uses (:func:`mqsa_jax.evaluation._count_beating`)
 and the comparisons it falls back to for catalogues of 2^24 items or more.  The batch sizes:
@@ -28,8 +28,8 @@ from mqsa_jax.model import MQSA
 from mqsa_jax.runs import prepare_data
 from mqsa_jax.state import init_state, make_optimizer
 
-HERE = Path(__file__).resolve().parent
-FORMS = {"comparison": 0, "arithmetic": evaluation._FLOAT_EXACT}  # form -> float-exact bound
+HERE = Path(__file__).resolve().parents[1]  # experiments/
+FORMS = {"comparison": 0, "arithmetic": evaluation.FLOAT_EXACT}  # form -> arithmetic_below
 CASES = (("comparison", 1024), ("arithmetic", 1024), ("comparison", 256), ("arithmetic", 256))
 
 
@@ -43,8 +43,8 @@ def time_dataset(dataset: str, repeats: int) -> dict:
               "seconds": {}}
     metrics = []
     for form, batch in CASES:
-        evaluation._FLOAT_EXACT = FORMS[form]  # read when the evaluators' steps are traced
-        evaluators = [RankingEvaluator(split, data, model.encode_last, batch)
+        evaluators = [RankingEvaluator(split, data, model.encode_last, batch,
+                                       arithmetic_below=FORMS[form])
                       for split in ("valid", "test")]
 
         def evaluate(evaluators=evaluators):
@@ -52,7 +52,6 @@ def time_dataset(dataset: str, repeats: int) -> dict:
 
         record["seconds"][f"{form} {batch}"] = round(median_seconds(evaluate, repeats), 3)
         metrics.append([list(m.values()) for m in evaluate()])
-    evaluation._FLOAT_EXACT = FORMS["arithmetic"]
     # Ranks are exact in every case; the means may differ in the last bits (sums by batch).
     record["largest_metric_difference"] = float(np.max(np.abs(np.diff(metrics, axis=0))))
     return record
@@ -83,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
-    results = {"command": "python -m experiments.eval_speed " + " ".join(argv or sys.argv[1:]),
-               "machine": machine(), "datasets": []}
+    results = {"command": "python -m experiments.benchmarks.eval_speed "
+               + " ".join(argv or sys.argv[1:]), "machine": machine(), "datasets": []}
     for dataset in args.datasets:
         results["datasets"].append(time_dataset(dataset, args.repeats))
         print(results["datasets"][-1], file=sys.stderr, flush=True)

@@ -1,6 +1,6 @@
 """The accelerator check: what one device (an H200 when one is lent) does with mqsa-jax.
 
-    python -m experiments.accelerator.check OUT [--dry-run]
+    python -m experiments.benchmarks.accelerator.check OUT [--dry-run]
 
 Writes ``OUT/accelerator.json`` and ``OUT/accelerator.md`` after every part, so that a command
 stopped at its limit keeps the parts it finished:
@@ -28,8 +28,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from experiments.benchmarks.scale_bench import run_case, synthetic_data
 from experiments.markdown import table
-from experiments.scale_bench import run_case, synthetic_data
 from mqsa_jax.config import build_config
 from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax.runs import prepare_data

@@ -1,6 +1,6 @@
 """Compares a beauty run's validation NDCG@20 per epoch with the release's curve.
 
-    python -m experiments.fidelity RUN_DIR [--out experiments/results/fidelity_beauty]
+    python -m experiments.reproduction.fidelity RUN_DIR [--out experiments/results/fidelity_beauty]
 
 The acceptance rule (issue 3): from epoch 5 on, ours is not lower than the release's by more
 than 5 percent (relative).
@@ -13,9 +13,11 @@ import csv
 from pathlib import Path
 
 from experiments.markdown import table
-from mqsa_jax.io import read_json_lines, write_json_atomic, write_text_atomic
+from mqsa_jax.io import write_json_atomic, write_text_atomic
+from mqsa_jax.rundir import RunDir
 
-OFFICIAL = Path(__file__).parent / "reference" / "official-beauty-curve.csv"
+OFFICIAL = (Path(__file__).resolve().parents[1] / "reference"
+            / "official-beauty-curve.csv")
 METRIC = "NDCG@20"
 TOLERANCE = 0.05
 FROM_EPOCH = 5
@@ -24,7 +26,7 @@ FROM_EPOCH = 5
 def compare(run_dir: Path) -> dict:
     with open(OFFICIAL) as f:
         official = {int(row["epoch"]): row for row in csv.DictReader(f)}
-    ours = {r["epoch"]: r for r in read_json_lines(run_dir / "metrics.jsonl")}
+    ours = {r["epoch"]: r for r in RunDir(run_dir).metrics()}
     rows = []
     for epoch in sorted(set(official) & set(ours)):
         release, mine = float(official[epoch][f"valid_{METRIC}"]), ours[epoch]["valid"][METRIC]

@@ -1,7 +1,7 @@
 """What TED's clamp costs: how many student rows take its extra catalogue passes, and what an
 epoch costs when most do.
 
-    python -m experiments.clamp_cost --runs RUN_DIR... [--taus 0.1 0.01] [--epochs 3]
+    python -m experiments.benchmarks.clamp_cost --runs RUN_DIR... [--taus 0.1 0.01] [--epochs 3]
 
 A student row takes the clamp's extra blocked pass forward and backward (``mqsa_jax.blocked``)
 when one of its probabilities falls below 1e-15.  The share of such rows is read from each run's
@@ -25,14 +25,15 @@ from experiments.markdown import table
 from experiments.measure import machine_line
 from mqsa_jax import blocked
 from mqsa_jax.config import build_config, load_config_file, read_run_config
-from mqsa_jax.io import read_json_lines, write_json_atomic, write_text_atomic
+from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax.model import item_table
 from mqsa_jax.packing import Packing
+from mqsa_jax.rundir import RunDir
 from mqsa_jax.runs import prepare_data, restore_trained
 from mqsa_jax.teacher import ted_students
 from mqsa_jax.train import train
 
-SWEEP_CONFIG = Path(__file__).parent / "configs" / "sweep.py"
+SWEEP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sweep.py"
 
 
 def clamp_share(run_dir: Path, batches: int = 20) -> dict:
@@ -53,7 +54,7 @@ def clamp_share(run_dir: Path, batches: int = 20) -> dict:
         _, correction = blocked.catalogue_sums(students, table_rows, 0, data.num_items)
         clamped += int((correction > 0).sum())
         rows += len(heads)
-    return {"run": str(run_dir), "epoch": progress["epoch"], "tau": config.loss.tau,
+    return {"run": str(run_dir), "epoch": progress.epoch, "tau": config.loss.tau,
             "lambda_kd": config.loss.lambda_kd, "student_rows": rows, "clamped": clamped}
 
 
@@ -63,13 +64,14 @@ def epoch_seconds(tau: float, epochs: int) -> list[float]:
     config = build_config(values, {"epochs": epochs, "eval_every": epochs})
     with tempfile.TemporaryDirectory() as tmp:
         train(config, Path(tmp), progress=False)
-        return [record["train_seconds"] for record in read_json_lines(Path(tmp) / "metrics.jsonl")]
+        return [record["train_seconds"] for record in RunDir(tmp).metrics()]
 
 
 def report(shares: list[dict], timings: dict[float, list[float]], machine: str) -> str:
     """The markdown of both measurements."""
     lines = ["# What TED's clamp costs", "", f"Machine: {machine}.", "",
-             f"Command: `python -m experiments.clamp_cost {' '.join(sys.argv[1:])}`.", "",
+             "Command: `python -m experiments.benchmarks.clamp_cost "
+             f"{' '.join(sys.argv[1:])}`.", "",
              "## Student rows that take the clamp's extra passes", ""]
     lines += table(["run", "epoch", "tau", "lambda_kd", "clamped rows", "share"],
                    [(s["run"], s["epoch"], s["tau"], s["lambda_kd"],

@@ -1,11 +1,12 @@
 """The scale benchmark of real-sized logs: synthetic logs of 10^6, 10^7 (and 10^8) events
-(:mod:`experiments.synthetic_log`), imported as CSV and as Parquet, then MQSA-TED trained for a
-number of steps with the reference hyperparameters, and every user evaluated (or, with
-``--eval-users``, a fixed sample of them: ``final_eval=sample``).
+(:mod:`experiments.benchmarks.synthetic_log`), imported as CSV and as Parquet, then MQSA-TED
+trained for a number of steps with the reference hyperparameters, and every user evaluated (or,
+with ``--eval-users``, a fixed sample of them: ``final_eval=sample``).
 
-    python -m experiments.scale_logs --events 1e6 1e7 --steps 200 [--workdir /tmp/scale_logs]
-    python -m experiments.scale_logs --events 1e8 --steps 50 --eval-users 100000
-    python -m experiments.scale_logs --events 1e6 --steps 200 --processes 2
+    python -m experiments.benchmarks.scale_logs --events 1e6 1e7 --steps 200 \
+        [--workdir /tmp/scale_logs]
+    python -m experiments.benchmarks.scale_logs --events 1e8 --steps 50 --eval-users 100000
+    python -m experiments.benchmarks.scale_logs --events 1e6 --steps 200 --processes 2
 
 With ``--processes 2`` only the training is measured again, on two local processes of one CPU
 device each (mesh data=2: each holds half the users, :mod:`mqsa_jax.hosts`), beside the log's
@@ -35,13 +36,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from experiments.benchmarks.multiprocess import local_process_envs
+from experiments.benchmarks.synthetic_log import SIZES, write_log
 from experiments.markdown import table
 from experiments.measure import machine, machine_line
-from experiments.multiprocess import local_process_envs
-from experiments.synthetic_log import SIZES, write_log
 from mqsa_jax.io import write_json_atomic, write_text_atomic
+from mqsa_jax.rundir import RunDir
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 _PROGRESS = re.compile(r"batch (\d+)/\d+ .* ([\d,]+) targets/s")
 
 
@@ -141,7 +143,7 @@ def measure_training(events: int, steps: int, workdir: Path, eval_users: int = 0
          str(run), "--no-progress", "--set", f"max_steps={steps}", "--set",
          "log_every_seconds=20", "--mesh", f"data={processes}", *(sample if eval_users else [])],
         envs, on_line)
-    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    record = RunDir(run).metrics()[-1]
     train = {"steps": steps, "processes": processes, "process_seconds": round(seconds, 1),
              "peak_rss_gb": round(max(peaks), 2),
              "train_seconds_compile_included": record["train_seconds"],
@@ -207,7 +209,7 @@ def main() -> None:
     path = RESULTS / "scale_logs.json"
     results = json.loads(path.read_text()) if path.exists() else {"logs": []}
     results["machine"] = machine()
-    command = "python -m experiments.scale_logs " + " ".join(sys.argv[1:])
+    command = "python -m experiments.benchmarks.scale_logs " + " ".join(sys.argv[1:])
     for events in map(int, args.events):
         if args.import_only:
             entry = next(e for e in results["logs"] if e["events"] == events)

@@ -5,7 +5,7 @@ to ``rank^-1.05``; timestamps increase within a user.  Ids are written as ``u123
 under the header ``user_id,item_id,timestamp``, as CSV or Parquet.  The sizes of the scale
 benchmark (:data:`SIZES`): 10^6, 10^7 and 10^8 events.
 
-    python -m experiments.synthetic_log 1e7 /tmp/log10m.csv [--parquet]
+    python -m experiments.benchmarks.synthetic_log 1e7 /tmp/log10m.csv [--parquet]
 
 Memory: the columns of one chunk of users at a time (:data:`USERS_PER_CHUNK`), whatever the size.
 """

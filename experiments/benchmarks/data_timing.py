@@ -1,6 +1,6 @@
 """Times the data layer: built-in dataset -> training arrays, and importing a 300,000-line log.
 
-    python -m experiments.data_timing [--out experiments/results/data_timing.json]
+    python -m experiments.benchmarks.data_timing [--out experiments/results/data_timing.json]
 
 Each figure is the wall time of a fresh `mqsa-jax` process (interpreter start included), so it
 is what a user waits for.  The built-in figures are measured twice: with an empty data directory

@@ -12,8 +12,9 @@ import dataclasses
 from pathlib import Path
 
 from mqsa_jax.config import Config, load_config_module, resolve
+from mqsa_jax.rundir import RunDir
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # experiments/
 CONFIGS = HERE / "configs"
 DEFAULT_RESULTS = HERE / "results"
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
@@ -49,7 +50,7 @@ class Run:
         return resolve(f"{CONFIGS / self.config_file}", self.sets(extra))
 
     def command(self, extra: dict) -> list[str]:
-        started = (self.run_dir / "config.json").exists()
+        started = RunDir(self.run_dir).holds_run()
         return (["mqsa-jax", "train", "--config", f"{relative(CONFIGS)}/{self.config_file}",
                  "--no-progress"]
                 + [a for s in self.sets(extra) for a in ("--set", s)]

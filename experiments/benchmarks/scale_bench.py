@@ -1,6 +1,6 @@
 """Step time and memory per device on synthetic catalogues, one device against model=8.
 
-    python -m experiments.scale_bench [--items 10000 100000 1000000] [--models 1 8]
+    python -m experiments.benchmarks.scale_bench [--items 10000 100000 1000000] [--models 1 8]
                                       [--out experiments/results/scale_bench]
 
 Each (catalogue, mesh) case runs in its own process on 8 host-platform devices
@@ -24,9 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+from experiments.benchmarks.multiprocess import local_process_envs
 from experiments.markdown import table
 from experiments.measure import machine_line, median_step_seconds
-from experiments.multiprocess import local_process_envs
 from mqsa_jax.io import write_json_atomic, write_text_atomic
 
 DEVICES = 8
@@ -147,7 +147,7 @@ def main() -> None:
         chunk = args.chunk if items > args.chunk_above else 0
         for model in args.models:
             done = subprocess.run(
-                [sys.executable, "-m", "experiments.scale_bench", "--case",
+                [sys.executable, "-m", "experiments.benchmarks.scale_bench", "--case",
                  f"{items},{model},{chunk}", "--steps", str(args.steps),
                  "--host-budget-gb", str(args.host_budget_gb)],
                 env=env, capture_output=True, text=True)
@@ -155,7 +155,7 @@ def main() -> None:
                 sys.exit(f"case {items} items, model={model} failed:\n{done.stderr[-3000:]}")
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), flush=True)
-    command = " ".join(["python -m experiments.scale_bench", *sys.argv[1:]])
+    command = " ".join(["python -m experiments.benchmarks.scale_bench", *sys.argv[1:]])
     machine = machine_line()
     write_json_atomic(args.out.with_suffix(".json"),
                       {"command": command, "machine": machine, "results": results})

@@ -1,0 +1,97 @@
+"""A run directory: the one place that knows its files' names.
+
+    config.json       the resolved config (:mod:`mqsa_jax.config`), written when a run starts
+    metrics.jsonl     one record per epoch end or evaluation, appended (:class:`MetricLogger`)
+    results.json      the best record's valid and test metrics: the number to report
+    provenance.json   reproduction runs: the command and each (re)start's machine
+    checkpoints/      the latest and best checkpoints (:mod:`mqsa_jax.checkpoint`)
+    tensorboard/      a view of metrics.jsonl for TensorBoard (:mod:`mqsa_jax.dashboard`)
+    .lock             held by the process that trains the run
+
+It imports nothing of JAX, so that scripts reading results stay light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from mqsa_jax.errors import UserError
+from mqsa_jax.io import read_json_lines, write_json_atomic, write_text_atomic
+
+CONFIG, METRICS, RESULTS, PROVENANCE = ("config.json", "metrics.jsonl", "results.json",
+                                        "provenance.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """The files of the run directory ``path``."""
+
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def results_file(self) -> Path:
+        return self.path / RESULTS
+
+    @property
+    def provenance_file(self) -> Path:
+        return self.path / PROVENANCE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    def holds_run(self) -> bool:
+        """Whether a run was started here (its config is written first)."""
+        return self.config_file.exists()
+
+    def write_config(self, values: dict) -> None:
+        write_json_atomic(self.config_file, values)
+
+    def metrics(self) -> list[dict]:
+        """The metrics records, without a last line still being written."""
+        return read_json_lines(self.metrics_file)
+
+    def rewrite_metrics(self, records: list[dict]) -> None:
+        """``metrics.jsonl`` made of ``records`` alone (a resumed run drops what came after its
+        checkpoint)."""
+        write_text_atomic(self.metrics_file, "".join(json.dumps(r) + "\n" for r in records))
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def results(self) -> dict:
+        return json.loads(self.results_file.read_text())
+
+    def write_results(self, results: dict) -> None:
+        write_json_atomic(self.results_file, results)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Holds the run's lock: two processes training one run would corrupt it."""
+        with open(self.path / ".lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"{self.path}: another process is training this run") from None
+            yield
