@@ -3,7 +3,7 @@
 # carries it), for CPython 3.12 on x86-64 Linux.  Run here, with network access:
 #   bash experiments/benchmarks/accelerator/prepare.sh
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 python=${PYTHON:-.venv/bin/python}
 mkdir -p .whl
 # promise is published as source only; it is pure Python, so a wheel built here installs there.

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The accelerator check as one command of at most 8 minutes, on a machine without network:
 #   bash experiments/benchmarks/accelerator/run.sh OUT [--dry-run]
-# It installs what the machine lacks from .whl/ (experiments/benchmarks/accelerator/prepare.sh fetched it
-# here; carry it), runs check.py (the figures; see its docstring), then the test suite with the
+# It installs what the machine lacks from .whl/ (experiments/benchmarks/accelerator/prepare.sh
+# fetched it here; carry it), runs check.py (the figures; see its docstring), then the test suite with the
 # time that is left.  Everything lands in OUT: accelerator.{json,md}, install.log, check.log,
 # tests.log.  --dry-run: no install, a small check, and one test module: for a CPU, here.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 out=${1:?usage: run.sh OUT [--dry-run]}
 dry=${2:-}
 python=${PYTHON:-python3}
