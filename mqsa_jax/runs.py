@@ -100,12 +100,14 @@ def evaluation_sample(config: Config, num_users: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(config.seed).choice(num_users, count, replace=False))
 
 
-def check_catalogue(progress: RunProgress, num_items: int, run_dir: Path) -> None:
-    """A checkpoint serves only the catalogue it was trained on (checkpoints restore at any row
-    count, to move between meshes)."""
+def checked_progress(saved: dict, num_items: int, run_dir: Path) -> RunProgress:
+    """A restored checkpoint's progress; it serves only the catalogue it was trained on
+    (checkpoints restore at any row count, to move between meshes)."""
+    progress = RunProgress.from_json(saved, num_items)
     if progress.num_items != num_items:
         raise UserError(f"{run_dir}: its checkpoints were trained on {progress.num_items} "
                         f"items, but the dataset now has {num_items}")
+    return progress
 
 
 def restore_trained(run_dir: Path, which: str, config: Config,
@@ -119,9 +121,7 @@ def restore_trained(run_dir: Path, which: str, config: Config,
     template = jax.eval_shape(lambda: init_state(model, make_optimizer(config), config))
     with RunCheckpoints(run_dir, read_only=True) as checkpoints:
         state, saved = checkpoints.restore(which, template)
-    progress = RunProgress.from_json(saved, num_items)
-    check_catalogue(progress, num_items, run_dir)
-    return model, state, progress
+    return model, state, checked_progress(saved, num_items, run_dir)
 
 
 def evaluate_run(run_dir: Path, which: str = "best", splits: Sequence[str] = ("valid", "test"),

@@ -32,8 +32,8 @@ from mqsa_jax.processes import stop_requested
 from mqsa_jax.progress import EpochPartial, RunProgress
 from mqsa_jax.rundir import RunDir
 from mqsa_jax.runs import (
-    check_catalogue,
     check_resumable,
+    checked_progress,
     enable_compilation_cache,
     evaluation_sample,
     make_evaluators,
@@ -148,8 +148,7 @@ def _resume_point(run: RunDir, trainer: Trainer, checkpoints: RunCheckpoints, st
     if checkpoints.latest_epoch() is None:
         return state, None
     state, saved = checkpoints.restore(LATEST, state, fallback=True)
-    progress = RunProgress.from_json(saved, trainer.data.num_items)
-    check_catalogue(progress, trainer.data.num_items, run.path)
+    progress = checked_progress(saved, trainer.data.num_items, run.path)
     if primary:
         where = f"at batch {progress.partial.batches} of" if progress.partial else "after"
         print(f"resuming {run.path} {where} epoch {progress.epoch}", file=sys.stderr)

@@ -193,3 +193,20 @@ def test_faulty_run_directories(tiny_dataset, uninterrupted, tmp_path):
                               capture_output=True, text=True)
         assert done.returncode == 2 and done.stdout == "", (run_dir, done.stderr)
         assert message in done.stderr and done.stderr.count("\n") == 1, (run_dir, done.stderr)
+
+
+def test_a_checkpoint_serves_only_its_catalogue(tmp_path):
+    """The restored progress names the catalogue it was trained on (older checkpoints did not
+    record it: they are taken as the dataset's); another catalogue is refused in one line."""
+    import pytest
+
+    from mqsa_jax.errors import UserError
+    from mqsa_jax.runs import checked_progress
+
+    saved = {"epoch": 3, "shuffler": {}, "history": [], "best": None, "stale": 0,
+             "config": {}, "num_items": 40, "partial": None}
+    assert checked_progress(saved, 40, tmp_path).epoch == 3
+    without = {k: v for k, v in saved.items() if k != "num_items"}
+    assert checked_progress(without, 41, tmp_path).num_items == 41
+    with pytest.raises(UserError, match="trained on 40 items, but the dataset now has 41"):
+        checked_progress(saved, 41, tmp_path)

@@ -112,17 +112,16 @@ def _ids_ok(ids: pa.Array, separators: str) -> bool:
                 or pc.any(pc.match_substring_regex(ids, "[\\x00" + separators + "]")).as_py())
 
 
-def _checked_codes(ids: pa.Array | pa.ChunkedArray,
-                   separators: str) -> pa.DictionaryArray | pa.ChunkedArray | None:
+def _checked_codes(ids: pa.Array, separators: str) -> pa.DictionaryArray | None:
     """A batch's ids, stripped (as the exact reader strips them) and dictionary-encoded, or None
     where an id is empty or holds a NUL byte (or one of ``separators``, a regex class)."""
     if pa.types.is_dictionary(ids.type):
-        distinct = ids.dictionary if isinstance(ids, pa.Array) else None
-        if (distinct is not None and not ids.null_count and _ids_ok(distinct, separators)
+        distinct = ids.dictionary
+        if (not ids.null_count and _ids_ok(distinct, separators)
                 and pc.all(pc.equal(pc.utf8_trim_whitespace(distinct), distinct)).as_py()):
             return ids
         # Rare: an id to strip (two spellings may become one), or a check to make per event.
-        ids = ids.dictionary_decode() if isinstance(ids, pa.Array) else pc.cast(ids, pa.string())
+        ids = ids.dictionary_decode()
     ids = pc.utf8_trim_whitespace(ids)
     return ids.dictionary_encode() if _ids_ok(ids, separators) else None
 
@@ -154,12 +153,8 @@ def arrow_log(path: Path, batches, separators: str = "") -> EventLog | None:
     if not count:
         return None
     times = np.concatenate(times) if times else np.arange(count, dtype=np.float64)
-    return EventLog.from_arrow(str(path), _chunked(users), _chunked(items), times)
-
-
-def _chunked(parts: list) -> pa.ChunkedArray:
-    return pa.chunked_array([chunk for part in parts for chunk in (
-        part.chunks if isinstance(part, pa.ChunkedArray) else [part])])
+    return EventLog.from_arrow(str(path), pa.chunked_array(users), pa.chunked_array(items),
+                               times)
 
 
 # Bytes of text per streamed batch: large enough that the batches' own dictionaries of item ids

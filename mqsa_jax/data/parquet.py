@@ -1,5 +1,5 @@
-"""Reading an interaction log from a Parquet file, a row group at a time (the text formats are
-in :mod:`mqsa_jax.data.importers`)."""
+"""Reading an interaction log from a Parquet file, in batches of 2^20 rows (the text formats
+are in :mod:`mqsa_jax.data.importers`)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from mqsa_jax.errors import UserError
 def read_parquet(path: Path, columns: Columns = DEFAULT_COLUMNS) -> EventLog:
     """A Parquet file with user, item and time columns (ids of any type, read as text).
 
-    Read a row group at a time, string ids straight into dictionaries (Parquet stores them so);
-    a file that breaks a rule is read again whole to name the row at fault.
+    Read in batches of 2^20 rows, string ids straight into dictionaries (Parquet stores them
+    so); a file that breaks a rule is read again whole to name the row at fault.
     """
     try:
         schema = pq.read_schema(path)
