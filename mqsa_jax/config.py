@@ -8,20 +8,19 @@ Every field name is unique across the parts, so a value may be named by its fiel
 :func:`resolve` is the one way a run's config is made, by the CLI and the reproduction alike.
 Values come, last one winning, from the defaults below (the release's beauty command, the
 reference's section Hyperparameters), a resumed run's config, a config file (plain Python
-defining ``get_config()`` that returns a dict, as in ``experiments/configs/``), and ``--set``.
+defining ``get_config()`` that returns a dict: :mod:`mqsa_jax.config_files`), and ``--set``.
+A field's old name (:data:`RENAMED`) is still read wherever a user or an older run wrote it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
-import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
 
+from mqsa_jax.config_files import load_config_file
 from mqsa_jax.errors import UserError
 from mqsa_jax.rundir import RunDir
 
@@ -74,11 +73,11 @@ class LossConfig:
     l2_reg: float = 1e-4
     # Items per block of the N-wide loss's scan of the catalogue (0: 1,024): memory grows with
     # rows x this, never rows x N.  On a model-split mesh each device scans its own slice.
-    logits_chunk: int = 0
+    item_block: int = 0
 
     def __post_init__(self):
         _refuse(_at_least(self, ("time_span",), 1)
-                + _at_least(self, ("logits_chunk", "lambda_kd", "l2_reg"), 0)
+                + _at_least(self, ("item_block", "lambda_kd", "l2_reg"), 0)
                 + _above_zero(self, ("tau",)))
 
 
@@ -184,9 +183,14 @@ def _parse_value(key: str, name: str, text: str):
         raise UserError(f"--set {key}={text}: expected {expected}") from None
 
 
+# Old name -> new, still read from config files, ``--set`` and the saved configs of older runs.
+RENAMED = {"logits_chunk": "item_block"}
+
+
 def _field_name(key: str, source: str) -> str:
     """``tau`` or ``loss.tau`` -> ``tau``; an unknown or misplaced key is a user error."""
     part, _, name = key.rpartition(".")
+    name = RENAMED.get(name, name)
     if name not in _FIELDS or (part and _FIELDS[name][0] != part):
         known = ", ".join(f"{p}.{f}" if p else f for f, (p, _) in _FIELDS.items())
         raise UserError(f"{source}: unknown config key {key!r} (known: {known})")
@@ -214,36 +218,6 @@ def build_config(file_values: dict | None = None, overrides: dict | None = None,
     parts = {part: cls(**{k: v for k, v in values.items() if _FIELDS[k][0] == part})
              for part, cls in PARTS.items()}
     return Config(**{k: v for k, v in values.items() if _FIELDS[k][0] is None}, **parts)
-
-
-def load_config_module(path: Path) -> types.ModuleType:
-    """Executes a plain-Python config file; it may import its siblings (``from mqsa_ted import
-    get_config``), as variants of one base config do."""
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    spec = importlib.util.spec_from_file_location(f"mqsa_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent.resolve()))
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # a config file is user code: report, do not crash
-        raise UserError(f"{path}: cannot load config ({type(e).__name__}: {e})") from None
-    finally:
-        sys.path.remove(str(path.parent.resolve()))
-    return module
-
-
-def load_config_file(path: Path, arg: str | None = None) -> dict:
-    """Runs ``get_config()`` (or ``get_config(arg)``) of a plain-Python config file."""
-    module = load_config_module(path)
-    if not callable(getattr(module, "get_config", None)):
-        raise UserError(f"{path}: a config file must define get_config() returning a dict")
-    try:
-        values = module.get_config() if arg is None else module.get_config(arg)
-    except Exception as e:
-        raise UserError(
-            f"{path}: get_config({arg or ''}) failed ({type(e).__name__}: {e})") from None
-    return dict(values)
 
 
 def parse_overrides(items: Sequence[str]) -> dict:

@@ -36,7 +36,7 @@ def fused_losses(
     table: jax.Array,
     students: jax.Array | None = None,
     teacher: TeacherRows | None = None,
-    block: int = 0,
+    item_block: int = 0,
     *,
     num_items: int | None = None,
     catalogue_slices: int | None = None,
@@ -54,7 +54,7 @@ def fused_losses(
       students: [C, d] :func:`ted_students` of the same positions' input items, or None: then
         the TED loss is 0.
       teacher: their :meth:`TeacherWeights.rows`.
-      block: items per block of the catalogue scan, over all slices (0: the default).
+      item_block: items per block of the catalogue scan, over all slices (0: the default).
       num_items: N (None: R, no padding rows).
       catalogue_slices: the table's row slices (None: as the current mesh splits it).
 
@@ -64,7 +64,7 @@ def fused_losses(
     rows = states if students is None else jnp.concatenate([states, students])
     num_items = len(table) if num_items is None else num_items
     slices = table_slices() if catalogue_slices is None else catalogue_slices
-    block = ceil_div(block, slices) if block else blocked.DEFAULT_BLOCK
+    block = ceil_div(item_block, slices) if item_block else blocked.DEFAULT_BLOCK
     lse, correction = blocked.catalogue_sums(rows, table, len(states), num_items, block, slices)
     count = jnp.maximum(weights.sum(), 1.0)
     target_logits = jnp.sum(states * lookup_rows(table, targets, num_items, batch_split=False),

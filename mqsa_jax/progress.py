@@ -75,3 +75,34 @@ class RunProgress:
                    saved["stale"], saved.get("config", {}), saved.get("num_items", num_items),
                    EpochPartial.from_json(partial) if partial else None,
                    partial["shuffle"] if partial else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSchedule:
+    """Where a run that counts steps stops inside an epoch, to evaluate and checkpoint or to
+    finish: every ``eval_every`` steps and at ``max_steps`` (0: never)."""
+
+    max_steps: int = 0
+    eval_every: int = 0
+
+    @property
+    def counts_steps(self) -> bool:
+        """Whether checkpoints and metrics records are numbered by step (else by epoch)."""
+        return bool(self.max_steps or self.eval_every)
+
+    def finished(self, step: int) -> bool:
+        return bool(self.max_steps) and step >= self.max_steps
+
+    def due(self, step: int) -> bool:
+        """Whether an evaluation falls on ``step``."""
+        return bool(self.eval_every) and step % self.eval_every == 0
+
+    def next_stop(self, step: int, done: int, batches: int) -> int:
+        """The batch of the epoch (``done`` of ``batches`` done, at ``step``) the steps run to:
+        the epoch's end, the next evaluation or ``max_steps``, whichever comes first."""
+        stop = batches
+        if self.eval_every:
+            stop = min(stop, done + self.eval_every - step % self.eval_every)
+        if self.max_steps:
+            stop = min(stop, done + max(self.max_steps - step, 0))
+        return stop

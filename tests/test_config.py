@@ -1,14 +1,17 @@
 """The configuration: reference defaults, the experiment variants, config files and --set."""
 
+import json
 from pathlib import Path
 
 import pytest
 
-from mqsa_jax.config import Config, build_config, load_config_file, parse_overrides, resolve
+from mqsa_jax.config import Config, build_config, parse_overrides, resolve
+from mqsa_jax.config_files import load_config_file
 from mqsa_jax.errors import UserError
 from tests.helpers import run_cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+RESULTS = CONFIGS.parent / "results"
 DATASETS = ("beauty", "sports", "toys", "yelp")
 
 
@@ -54,11 +57,22 @@ def test_a_key_may_name_its_part_and_the_json_is_nested():
         build_config({}, parse_overrides(["loss.hidden=32"]))
 
 
+def test_the_old_name_of_item_block_is_still_read(tmp_path):
+    # Config files, --set, and the config.json of runs written before the rename.
+    assert build_config({"logits_chunk": 512}).loss.item_block == 512
+    assert build_config({}, parse_overrides(["loss.logits_chunk=256"])).loss.item_block == 256
+    old_run = json.loads((RESULTS / "beauty" / "mqsa_ted" / "seed2023" / "config.json").read_text())
+    old_run["logits_chunk"] = 2048
+    (tmp_path / "config.json").write_text(json.dumps(old_run))
+    assert resolve(resume=tmp_path) == build_config(old_run)
+    assert resolve(resume=tmp_path).loss.item_block == 2048
+
+
 def test_resolve_layers_the_run_the_file_and_the_overrides(tmp_path):
     base = resolve(f"{CONFIGS}/mqsa.py:toys", ["tau=0.05"], epochs=3)
     assert (base.dataset, base.loss.lambda_kd, base.loss.tau, base.train.epochs) == (
         "toys", 0.0, 0.05, 3)
-    (tmp_path / "config.json").write_text(__import__("json").dumps(base.to_json()))
+    (tmp_path / "config.json").write_text(json.dumps(base.to_json()))
     resumed = resolve(sets=["epochs=5"], resume=tmp_path)
     assert resumed.train.epochs == 5 and resumed.loss.tau == 0.05 and resumed.dataset == "toys"
 

@@ -7,7 +7,7 @@ from mqsa_jax import evaluation
 from mqsa_jax.config import build_config
 from mqsa_jax.evaluation import RankingEvaluator, label_ranks, metric_sums
 from mqsa_jax.model import item_table
-from mqsa_jax.train import Trainer
+from mqsa_jax.trainer import Trainer
 from tests.helpers import small_data
 
 

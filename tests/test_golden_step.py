@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mqsa_jax.config import build_config
-from mqsa_jax.train import Trainer
+from mqsa_jax.trainer import Trainer
 from tests.helpers import small_data
 
 # Written at commit 6a749b0's numerics (the refactor into steps/runs/state changed none).

@@ -154,7 +154,7 @@ def test_blocked_losses_and_gradients_equal_the_dense_ones():
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # Without distillation, too.
     def rec_only(t, b, s=1):
-        return fused_losses(states, targets, weights, t, block=b,
+        return fused_losses(states, targets, weights, t, item_block=b,
                                                   catalogue_slices=s)[0]
     def dense_rec(t):
         return _dense_losses(states, targets, weights, t, table[heads], heads,

@@ -10,7 +10,7 @@ from mqsa_jax.data.arrays import build_sequence_data
 from mqsa_jax.losses import l2_penalty
 from mqsa_jax.model import item_table
 from mqsa_jax.teacher import TeacherWeights
-from mqsa_jax.train import Trainer
+from mqsa_jax.trainer import Trainer
 from tests.helpers import first_users, run_cli, small_data, tiny_train_args
 
 
@@ -40,7 +40,7 @@ def _dense_reference_losses(trainer, params, users, config):
 def test_packed_step_equals_the_dense_reference(windows, weights, chunk):
     data = small_data(max_len=10, num_users=40, max_length=16)
     config = build_config({"max_len": 10, "hidden": 16, "dropout": 0.0, "batch_size": 32,
-                           "windows": windows, "window_weights": weights, "logits_chunk": chunk})
+                           "windows": windows, "window_weights": weights, "item_block": chunk})
     trainer = Trainer(config, data)
     state = trainer.init_state()
     params = jax.tree.map(np.array, state.params)  # the step donates the state

@@ -43,7 +43,7 @@ from mqsa_jax.packing import Batch
 from mqsa_jax.runs import prepare_data
 from mqsa_jax.tables import lookup_rows
 from mqsa_jax.teacher import ted_students
-from mqsa_jax.train import Trainer
+from mqsa_jax.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE_BENCH = REPO.parent / "shared" / "tools" / "release-bench" / "run.sh"
@@ -124,7 +124,7 @@ def step_breakdown(trainer: Trainer, state, batch: Batch) -> dict:
 
     def nwide(states, students, table, targets, teacher):
         rec, kd = fused_losses(states, targets, weights, table, students, teacher,
-                               config.loss.logits_chunk)
+                               config.loss.item_block)
         return rec + kd
 
     # Every input is an argument, so that nothing is constant-folded at compile time.
@@ -132,7 +132,7 @@ def step_breakdown(trainer: Trainer, state, batch: Batch) -> dict:
     nwide_s = median_seconds(lambda: nwide_grad(states, students, table, targets, teacher))
     x = jax.random.normal(key, (rows, d))
     products = jax.jit(blocked_products, static_argnums=2)
-    matmul_s = median_seconds(lambda: products(x, table, config.loss.logits_chunk
+    matmul_s = median_seconds(lambda: products(x, table, config.loss.item_block
                                                or blocked.DEFAULT_BLOCK))
 
     def encoder(params):

@@ -24,7 +24,8 @@ import numpy as np
 from experiments.markdown import table
 from experiments.measure import machine_line
 from mqsa_jax import blocked
-from mqsa_jax.config import build_config, load_config_file, read_run_config
+from mqsa_jax.config import build_config, read_run_config
+from mqsa_jax.config_files import load_config_file
 from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax.model import item_table
 from mqsa_jax.packing import Packing

@@ -11,7 +11,7 @@ and evaluation steps for one device (arguments + outputs + temporaries - aliased
 seconds, and the median time of a few train steps.  A case whose devices would need more host
 memory than ``--host-budget-gb`` in total is compiled and analysed but not run.  The synthetic
 data: users with 3-50 items drawn from a Zipf-like popularity, the reference hyperparameters;
-catalogues above ``--chunk-above`` items use ``logits_chunk``.
+catalogues above ``--chunk-above`` items use ``item_block``.
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ def run_case(num_items: int, model: int, chunk: int, steps: int, budget_gb: floa
     from mqsa_jax.config import build_config
     from mqsa_jax.model import item_table
     from mqsa_jax.partitioning import Partitioner
-    from mqsa_jax.train import Trainer
+    from mqsa_jax.trainer import Trainer
 
-    config = build_config({"logits_chunk": chunk})
+    config = build_config({"item_block": chunk})
     data = synthetic_data(num_items, num_users=4 * config.train.batch_size)
     trainer = Trainer(config, data, Partitioner(1, model))
     state = trainer.init_state()
@@ -86,7 +86,7 @@ def run_case(num_items: int, model: int, chunk: int, steps: int, budget_gb: floa
         eval_compiled = trainer.evaluators[0].lowered(state.params).compile()
     train_memory = _memory(compiled)
     result = {"items": num_items, "mesh": f"data=1,model={model}", "devices": model,
-              "logits_chunk": chunk,
+              "item_block": chunk,
               "rows_per_step": capacity * (2 if config.loss.lambda_kd else 1),
               "table_and_moments_mb_per_device": table_mb,
               "train_step_mb_per_device": train_memory,
@@ -112,14 +112,14 @@ def markdown(results: list[dict], command: str, machine: str) -> str:
              "Memory is per device, from XLA's analysis of the compiled steps (peak = arguments "
              "+ outputs + temporaries - aliased). The train step's arguments include the "
              "state; its temporaries, the N-wide logits (or one chunk of them).", ""]
-    rows = [[f"{r['items']:,}", r["mesh"], r["logits_chunk"] or "–",
+    rows = [[f"{r['items']:,}", r["mesh"], r["item_block"] or "–",
              f"{r['table_and_moments_mb_per_device']:.1f}",
              f"{r['train_step_mb_per_device']['peak_mb']:.0f}",
              f"{r['train_step_mb_per_device']['temporaries_mb']:.0f}",
              f"{r['eval_step_mb_per_device']['peak_mb']:.0f}",
              f"{r['step_s']:.2f}" if r.get("step_s") else f"not run ({r.get('not_run')})",
              f"{r['compile_s']:.1f}"] for r in results]
-    lines += table(["items", "mesh", "logits_chunk", "table + Adam moments MB",
+    lines += table(["items", "mesh", "item_block", "table + Adam moments MB",
                     "train step peak MB", "train temporaries MB", "eval step peak MB", "step s",
                     "compile s"], rows)
     return "\n".join(lines) + "\n"

@@ -39,7 +39,7 @@ def main() -> None:
     from mqsa_jax.config import build_config
     from mqsa_jax.evaluation import RankingEvaluator
     from mqsa_jax.runs import prepare_data
-    from mqsa_jax.train import Trainer
+    from mqsa_jax.trainer import Trainer
 
     config = build_config({"dataset": dataset})
     data = prepare_data(config, data_dir and Path(data_dir))

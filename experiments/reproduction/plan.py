@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from mqsa_jax.config import Config, load_config_module, resolve
+from mqsa_jax.config import Config, resolve
+from mqsa_jax.config_files import load_config_module
 from mqsa_jax.rundir import RunDir
 
 HERE = Path(__file__).resolve().parents[1]  # experiments/

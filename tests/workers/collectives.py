@@ -17,7 +17,7 @@ from mqsa_jax.config import build_config
 from mqsa_jax.data.arrays import build_sequence_data
 from mqsa_jax.evaluation import label_ranks
 from mqsa_jax.partitioning import Partitioner
-from mqsa_jax.train import Trainer
+from mqsa_jax.trainer import Trainer
 from tests.helpers import random_dataset
 
 MOVES = ("all-gather", "all-to-all", "collective-permute")  # data that changes devices
@@ -27,7 +27,7 @@ found, losses = {}, {}
 for data_size, model, chunk in ((1, 1, 0), (1, 8, 0), (4, 2, 0), (1, 8, 256)):
     partitioner = Partitioner(data_size, model)
     trainer = Trainer(build_config({"max_len": 16, "batch_size": 96, "eval_batch_size": 48,
-                                    "logits_chunk": chunk}), data, partitioner)
+                                    "item_block": chunk}), data, partitioner)
     state = trainer.init_state()
     batch, _ = next(trainer.packing.batches(np.arange(96)))
     args = (trainer.arrays, trainer.place(batch))

@@ -17,7 +17,7 @@ from mqsa_jax.data.arrays import build_sequence_data
 from mqsa_jax.model import item_table
 from mqsa_jax.partitioning import Partitioner
 from mqsa_jax.processes import maybe_initialize_distributed
-from mqsa_jax.train import Trainer
+from mqsa_jax.trainer import Trainer
 from tests.helpers import random_dataset
 
 maybe_initialize_distributed()  # before anything touches the devices

@@ -33,7 +33,7 @@ from experiments.markdown import table
 from mqsa_jax.config import build_config
 from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax.runs import prepare_data
-from mqsa_jax.train import Trainer
+from mqsa_jax.trainer import Trainer
 
 
 def device_info() -> dict:
@@ -108,8 +108,8 @@ def markdown(report: dict) -> str:
         timings = {k: v for k, v in default.items() if k != "curve"}
         lines += table(list(timings), [list(timings.values())]) + [""]
     if chunked := report.get("chunked_catalogue"):
-        lines += table(["items", "logits_chunk", "step s", "train step peak MB", "compile s"],
-                       [[f"{chunked['items']:,}", chunked["logits_chunk"], chunked.get("step_s"),
+        lines += table(["items", "item_block", "step s", "train step peak MB", "compile s"],
+                       [[f"{chunked['items']:,}", chunked["item_block"], chunked.get("step_s"),
                          round(chunked["train_step_mb_per_device"]["peak_mb"]),
                          round(chunked["compile_s"], 1)]]) + [""]
     if default and (highest := report.get("highest_precision")):
