@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delimiter", help="csv field delimiter (default: tab for .tsv, else comma)")
     p.add_argument("--encoding", default="utf-8",
                    help="the file's text encoding, e.g. latin-1 or cp1252 (default utf-8)")
+    p.add_argument("--split", choices=["leave-one-out", "temporal"], default="leave-one-out",
+                   help="leave-one-out (each user's last two events; the default, the paper's) "
+                        "or temporal (train before --cutoff, targets after it)")
+    p.add_argument("--cutoff", help="the temporal split's time: in the log's unit, a share of its "
+                                    "time range (80%%), or an ISO date (2014-06-01, UTC)")
     p.add_argument("--replace", action="store_true", help="overwrite an existing dataset")
     _add_data_dir(p)
     p.set_defaults(run=commands.data_import)
@@ -88,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="device mesh: batch split over data, item table over model (default 1x1)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue this run from its latest complete checkpoint")
+    p.add_argument("--init-from", metavar="RUN_DIR",
+                   help="warm start: first weights from this run's checkpoint, item by item "
+                        "where the catalogue changed (the model config must match)")
+    p.add_argument("--checkpoint", choices=["best", "latest"],
+                   help="which checkpoint of --init-from (default: best)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_data_dir(p)
     p.set_defaults(run=commands.train)

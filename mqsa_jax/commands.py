@@ -36,6 +36,9 @@ def data_import(args) -> None:
     from mqsa_jax.data.dataset import save_store
     from mqsa_jax.data.from_log import build_dataset
 
+    if (args.split == "temporal") != (args.cutoff is not None):
+        raise UserError("--split temporal needs --cutoff TIME, and --cutoff needs "
+                        "--split temporal")
     root = registry.data_dir(args.data_dir)
     registry.check_new_name(args.name)
     store = registry.imported_store(args.name, root)
@@ -44,7 +47,7 @@ def data_import(args) -> None:
             f"dataset {args.name!r} already exists in {root}; pass --replace to overwrite")
     columns = importers.Columns(user=args.user_col, item=args.item_col, time=args.time_col)
     log = importers.read_log(Path(args.path), args.format, columns, args.delimiter, args.encoding)
-    dataset, summary = build_dataset(args.name, log, args.min_count)
+    dataset, summary = build_dataset(args.name, log, args.min_count, args.cutoff)
     save_store(dataset, store)  # atomic: the store is the commit point
     tfds_dataset.prepare(store, args.name, root / "tfds")
     print(json.dumps(summary))
@@ -74,7 +77,14 @@ def train(args) -> None:
     from mqsa_jax.train import train as train_run
 
     resume = Path(args.resume) if args.resume else None
-    config = resolve(args.config, args.set, resume=resume, dataset=args.dataset,
+    if args.init_from and resume:
+        raise UserError("--init-from starts a new run; --resume continues one (whose weights "
+                        "came from where they came from): give one of them")
+    if args.checkpoint and not args.init_from:
+        raise UserError("--checkpoint chooses the checkpoint of --init-from; give --init-from")
+    warm = [f"init_from={Path(args.init_from).resolve()}",
+            f"init_checkpoint={args.checkpoint or 'best'}"] if args.init_from else []
+    config = resolve(args.config, [*args.set, *warm], resume=resume, dataset=args.dataset,
                      epochs=args.epochs)
     if resume is None:
         run_dir = Path(args.run_dir or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -96,11 +96,17 @@ class TrainConfig:
     eval_every_steps: int = 0
     # A progress line every this many seconds when stderr is not a terminal (0: none).
     log_every_seconds: float = 60.0
+    # Warm start: the first parameters from this run directory's best or latest checkpoint,
+    # matched item by item (mqsa_jax.warm_start); "": a cold start from the seed.
+    init_from: str = ""
+    init_checkpoint: str = "best"
 
     def __post_init__(self):
         problems = [f"logical_axis_rules: {rule!r} is not LOGICAL:data or LOGICAL:model"
                     for rule in self.logical_axis_rules
                     if len(rule.split(":")) != 2 or rule.split(":")[1] not in ("data", "model")]
+        if self.init_checkpoint not in ("best", "latest"):
+            problems.append(f"init_checkpoint must be best or latest, got {self.init_checkpoint!r}")
         _refuse(problems + _at_least(self, ("batch_size", "epochs"), 1)
                 + _at_least(self, ("max_steps", "eval_every_steps", "log_every_seconds"), 0)
                 + _above_zero(self, ("learning_rate",)))

@@ -167,18 +167,19 @@ def metric_sums(ranks: jax.Array, weights: jax.Array, ks=KS,
       weights: [B] 1 for a real user, 0 for a filler.
       ks: the cut-offs.
       found: [B] whether each label can be found at all (a label in its own history cannot:
-        its reciprocal rank is 0); None: every label.
+        it is no hit at any K, its reciprocal rank 0); None: every label.
 
     Returns:
       [2 len(ks) + 1] sums, in the order of :func:`mqsa_jax.config.metric_names`.
     """
     sums = []
+    # A label that cannot be found is never a hit, even where K reaches past the N it is
+    # ranked at (a catalogue smaller than K).
+    weights = weights if found is None else jnp.where(found, weights, 0.0)
     for k in ks:
         hit = (ranks < k).astype(jnp.float32) * weights
         sums += [hit.sum(), jnp.sum(hit / jnp.log2(ranks.astype(jnp.float32) + 2.0))]
     reciprocal = weights / (ranks.astype(jnp.float32) + 1.0)
-    if found is not None:
-        reciprocal = jnp.where(found, reciprocal, 0.0)
     return jnp.stack([*sums, reciprocal.sum()])
 
 
@@ -200,12 +201,16 @@ class RankingEvaluator:
         """``place`` puts a batch's arrays on the devices (split over the data axis of a mesh);
         ``partition`` makes the jitted steps run under a mesh (:meth:`Partitioner.partition`):
         where it splits the item table, ranking is per item slice.  ``users``: rank these
-        users only (None: every user).  ``shard`` (:class:`mqsa_jax.hosts.HostShard`):
+        users only (None: every user; either way, only those with a target in the split:
+        :attr:`users`).  ``shard`` (:class:`mqsa_jax.hosts.HostShard`):
         ``data`` holds this process's users alone, and
         each step ranks ``batch_size / shard.count`` of them beside the other shards' (their
         number of steps and widths agreed here); ``place`` then takes this shard's rows.
         ``arithmetic_below``: as :func:`label_ranks` takes it."""
         chosen = np.arange(data.num_users) if users is None else np.asarray(users)
+        # A temporal split's users without this split's target are not ranked on it.
+        chosen = chosen[(data.valid_labels if split == "valid" else data.test_labels)[chosen] >= 0]
+        self.users = chosen
         split_over = shard.count if shard is not None and shard.split else 1
         rows = batch_size // split_over
         self.split, self.ks, self.num_items = split, tuple(ks), data.num_items
@@ -255,8 +260,9 @@ class RankingEvaluator:
         return dict(zip(metric_names(self.ks), values.tolist()))
 
     def ranks(self, params) -> np.ndarray:
-        """[U] each user's 0-based rank of its held-out item among the unmasked items, or N
-        (the catalogue's size) when the item is in the user's own history and cannot be found.
+        """[len(users)] each of :attr:`users`' 0-based rank of its held-out item among the
+        unmasked items, or N (the catalogue's size) when the item is in the user's own history
+        and cannot be found.
         Every ranked user must be this process's (no split ``shard``): a step's ranks are the
         whole batch's, across processes.
         """

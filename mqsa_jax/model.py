@@ -205,6 +205,11 @@ def item_table(params) -> jax.Array:
     return params["params"]["item_embedding"]
 
 
+def with_item_table(params, table: jax.Array):
+    """The parameters with ``table`` as their item table (the others shared, not copied)."""
+    return {**params, "params": {**params["params"], "item_embedding": table}}
+
+
 def item_scores(params, states: jax.Array) -> jax.Array:
     """Every row's score [B, R] for states [B, d]: ``states . E^T`` (R >= N: padded on a
     mesh)."""

@@ -3,7 +3,9 @@
     config.json       the resolved config (:mod:`mqsa_jax.config`), written when a run starts
     metrics.jsonl     one record per epoch end or evaluation, appended (:class:`MetricLogger`)
     results.json      the best record's valid and test metrics: the number to report
-    provenance.json   reproduction runs: the command and each (re)start's machine
+    provenance.json   reproduction runs: the command and each (re)start's machine; warm
+                      starts: the run and checkpoint the first weights came from
+    item_ids.npy      the catalogue's source ids, in the item table's row order
     checkpoints/      the latest and best checkpoints (:mod:`mqsa_jax.checkpoint`)
     tensorboard/      a view of metrics.jsonl for TensorBoard (:mod:`mqsa_jax.dashboard`)
     .lock             held by the process that trains the run
@@ -20,11 +22,13 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from mqsa_jax.errors import UserError
-from mqsa_jax.io import read_json_lines, write_json_atomic, write_text_atomic
+import numpy as np
 
-CONFIG, METRICS, RESULTS, PROVENANCE = ("config.json", "metrics.jsonl", "results.json",
-                                        "provenance.json")
+from mqsa_jax.errors import UserError
+from mqsa_jax.io import atomic_output, read_json_lines, write_json_atomic, write_text_atomic
+
+CONFIG, METRICS, RESULTS, PROVENANCE, ITEM_IDS = ("config.json", "metrics.jsonl", "results.json",
+                                                  "provenance.json", "item_ids.npy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +57,10 @@ class RunDir:
         return self.path / PROVENANCE
 
     @property
+    def item_ids_file(self) -> Path:
+        return self.path / ITEM_IDS
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
@@ -79,6 +87,23 @@ class RunDir:
     def append_metrics(self, record: dict) -> None:
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def write_item_ids(self, item_ids: np.ndarray) -> None:
+        with atomic_output(self.item_ids_file) as f:
+            np.save(f, np.asarray(item_ids, dtype=str), allow_pickle=False)
+
+    def item_ids(self) -> np.ndarray | None:
+        """[N] the source ids of the items the run trained on (None: a run from before they
+        were recorded)."""
+        if not self.item_ids_file.exists():
+            return None
+        return np.load(self.item_ids_file, allow_pickle=False)
+
+    def record_provenance(self, key: str, value) -> None:
+        """Sets ``key`` of the provenance file, keeping what else it holds."""
+        path = self.provenance_file
+        record = json.loads(path.read_text()) if path.exists() else {}
+        write_json_atomic(path, {**record, key: value})
 
     def results(self) -> dict:
         return json.loads(self.results_file.read_text())

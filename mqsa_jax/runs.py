@@ -143,10 +143,14 @@ def evaluate_run(run_dir: Path, which: str = "best", splits: Sequence[str] = ("v
     for evaluator in evaluators:
         result[evaluator.split] = evaluator.evaluate(state.params)
     if ranks_path is not None:
-        ranks = {e.split: [int(r) + 1 if r < data.num_items else None
-                           for r in e.ranks(state.params)] for e in evaluators}
-        lines = (json.dumps({"user": user, **{s: ranks[s][u] for s in ranks}}) + "\n"
-                 for u, user in enumerate(dataset.user_ids.tolist()))
+        ranks = {}
+        for e in evaluators:  # 1-based; 0: the user has no target in the split (omitted)
+            ranks[e.split] = np.zeros(data.num_users, np.int64)
+            ranks[e.split][e.users] = e.ranks(state.params) + 1
+        found = {s: [int(r) if r <= data.num_items else None for r in r_s.tolist()]
+                 for s, r_s in ranks.items()}
+        lines = (json.dumps({"user": user, **{s: found[s][u] for s in ranks if ranks[s][u]}})
+                 + "\n" for u, user in enumerate(dataset.user_ids.tolist()))
         with atomic_output(ranks_path) as f:
             for line in lines:
                 f.write(line.encode())

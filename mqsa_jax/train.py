@@ -20,6 +20,7 @@ from tqdm import tqdm
 from mqsa_jax.checkpoint import LATEST, RunCheckpoints
 from mqsa_jax.config import Config, read_run_config
 from mqsa_jax.dashboard import MetricLogger, ProgressLog
+from mqsa_jax.data.registry import catalogue_ids
 from mqsa_jax.errors import UserError
 from mqsa_jax.hosts import prepare_host_data
 from mqsa_jax.partitioning import Partitioner
@@ -29,6 +30,7 @@ from mqsa_jax.rundir import RunDir
 from mqsa_jax.runs import check_resumable, checked_progress, enable_compilation_cache
 from mqsa_jax.state import TrainState
 from mqsa_jax.trainer import Trainer
+from mqsa_jax.warm_start import warm_source, warm_state
 
 
 def train(config: Config, run_dir: Path, data_dir: Path | None = None, progress: bool | None = None,
@@ -42,9 +44,11 @@ def train(config: Config, run_dir: Path, data_dir: Path | None = None, progress:
     elif run.holds_run():
         raise UserError(f"{run_dir}: already holds a run; choose another --run-dir, "
                         "or continue it with --resume")
+    warm = warm_source(config, data_dir) if config.train.init_from else None
     config_json = config.to_json()  # written to the run and into each checkpoint
     partitioner = partitioner or Partitioner(rules=config.train.logical_axis_rules)
     data, shard = prepare_host_data(config, partitioner, data_dir)
+    item_ids = catalogue_ids(config.dataset, data_dir)
     trainer = Trainer(config, data, partitioner, shard)
     primary = jax.process_index() == 0  # with many hosts, one writes the run's files
     with contextlib.ExitStack() as stack:
@@ -52,10 +56,22 @@ def train(config: Config, run_dir: Path, data_dir: Path | None = None, progress:
             run_dir.mkdir(parents=True, exist_ok=True)
             stack.enter_context(run.exclusive())
             run.write_config(config_json)
+            run.write_item_ids(item_ids)
             print(f"run directory: {run_dir}", file=sys.stderr)
         checkpoints = stack.enter_context(RunCheckpoints(run_dir))
-        best = _train_epochs(config, config_json, run, trainer, checkpoints, resume, progress,
-                             primary)
+        state, saved = trainer.init_state(), None
+        if resume:
+            state, saved = _resume_point(run, trainer, checkpoints, state, primary)
+        if saved is None and warm is not None:
+            state, report = warm_state(state, warm, item_ids)
+            if primary:
+                run.record_provenance("init_from", report)
+                print(f"warm start from {warm.run} ({warm.checkpoint} checkpoint, epoch "
+                      f"{report['epoch']}): {report['items_copied']:,} item rows copied, "
+                      f"{report['items_new']:,} new, {report['items_dropped']:,} dropped",
+                      file=sys.stderr)
+        best = _train_epochs(config, config_json, run, trainer, checkpoints, state, saved,
+                             progress, primary)
         results = {"dataset": config.dataset, "best_epoch": best["epoch"] if best else None,
                    **({"best_step": best["step"]} if best and "step" in best else {}),
                    "valid": best["valid"] if best else {}, "test": best["test"] if best else {}}
@@ -93,9 +109,10 @@ def _epoch_bars(epoch: int, epochs: int, batches: int, partial: EpochPartial, hi
 
 
 def _train_epochs(config: Config, config_json: dict, run: RunDir, trainer: Trainer,
-                  checkpoints: RunCheckpoints, resume: bool, progress: bool | None,
-                  primary: bool) -> dict | None:
-    """The epoch loop; returns the best evaluated record.
+                  checkpoints: RunCheckpoints, state: TrainState, saved: RunProgress | None,
+                  progress: bool | None, primary: bool) -> dict | None:
+    """The epoch loop from ``state`` (and ``saved``, a resumed run's progress); returns the
+    best evaluated record.
 
     With ``max_steps`` or ``eval_every_steps`` (a run that counts steps), it also stops,
     evaluates and checkpoints inside an epoch; such a checkpoint holds the epoch's position (its
@@ -104,12 +121,8 @@ def _train_epochs(config: Config, config_json: dict, run: RunDir, trainer: Train
     selection, epochs, patience = (config.eval.selection_metric, config.train.epochs,
                                    config.eval.patience)
     schedule = StepSchedule(config.train.max_steps, config.train.eval_every_steps)
-    state = trainer.init_state()
     shuffler = np.random.default_rng(config.seed)
     history, best, stale, first_epoch, partial = [], None, 0, 1, EpochPartial()
-    saved = None
-    if resume:
-        state, saved = _resume_point(run, trainer, checkpoints, state, primary)
     if saved is not None:
         history, best, stale = saved.history, saved.best, saved.stale
         shuffler.bit_generator.state = saved.shuffler

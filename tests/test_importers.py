@@ -143,7 +143,8 @@ def test_imported_dataset_is_usable_by_name(tmp_path, capsys):
     assert out.split() == list(RELEASE_DATASETS) + ["mine"]
     code, out, _ = run_cli(capsys, "data", "info", "mine", "--data-dir", str(root))
     assert json.loads(out) == {"name": "mine", "num_users": 12, "num_items": 7,
-                               "num_interactions": 72, "avg_seq_len": 6.0}
+                               "num_interactions": 72, "avg_seq_len": 6.0,
+                               "split": {"kind": "leave_one_out"}}
     code, _, err = run_cli(capsys, "data", "import", str(path), "--format", "sasrec",
                            "--name", "mine", "--data-dir", str(root))
     assert code == 2 and "already exists" in err

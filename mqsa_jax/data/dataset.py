@@ -1,19 +1,24 @@
 """The in-memory dataset and its pickle-free on-disk store.
 
-A dataset is, per user, the time-ordered training items plus one validation and one test item
-(leave-one-out), and the maps from the dense ids back to the ids of the source.  On disk it is
-one ``.npz`` of plain arrays, read with ``allow_pickle=False``:
+A dataset is, per user, the time-ordered training items plus one validation and one test item,
+and the maps from the dense ids back to the ids of the source.  Its ``split`` says how the
+targets were chosen: leave-one-out (each user's last two events, the paper's protocol), or
+temporal (each user's first two events after a global time cut, :mod:`mqsa_jax.data.from_log`;
+a user with fewer has -1 for the missing targets, and is not ranked on that split).  On disk it
+is one ``.npz`` of plain arrays, read with ``allow_pickle=False``:
 
 - ``train_items`` (int32) and ``train_offsets`` (int64, ``num_users + 1``): the concatenated
   training sequences, user ``u`` owning ``train_items[train_offsets[u]:train_offsets[u + 1]]``;
 - ``valid``, ``test`` (int32, ``num_users``);
 - ``user_ids``, ``item_ids`` (unicode): original ids, indexed by dense id;
-- ``num_items`` (int64 scalar).
+- ``num_items`` (int64 scalar);
+- ``split`` (a unicode scalar, JSON), for a temporal split; absent: leave-one-out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import zipfile
 from pathlib import Path
 
@@ -23,12 +28,16 @@ from mqsa_jax.errors import UserError
 from mqsa_jax.io import atomic_output
 
 _STORE_KEYS = ("train_items", "train_offsets", "valid", "test", "user_ids", "item_ids", "num_items")
+LEAVE_ONE_OUT = "leave_one_out"
+TEMPORAL = "temporal"
+NO_TARGET = -1  # a temporal split's user without a valid (or test) target
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """Leave-one-out sequences with dense ids: items ``0..num_items-1``, users
-    ``0..num_users-1``."""
+    """Time-ordered sequences with dense ids: items ``0..num_items-1``, users
+    ``0..num_users-1``.  ``split``: ``{"kind": "leave_one_out"}``, or ``{"kind": "temporal",
+    "cutoff": time}``."""
 
     name: str
     train_items: np.ndarray
@@ -38,6 +47,7 @@ class Dataset:
     num_items: int
     user_ids: np.ndarray
     item_ids: np.ndarray
+    split: dict = dataclasses.field(default_factory=lambda: {"kind": LEAVE_ONE_OUT})
 
     @property
     def num_users(self) -> int:
@@ -45,7 +55,7 @@ class Dataset:
 
     @property
     def num_interactions(self) -> int:
-        return len(self.train_items) + len(self.valid) + len(self.test)
+        return len(self.train_items) + int((self.valid >= 0).sum() + (self.test >= 0).sum())
 
     @property
     def train_lengths(self) -> np.ndarray:
@@ -61,7 +71,12 @@ class Dataset:
             "num_items": self.num_items,
             "num_interactions": self.num_interactions,
             "avg_seq_len": round(self.num_interactions / max(self.num_users, 1), 4),
+            "split": self.split,
         }
+
+    @property
+    def _lowest_target(self) -> int:
+        return NO_TARGET if self.split.get("kind") == TEMPORAL else 0
 
     def validate(self, source: str) -> None:
         """Checks the invariants every consumer relies on; ``source`` names the file in errors."""
@@ -71,10 +86,13 @@ class Dataset:
             problems.append("train_offsets must have num_users + 1 entries starting at 0")
         elif offsets[-1] != len(self.train_items) or np.any(np.diff(offsets) < 1):
             problems.append("train_offsets must be increasing and end at len(train_items)")
-        for key in ("train_items", "valid", "test"):
+        for key, low in (("train_items", 0), ("valid", self._lowest_target),
+                         ("test", self._lowest_target)):
             values = getattr(self, key)
-            if len(values) and (values.min() < 0 or values.max() >= self.num_items):
-                problems.append(f"{key} has item ids outside 0..{self.num_items - 1}")
+            if len(values) and (values.min() < low or values.max() >= self.num_items):
+                problems.append(f"{key} has item ids outside {low}..{self.num_items - 1}")
+        if np.any((self.test >= 0) & (self.valid < 0)):
+            problems.append("a user with a test target must have a valid one")
         if len(self.test) != self.num_users or len(self.user_ids) != self.num_users:
             problems.append("valid, test and user_ids must have one entry per user")
         if len(self.item_ids) != self.num_items:
@@ -97,17 +115,21 @@ def save_store(dataset: Dataset, path: Path) -> None:
             user_ids=np.asarray(dataset.user_ids, dtype=str),
             item_ids=np.asarray(dataset.item_ids, dtype=str),
             num_items=np.int64(dataset.num_items),
+            # Leave-one-out is what a store without a split holds (as stores did before).
+            **({} if dataset.split["kind"] == LEAVE_ONE_OUT else
+               {"split": np.str_(json.dumps(dataset.split))}),
         )
 
 
-def _read_arrays(path: Path, keys) -> dict[str, np.ndarray]:
-    """The named arrays of a store (an npz reads only the members asked for); never unpickles."""
+def _read_arrays(path: Path, keys, optional=()) -> dict[str, np.ndarray]:
+    """The named arrays of a store, and those of ``optional`` it has (an npz reads only the
+    members asked for); never unpickles."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in keys if k not in npz.files]
             if missing:
                 raise UserError(f"{path}: not a valid mqsa-jax dataset: missing arrays {missing}")
-            return {k: npz[k] for k in keys}
+            return {k: npz[k] for k in (*keys, *optional) if k in npz.files}
     except FileNotFoundError:
         raise UserError(f"{path}: no such dataset file") from None
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
@@ -120,9 +142,14 @@ def load_id_maps(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return arrays["user_ids"], arrays["item_ids"]
 
 
+def load_item_ids(path: Path) -> np.ndarray:
+    """The store's item_ids alone: [N] the source id of each dense item id."""
+    return _read_arrays(path, ("item_ids",))["item_ids"]
+
+
 def load_store(path: Path, name: str) -> Dataset:
     """Reads a store written by :func:`save_store`."""
-    arrays = _read_arrays(path, _STORE_KEYS)
+    arrays = _read_arrays(path, _STORE_KEYS, optional=("split",))
     dataset = Dataset(
         name=name,
         train_items=arrays["train_items"].astype(np.int32),
@@ -132,6 +159,7 @@ def load_store(path: Path, name: str) -> Dataset:
         num_items=int(arrays["num_items"]),
         user_ids=arrays["user_ids"],
         item_ids=arrays["item_ids"],
+        split=json.loads(str(arrays["split"])) if "split" in arrays else {"kind": LEAVE_ONE_OUT},
     )
     dataset.validate(str(path))
     return dataset
@@ -161,15 +189,17 @@ def from_full_sequences(
 
 
 def full_sequences(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`from_full_sequences`: (items, offsets) of train + valid + test."""
-    lengths = dataset.train_lengths + 2
+    """Inverse of :func:`from_full_sequences`: (items, offsets) of train + valid + test (the
+    targets a user has: all of them but in a temporal split)."""
+    has_valid, has_test = dataset.valid >= 0, dataset.test >= 0
     offsets = np.zeros(dataset.num_users + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    np.cumsum(dataset.train_lengths + has_valid + has_test, out=offsets[1:])
     items = np.empty(offsets[-1], dtype=np.int32)
+    test_at = offsets[1:][has_test] - 1
+    valid_at = (offsets[1:] - 1 - has_test)[has_valid]
     is_train = np.ones(len(items), dtype=bool)
-    is_train[offsets[1:] - 1] = False
-    is_train[offsets[1:] - 2] = False
+    is_train[test_at] = is_train[valid_at] = False
     items[is_train] = dataset.train_items
-    items[offsets[1:] - 2] = dataset.valid
-    items[offsets[1:] - 1] = dataset.test
+    items[valid_at] = dataset.valid[has_valid]
+    items[test_at] = dataset.test[has_test]
     return items, offsets

@@ -15,8 +15,10 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+
 from mqsa_jax.data import tfds_dataset
-from mqsa_jax.data.dataset import Dataset, load_id_maps
+from mqsa_jax.data.dataset import Dataset, load_id_maps, load_item_ids
 from mqsa_jax.data.release import RELEASE_DATASETS
 from mqsa_jax.errors import UserError
 
@@ -77,3 +79,8 @@ def load_dataset(name: str, root: Path | None = None,
     records = None if shard[1] == 1 else tfds_dataset.shard_records(prepared, *shard)
     # The sequences come through TFDS; the id maps travel in the store only.
     return tfds_dataset.load(prepared, name, *load_id_maps(store), records=records)
+
+
+def catalogue_ids(name: str, root: Path | None = None) -> np.ndarray:
+    """[N] a dataset's item ids in its dense order, read from its store alone."""
+    return load_item_ids(store_path(name, data_dir(root)))

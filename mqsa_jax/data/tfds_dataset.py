@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mqsa_jax.data.dataset import Dataset, load_store
+from mqsa_jax.data.dataset import LEAVE_ONE_OUT, Dataset, load_store
 from mqsa_jax.errors import UserError
 from mqsa_jax.io import file_sha256
 from mqsa_jax.quiet import logger_level
@@ -75,7 +75,7 @@ class SequenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
-            description="Leave-one-out interaction sequences for sequential recommendation.",
+            description="Interaction sequences for sequential recommendation.",
             features=tfds.features.FeaturesDict(
                 {
                     "first_user": np.int64,
@@ -204,6 +204,8 @@ def load(prepared: Path, dataset_name: str, user_ids: np.ndarray, item_ids: np.n
         num_items=int(metadata["num_items"]),
         user_ids=user_ids[users],
         item_ids=item_ids,
+        # Prepared before the split was recorded: leave-one-out, the only split then.
+        split=dict(metadata.get("split", {"kind": LEAVE_ONE_OUT})),
     )
     dataset.validate(str(prepared))
     return dataset
