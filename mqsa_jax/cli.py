@@ -102,6 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
     p.set_defaults(run=commands.train)
 
+    p = subcommands.add_parser("tune", help="search hyperparameters on validation (Optuna)")
+    p.add_argument("--dataset", help="dataset name (built-in or imported)")
+    p.add_argument("--config", help="the base config file; FILE:ARG passes ARG")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base config value")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=SPEC",
+                   help="a searched field: NAME=LOW:HIGH, NAME=log:LOW:HIGH or NAME=A,B,C")
+    p.add_argument("--space", help="a file of --param entries, one a line")
+    p.add_argument("--trials", type=int, required=True,
+                   help="finished trials the study should hold (complete or pruned)")
+    p.add_argument("--study-dir", required=True,
+                   help="the trials' run directories, the summary, best_config.py, study.db")
+    p.add_argument("--storage", help="a database URL for the study instead of study.db "
+                                     "(several machines may share it)")
+    p.add_argument("--study-name", default="mqsa-jax", help="the study's name in the database")
+    p.add_argument("--epochs", type=int, help="each trial's epochs (default: the config's)")
+    _add_data_dir(p)
+    p.set_defaults(run=commands.tune)
+
     p = subcommands.add_parser("evaluate", help="metrics of a run's checkpoint, as one JSON object")
     p.add_argument("run_dir")
     _add_checkpoint(p)

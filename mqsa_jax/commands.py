@@ -100,6 +100,22 @@ def train(args) -> None:
     print(json.dumps(results))
 
 
+def tune(args) -> None:
+    from mqsa_jax.config import resolve
+    from mqsa_jax.search_space import search_space
+
+    if args.trials < 1:
+        raise UserError(f"--trials {args.trials}: expected a positive number")
+    base = resolve(args.config, args.set, dataset=args.dataset, epochs=args.epochs)
+    space = search_space(args.param, Path(args.space) if args.space else None, base.flat())
+    from mqsa_jax.tune import tune as run_study  # Optuna and JAX only once the space holds
+
+    summary = run_study(base, space, args.trials, Path(args.study_dir), args.storage,
+                        args.study_name, args.data_dir)
+    print(json.dumps({"study": summary["study"], "best": summary["best"],
+                      "trials": len(summary["trials"]), "summary": f"{args.study_dir}/summary.md"}))
+
+
 def evaluate(args) -> None:
     from mqsa_jax.runs import evaluate_run
 

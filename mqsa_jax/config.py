@@ -203,6 +203,13 @@ def _field_name(key: str, source: str) -> str:
     return name
 
 
+def field_type(key: str, source: str) -> tuple[str, type]:
+    """The field that ``key`` names (as :func:`build_config` reads keys) and its type; an
+    unknown key is a user error that names ``source``."""
+    name = _field_name(key, source)
+    return name, _FIELDS[name][1]
+
+
 def _flatten(values: dict, source: str) -> dict:
     """Nested (``{"loss": {"tau": 0.1}}``), dotted or bare keys -> bare field names, typed."""
     flat = {}

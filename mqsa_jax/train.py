@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -34,9 +35,12 @@ from mqsa_jax.warm_start import warm_source, warm_state
 
 
 def train(config: Config, run_dir: Path, data_dir: Path | None = None, progress: bool | None = None,
-          resume: bool = False, partitioner: Partitioner | None = None) -> dict:
+          resume: bool = False, partitioner: Partitioner | None = None,
+          on_evaluation: Callable[[dict], None] | None = None) -> dict:
     """Trains, evaluates after every ``eval_every`` epochs, checkpoints every epoch, and writes
-    the run's outputs.  With ``resume``, continues from the run's latest complete checkpoint."""
+    the run's outputs.  With ``resume``, continues from the run's latest complete checkpoint.
+    ``on_evaluation`` gets each evaluated record once it is checkpointed and logged (what it
+    raises stops the run there, resumable: a search prunes a trial so)."""
     enable_compilation_cache()
     run = RunDir(run_dir)
     if resume:
@@ -71,7 +75,7 @@ def train(config: Config, run_dir: Path, data_dir: Path | None = None, progress:
                       f"{report['items_new']:,} new, {report['items_dropped']:,} dropped",
                       file=sys.stderr)
         best = _train_epochs(config, config_json, run, trainer, checkpoints, state, saved,
-                             progress, primary)
+                             progress, primary, on_evaluation)
         results = {"dataset": config.dataset, "best_epoch": best["epoch"] if best else None,
                    **({"best_step": best["step"]} if best and "step" in best else {}),
                    "valid": best["valid"] if best else {}, "test": best["test"] if best else {}}
@@ -110,7 +114,8 @@ def _epoch_bars(epoch: int, epochs: int, batches: int, partial: EpochPartial, hi
 
 def _train_epochs(config: Config, config_json: dict, run: RunDir, trainer: Trainer,
                   checkpoints: RunCheckpoints, state: TrainState, saved: RunProgress | None,
-                  progress: bool | None, primary: bool) -> dict | None:
+                  progress: bool | None, primary: bool,
+                  on_evaluation: Callable[[dict], None] | None) -> dict | None:
     """The epoch loop from ``state`` (and ``saved``, a resumed run's progress); returns the
     best evaluated record.
 
@@ -172,6 +177,8 @@ def _train_epochs(config: Config, config_json: dict, run: RunDir, trainer: Train
                         trainer.data.num_items, None if end_of_epoch else partial,
                         None if end_of_epoch else epoch_shuffle).to_json(), is_best)
                     metrics.log(record, time.perf_counter() - start)
+                    if on_evaluation is not None and "valid" in record:
+                        on_evaluation(record)
                     if stop_requested(index):
                         if primary:
                             print(f"SIGTERM: stopped after "

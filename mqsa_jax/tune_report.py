@@ -1,0 +1,103 @@
+"""A study's summary (:mod:`mqsa_jax.tune`), rewritten after every trial in its directory::
+
+    summary.json, summary.md   every trial: state, parameters, best validation metric and epoch
+    best_config.py             the best trial's config, a file ``train --config`` takes
+    plots/                     the metric over trials and against each parameter (matplotlib)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+
+from mqsa_jax.config import Config
+from mqsa_jax.io import write_json_atomic, write_text_atomic
+
+
+def _rows(study: optuna.Study) -> list[dict]:
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        seconds = ((trial.datetime_complete - trial.datetime_start).total_seconds()
+                   if trial.datetime_complete and trial.datetime_start else None)
+        rows.append({"number": trial.number, "state": trial.state.name.lower(),
+                     "run": trial.user_attrs.get("run"), "params": trial.params,
+                     "value": trial.value, "best_epoch": trial.user_attrs.get("best_epoch"),
+                     "last_epoch": max(trial.intermediate_values, default=None),
+                     "seconds": None if seconds is None else round(seconds, 1)})
+    return rows
+
+
+def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return max(complete, key=lambda t: t.value) if complete else None
+
+
+def best_config_text(study: optuna.Study, best, base: Config) -> str:
+    values = {**base.flat(), **best.params}
+    lines = [f'"""The best trial of study {study.study_name!r}: trial {best.number} (run '
+             f'{best.user_attrs.get("run")}), valid {base.eval.selection_metric} '
+             f'{best.value:.5f}.', "", "    mqsa-jax train --config THIS_FILE", '"""', "", "",
+             "def get_config():", "    return {"]
+    lines += [f"        {key!r}: {value!r}," for key, value in values.items()]
+    return "\n".join(lines + ["    }", ""])
+
+
+def _markdown(study: optuna.Study, rows: list[dict], metric: str) -> str:
+    names = sorted({name for row in rows for name in row["params"]})
+    header = ["trial", "run", "state", *names, f"valid {metric}", "best epoch", "epochs run",
+              "seconds"]
+    lines = [f"# Study {study.study_name}", "", f"Objective: the best validation {metric} of "
+             "each trial's run (the median pruner stops trials behind the others).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        params = [f"{row['params'][n]:.4g}" if isinstance(row["params"].get(n), float)
+                  else str(row["params"].get(n, "")) for n in names]
+        value = "" if row["value"] is None else f"{row['value']:.5f}"
+        lines.append("| " + " | ".join(str(c) for c in [
+            row["number"], row["run"], row["state"], *params, value, row["best_epoch"] or "",
+            row["last_epoch"] or "", row["seconds"] or ""]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plots(rows: list[dict], out: Path, metric: str) -> list[str]:
+    """PNGs of the metric over trials and against each parameter; none without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    done = [r for r in rows if r["value"] is not None]
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in ["trials", *sorted({n for r in done for n in r["params"]})]:
+        figure, axes = plt.subplots(figsize=(5, 3.5))
+        xs = [r["number"] if name == "trials" else r["params"].get(name) for r in done]
+        axes.scatter(xs, [r["value"] for r in done])
+        axes.set_xlabel("trial" if name == "trials" else name)
+        axes.set_ylabel(f"valid {metric}")
+        figure.tight_layout()
+        path = out / f"{'metric_over_trials' if name == 'trials' else 'param_' + name}.png"
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path.name)
+    return written
+
+
+def write_summary(study: optuna.Study, study_dir: Path, base: Config) -> dict:
+    """Writes the study's summary files; returns the summary."""
+    metric = base.eval.selection_metric
+    rows, best = _rows(study), _best(study)
+    summary = {"study": study.study_name, "objective": f"valid {metric}", "trials": rows,
+               "best": None if best is None else {"number": best.number, "value": best.value,
+                                                  "params": best.params,
+                                                  "run": best.user_attrs.get("run")}}
+    summary["plots"] = _plots(rows, study_dir / "plots", metric)
+    write_json_atomic(study_dir / "summary.json", json.loads(json.dumps(summary, default=str)))
+    write_text_atomic(study_dir / "summary.md", _markdown(study, rows, metric))
+    if best is not None:
+        write_text_atomic(study_dir / "best_config.py", best_config_text(study, best, base))
+    return summary
