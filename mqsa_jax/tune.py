@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -56,10 +57,11 @@ def open_study(study_dir: Path, storage: str | None, name: str, space: list[Para
                                              grace_period=GRACE_SECONDS)
     except Exception as e:  # an unreachable or malformed database URL is the user's to fix
         raise UserError(f"--storage {url}: cannot open ({type(e).__name__}: {e})") from None
-    study = optuna.create_study(storage=rdb, study_name=name, direction="maximize",
-                                load_if_exists=True,
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4,
-                                                                   n_warmup_steps=2))
+    with logger_level("optuna", logging.WARNING):  # its INFO line on a new study; ours follow
+        study = optuna.create_study(storage=rdb, study_name=name, direction="maximize",
+                                    load_if_exists=True,
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=4,
+                                                                       n_warmup_steps=2))
     record = {"space": [p.spec() for p in space], "base": base.flat()}
     if not study.user_attrs:
         for key, value in record.items():
@@ -170,7 +172,7 @@ def tune(base: Config, space: list[Param], trials: int, study_dir: Path,
             study.stop()
 
     if done(study) < trials:
-        with logger_level("optuna", 30):  # our own line per trial; Optuna's are INFO
+        with logger_level("optuna", logging.WARNING):  # our own line per trial, not its INFO
             study.optimize(_objective(study_dir, base, space, data_dir),
                            callbacks=[after_trial], gc_after_trial=True)
     return write_summary(study, study_dir, base)

@@ -135,3 +135,19 @@ def test_bad_cutoffs_are_one_line_exit_2_and_write_nothing(capsys, log_file, ext
     code, out, err, root = _import(capsys, log_file, *extra)
     assert code == 2 and out == "" and message in err and len(err.strip().splitlines()) == 1
     assert not registry.imported_store("shop", root).exists()
+
+
+def test_a_run_trains_on_it_and_ranks_only_the_targets_users_have(capsys, log_file):
+    root = _import(capsys, log_file, "--split", "temporal", "--cutoff", "10")[3]
+    run = log_file.parent / "run"
+    code, _, err = run_cli(capsys, "train", "--dataset", "shop", "--data-dir", str(root),
+                           "--run-dir", str(run), "--no-progress", "--set", "max_len=4",
+                           "--set", "hidden=8", "--set", "max_steps=1")
+    assert code == 0, err
+    ranks = log_file.parent / "ranks.jsonl"
+    code, out, err = run_cli(capsys, "evaluate", str(run), "--data-dir", str(root),
+                             "--ranks", str(ranks))
+    assert code == 0, err
+    lines = {line["user"]: set(line) - {"user"} for line in map(json.loads, ranks.open())}
+    assert lines == {"u1": {"valid", "test"}, "u2": {"valid"}, "u3": set(),
+                     "u5": {"valid", "test"}}
