@@ -103,6 +103,16 @@ def test_the_cli_records_the_source_and_the_run_is_ordinary(source, capsys):
     code, out, err = run_cli(capsys, "evaluate", str(warm_dir), "--data-dir", str(root))
     assert code == 0, err
     assert set(json.loads(out)) >= {"valid", "test"}
+    # Resumed, it goes on from its own checkpoint: the source is not read again.
+    code, out, err = run_cli(capsys, "train", "--resume", str(warm_dir), "--data-dir",
+                             str(root), "--no-progress", "--set", "max_steps=3")
+    assert code == 0, err
+    assert "resuming" in err and "warm start" not in err
+    assert [r["step"] for r in RunDir(warm_dir).metrics()] == [2, 3]
+    code, _, err = run_cli(capsys, "export", str(warm_dir), str(root.parent / "export"),
+                           "--data-dir", str(root))
+    assert code == 0, err
+    assert (root.parent / "export" / "item_embeddings.npz").exists()
 
 
 @pytest.mark.parametrize("args, message", [
