@@ -1,6 +1,7 @@
 """The configuration: reference defaults, the experiment variants, config files and --set."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,14 @@ def test_train_refuses_zero_epochs_in_one_line(capsys, tmp_path):
                              "--run-dir", str(tmp_path / "run"))
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "epochs must be at least 1, got 0" in err and not (tmp_path / "run").exists()
+
+
+def test_a_tuned_variant_puts_its_search_best_values_over_the_reference(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="mqsa_ted has no finished search on nowhere yet"):
+        load_config_file(CONFIGS / "mqsa_ted_tuned.py", "nowhere")
+    monkeypatch.setattr(sys.modules["tuned"], "TUNING", tmp_path)
+    best = {"number": 3, "value": 0.05, "params": {"dropout": 0.3, "tau": 0.05}}
+    (tmp_path / "yelp_mqsa_ted_best.json").write_text(json.dumps(best))
+    tuned = build_config(load_config_file(CONFIGS / "mqsa_ted_tuned.py", "yelp"))
+    assert tuned == build_config({**load_config_file(CONFIGS / "mqsa_ted.py", "yelp"),
+                                  "dropout": 0.3, "tau": 0.05})

@@ -7,20 +7,23 @@ validation NDCG@20, with the same space and budget for SASRec and MQSA-TED.
 Each study's database is ``experiments/results/tuning/<dataset>_<model>.db``: committed, so a
 search stopped here goes on from another machine (its trials' run directories, checkpoints
 included, stay under ``--runs`` on the machine that trained them).  After the study stops, its
-summary and best config are copied beside the database (``<dataset>_<model>.md``,
-``_best.py``).  The searched fields: dropout, L2 and the learning rate for both models; for
-MQSA-TED also lambda_kd and tau.
+summary is copied beside the database (``<dataset>_<model>.md``) with its best trial
+(``_best.json``: the values the tuned variants' config files take,
+``experiments/configs/*_tuned.py``).  The searched fields: dropout, L2 and the learning
+rate for both models; for MQSA-TED also lambda_kd and tau.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from experiments.reproduction.plan import CONFIGS, DEFAULT_RESULTS
+from mqsa_jax.io import write_json_atomic
 
 SHARED_SPACE = ("dropout=0.2:0.7", "l2_reg=log:1e-6:1e-3", "learning_rate=log:3e-4:3e-3")
 SPACES = {"sasrec": SHARED_SPACE,
@@ -51,9 +54,12 @@ def main() -> None:
     name = f"{args.dataset}_{args.model}"
     code = subprocess.call(command(args.dataset, args.model, args.trials, args.epochs,
                                    args.runs))
-    for source, target in (("summary.md", f"{name}.md"), ("best_config.py", f"{name}_best.py")):
-        if (args.runs / name / source).exists():
-            shutil.copyfile(args.runs / name / source, TUNING / target)
+    study_dir = args.runs / name
+    if (study_dir / "summary.json").exists():
+        shutil.copyfile(study_dir / "summary.md", TUNING / f"{name}.md")
+        best = json.loads((study_dir / "summary.json").read_text())["best"]
+        if best is not None:  # what the tuned variant's config file takes
+            write_json_atomic(TUNING / f"{name}_best.json", best)
     sys.exit(code)
 
 
