@@ -42,6 +42,12 @@ class Param:
                                      log=self.kind == "log")
         return trial.suggest_float(self.name, self.low, self.high, log=self.kind == "log")
 
+    def holds(self, value) -> bool:
+        """Whether ``value`` lies in the range, or is one of the choices."""
+        if self.kind == "choice":
+            return value in self.choices
+        return self.low <= value <= self.high
+
     def values_to_check(self) -> tuple:
         """The values the config must accept for the whole space to be valid."""
         return self.choices if self.kind == "choice" else (self.low, self.high)

@@ -47,8 +47,8 @@ MAX_ATTEMPTS = 3  # of one trial's run: a run that fails this often is left as f
 
 def open_study(study_dir: Path, storage: str | None, name: str, space: list[Param],
                base: Config) -> optuna.Study:
-    """The study ``name`` (created on first use); one created with another space or base
-    config is refused."""
+    """The study ``name``: created on first use, with the base config's values as its first
+    trial; one created with another space or base config is refused."""
     study_dir.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(study_dir / 'study.db').resolve()}"
     try:
@@ -66,6 +66,11 @@ def open_study(study_dir: Path, storage: str | None, name: str, space: list[Para
     if not study.user_attrs:
         for key, value in record.items():
             study.set_user_attr(key, value)
+        # The base config is the first trial, where the space holds it: the search then
+        # never reports a best below the config it started from.
+        values = base.flat()
+        if all(p.holds(values[p.name]) for p in space):
+            study.enqueue_trial({p.name: values[p.name] for p in space})
     elif {k: study.user_attrs.get(k) for k in record} != json.loads(json.dumps(record)):
         raise UserError(f"study {name!r} in {url} was started with another search space or "
                         "base config; give another --study-name or --study-dir")

@@ -36,6 +36,9 @@ def test_a_tiny_search_end_to_end(tiny_dataset, tmp_path, capsys):
     assert code == 0, err
     summary = json.loads((study_dir / "summary.json").read_text())
     assert [t["state"] for t in summary["trials"]] == ["complete", "complete"]
+    # The base config comes first (the space holds its values).
+    assert summary["trials"][0]["params"] == {"dropout": 0.5, "learning_rate": 0.001,
+                                              "lambda_kd": 0.1}
     best = max(summary["trials"], key=lambda t: t["value"])
     assert json.loads(out)["best"]["number"] == best["number"]
     run = study_dir / "trials" / best["run"]
