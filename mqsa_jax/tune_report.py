@@ -56,7 +56,7 @@ def _markdown(study: optuna.Study, rows: list[dict], metric: str) -> str:
                   else str(row["params"].get(n, "")) for n in names]
         value = "" if row["value"] is None else f"{row['value']:.5f}"
         lines.append("| " + " | ".join(str(c) for c in [
-            row["number"], row["run"], row["state"], *params, value, row["best_epoch"] or "",
+            row["number"], row["run"] or "", row["state"], *params, value, row["best_epoch"] or "",
             row["last_epoch"] or "", row["seconds"] or ""]) + " |")
     return "\n".join(lines) + "\n"
 
