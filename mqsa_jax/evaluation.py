@@ -202,10 +202,10 @@ class RankingEvaluator:
         ``partition`` makes the jitted steps run under a mesh (:meth:`Partitioner.partition`):
         where it splits the item table, ranking is per item slice.  ``users``: rank these
         users only (None: every user; either way, only those with a target in the split:
-        :attr:`users`).  ``shard`` (:class:`mqsa_jax.hosts.HostShard`):
-        ``data`` holds this process's users alone, and
-        each step ranks ``batch_size / shard.count`` of them beside the other shards' (their
-        number of steps and widths agreed here); ``place`` then takes this shard's rows.
+        :attr:`users`).  ``shard`` (:class:`mqsa_jax.hosts.HostShard`): ``data`` holds this
+        process's users alone, and each step ranks ``batch_size / shard.count`` of them beside
+        the other shards' (their number of steps and widths agreed here); ``place`` then takes
+        this shard's rows.
         ``arithmetic_below``: as :func:`label_ranks` takes it."""
         chosen = np.arange(data.num_users) if users is None else np.asarray(users)
         # A temporal split's users without this split's target are not ranked on it.

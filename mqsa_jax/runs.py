@@ -130,7 +130,8 @@ def evaluate_run(run_dir: Path, which: str = "best", splits: Sequence[str] = ("v
 
     With ``ranks_path``, also writes there one JSON line per user: ``{"user": id, "valid": r,
     "test": r}`` with ``r`` the 1-based rank of the held-out item among the unmasked items
-    (``null`` when the item is in the user's own history, where it can never be found).  HR@K
+    (``null`` when the item is in the user's own history, where it can never be found; a split
+    the user has no target in is left out).  HR@K
     is the share of ranks at most K, NDCG@K the mean of 1 / log2(r + 1) over them, MRR the mean
     of 1 / r.
     """
@@ -143,13 +144,12 @@ def evaluate_run(run_dir: Path, which: str = "best", splits: Sequence[str] = ("v
     for evaluator in evaluators:
         result[evaluator.split] = evaluator.evaluate(state.params)
     if ranks_path is not None:
-        ranks = {}
-        for e in evaluators:  # 1-based; 0: the user has no target in the split (omitted)
-            ranks[e.split] = np.zeros(data.num_users, np.int64)
-            ranks[e.split][e.users] = e.ranks(state.params) + 1
-        found = {s: [int(r) if r <= data.num_items else None for r in r_s.tolist()]
-                 for s, r_s in ranks.items()}
-        lines = (json.dumps({"user": user, **{s: found[s][u] for s in ranks if ranks[s][u]}})
+        # Per split, user index -> 1-based rank (None: unfindable); users without a target
+        # in the split are not keys, so their lines leave it out.
+        ranks = {e.split: {u: r + 1 if r < data.num_items else None
+                           for u, r in zip(e.users.tolist(), e.ranks(state.params).tolist())}
+                 for e in evaluators}
+        lines = (json.dumps({"user": user, **{s: r[u] for s, r in ranks.items() if u in r}})
                  + "\n" for u, user in enumerate(dataset.user_ids.tolist()))
         with atomic_output(ranks_path) as f:
             for line in lines:

@@ -168,15 +168,15 @@ def tune(base: Config, space: list[Param], trials: int, study_dir: Path,
     for run in take_up_stopped(study):
         print(f"taking up trial run {run}, stopped before it finished", file=sys.stderr)
 
-    def done(study, _=None) -> int:
+    def done() -> int:
         return len(study.get_trials(deepcopy=False, states=COUNTED))
 
-    def after_trial(study: optuna.Study, trial) -> None:
+    def after_trial(_study: optuna.Study, _trial) -> None:
         write_summary(study, study_dir, base)
-        if done(study) >= trials:
+        if done() >= trials:
             study.stop()
 
-    if done(study) < trials:
+    if done() < trials:
         with logger_level("optuna", logging.WARNING):  # our own line per trial, not its INFO
             study.optimize(_objective(study_dir, base, space, data_dir),
                            callbacks=[after_trial], gc_after_trial=True)

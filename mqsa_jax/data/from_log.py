@@ -74,14 +74,15 @@ def _offsets(user_index: np.ndarray, num_users: int) -> np.ndarray:
     return offsets
 
 
-def _k_core_summary(log: EventLog, min_count: int, keep: np.ndarray, passes: int,
-                    events: int) -> dict:
-    """What the k-core filter removed from ``events`` of the log (``keep``: their mask)."""
-    kept_users = int(np.count_nonzero(np.bincount(log.users[keep], minlength=1)))
-    return {"min_count": min_count, "passes": passes, "events_removed": events - int(keep.sum()),
-            "users_removed": len(log.user_ids) - kept_users,
-            "items_removed": len(log.item_ids) - int(np.count_nonzero(
-                np.bincount(log.items[keep], minlength=1)))}
+def _k_core_summary(log: EventLog, min_count: int, passes: int, events: int,
+                    user_counts: np.ndarray, items: np.ndarray) -> dict:
+    """What the k-core filter removed from ``events`` of the log, given the events of each user
+    it kept (``user_counts``, by user code) and the items of the events it kept."""
+    kept_items = int(np.count_nonzero(np.bincount(items, minlength=1)))
+    return {"min_count": min_count, "passes": passes,
+            "events_removed": events - int(user_counts.sum()),
+            "users_removed": len(log.user_ids) - int(np.count_nonzero(user_counts)),
+            "items_removed": len(log.item_ids) - kept_items}
 
 
 def _filtered(log: EventLog, min_count: int,
@@ -131,7 +132,7 @@ def build_dataset(name: str, log: EventLog, min_count: int = 5,
     if cutoff is not None:
         return temporal_dataset(name, log, min_count, parse_cutoff(cutoff, log))
     keep, passes = _filtered(log, min_count)
-    users = log.users[keep]
+    users, items = log.users[keep], log.items[keep]
     # Users left with too few events for leave-one-out are dropped (only possible for k < 3).
     user_counts = np.bincount(users, minlength=len(log.user_ids))
     long_enough = user_counts[users] >= MIN_EVENTS_PER_USER
@@ -141,12 +142,12 @@ def build_dataset(name: str, log: EventLog, min_count: int = 5,
             f"{log.source}: no user has {MIN_EVENTS_PER_USER} or more events after filtering"
         )
     summary = {"events_read": len(log.users),
-               "k_core": _k_core_summary(log, min_count, keep, passes, len(keep))}
-    keep[np.flatnonzero(keep)[~long_enough]] = False
-    user_ids, user_index = dense_codes(log.user_ids, users[long_enough])
-    items = log.items[keep]
+               "k_core": _k_core_summary(log, min_count, passes, len(keep), user_counts, items)}
+    users, items = users[long_enough], items[long_enough]
+    user_ids, user_index = dense_codes(log.user_ids, users)
     item_ids, item_lookup = _catalogue(log, items)
-    order = np.lexsort((log.times[keep], user_index))  # stable: ties keep the file's order
+    # stable: ties keep the file's order
+    order = np.lexsort((log.times[keep][long_enough], user_index))
     dataset = from_full_sequences(name, item_lookup[items][order],
                                   _offsets(user_index, len(user_ids)), len(item_ids), user_ids,
                                   item_ids)
@@ -188,6 +189,7 @@ def temporal_dataset(name: str, log: EventLog, min_count: int,
     training-only (no target, :data:`NO_TARGET`); users with no training event are dropped.
     """
     before = log.times < cutoff
+    events_before = int(before.sum())
     keep, passes = _filtered(log, min_count, before)
     users, items = log.users[keep], log.items[keep]
     user_ids, user_lookup = dense_map(log.user_ids, users)
@@ -198,9 +200,11 @@ def temporal_dataset(name: str, log: EventLog, min_count: int,
 
     # Later events of known users and items, by user then time; each user's first two count.
     later = np.flatnonzero(~before)
-    usable = later[(user_lookup[log.users[later]] >= 0) & (item_lookup[log.items[later]] >= 0)]
-    usable = usable[np.lexsort((log.times[usable], user_lookup[log.users[usable]]))]
-    users_later = user_lookup[log.users[usable]]
+    users_later = user_lookup[log.users[later]]
+    known = (users_later >= 0) & (item_lookup[log.items[later]] >= 0)
+    usable, users_later = later[known], users_later[known]
+    by_user = np.lexsort((log.times[usable], users_later))
+    usable, users_later = usable[by_user], users_later[by_user]
     starts = np.flatnonzero(np.r_[True, users_later[1:] != users_later[:-1]])
     rank = np.arange(len(usable)) - np.repeat(starts, np.diff(np.r_[starts, len(usable)]))
     targets = []
@@ -221,8 +225,9 @@ def temporal_dataset(name: str, log: EventLog, min_count: int,
                       split={"kind": TEMPORAL, "cutoff": cutoff})
     return dataset, {
         "events_read": len(log.users),
-        "events_before_cutoff": int(before.sum()),
-        "k_core": _k_core_summary(log, min_count, keep, passes, int(before.sum())),
+        "events_before_cutoff": events_before,
+        "k_core": _k_core_summary(log, min_count, passes, events_before,
+                                  np.bincount(users, minlength=len(log.user_ids)), items),
         "events_after_cutoff": len(later),
         "events_after_cutoff_used": int((valid >= 0).sum() + (test >= 0).sum()),
         "users_with_valid": int((valid >= 0).sum()), "users_with_test": int((test >= 0).sum()),
