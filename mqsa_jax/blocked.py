@@ -16,6 +16,7 @@ On a mesh whose ``model`` axis splits the table by rows, the table is viewed as 
 slices; every block holds one block of each slice, each read on the device that holds it, and
 partial results stay per slice until the end, so no collective runs inside the scans.  Padding
 rows at the table's end (:func:`mqsa_jax.tables.padded_rows`) have logits -inf: no sum, no gradient.
+The blocks and their products, in float32 or bfloat16 operands, are :mod:`mqsa_jax.item_blocks`'.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from mqsa_jax.tables import scan_row_blocks
+from mqsa_jax.item_blocks import Block, backward_products, materialized_transpose, scan_blocks
 
 # The release's clamp: TED takes log(p + 1e-24).
 LOG_EPSILON = 1e-24
@@ -43,113 +44,66 @@ _CLAMP_FREE_LOG_PROB = math.log(LOG_EPSILON) + math.log(1e9)
 _GATHER_DIVISORS = (64, 8, 4)
 
 
-def _table_grad(table: jax.Array, block: int, slices: int, d_body: jax.Array | None,
-                d_tail: jax.Array | None) -> jax.Array:
-    """[N, d] from the blocks' gradients, laid out ``[count, d, slices * block]`` and
-    ``[d, slices * rest]`` (the layout of the products that compute them, see
-    :func:`_backward_products`); ``None`` where there was no such block."""
-    n, d = table.shape
-    local = n // slices
-    parts = []
-    if d_body is not None:
-        count = d_body.shape[0]
-        parts.append(d_body.reshape(count, d, slices, block).transpose(2, 0, 3, 1)
-                     .reshape(slices, count * block, d))
-    if d_tail is not None:
-        parts.append(d_tail.reshape(d, slices, local % block).transpose(1, 2, 0))
-    return jnp.concatenate(parts, axis=1).reshape(n, d)
-
-
-def _scan_blocks(step, carry, table: jax.Array, block: int, slices: int, valid: int):
-    """Runs ``carry, out = step(carry, (block, real))`` over the table's blocks
-    (:func:`mqsa_jax.tables.scan_row_blocks`; ``real``: which of the block's rows are items,
-    not padding, None when all are)."""
-    def items_step(carry, blocks, row_ids):
-        (items,) = blocks
-        return step(carry, (items, row_ids < valid if valid < table.shape[0] else None))
-
-    return scan_row_blocks(items_step, carry, (table,), block, slices)
-
-
-def _flat(block: jax.Array) -> jax.Array:
-    """``[slices, b, d] -> [slices * b, d]``: one 2-D product serves every slice."""
-    return block.reshape(-1, block.shape[-1])
-
-
-def _logits(rows: jax.Array, block: jax.Array, real: jax.Array | None) -> jax.Array:
-    """``[rows, d] x [slices, b, d] -> [rows, slices, b]``, -inf at padding rows."""
-    z = (rows @ _flat(block).T).reshape(rows.shape[0], *block.shape[:2])
-    return z if real is None else jnp.where(real, z, -jnp.inf)
-
-
 def _real_only(values: jax.Array, real: jax.Array | None) -> jax.Array:
     """``values`` [rows, slices, b], 0 at padding rows."""
     return values if real is None else jnp.where(real, values, 0.0)
 
 
-def _backward_products(rows_t: jax.Array, weight: jax.Array, block: jax.Array):
-    """For ``weight`` = dLoss/dz ``[rows, slices, b]``: ``weight @ block`` [rows, d] and the
-    block's gradient ``rows.T @ weight`` [d, slices * b] (the layout that ran fastest on
-    XLA:CPU; the transposes are undone once, after the scan)."""
-    weight = weight.reshape(weight.shape[0], weight.shape[1] * weight.shape[2])
-    return weight @ _flat(block), rows_t @ weight
-
-
-def _forward_lse(rows, table, num_rec, block, slices, valid):
+def _forward_lse(rows, table, num_rec, block, slices, valid, precision):
     """Per row, the log-sum-exp, and per student row (after the first ``num_rec``) the
     smallest logit, online over the blocks."""
-    def step(carry, items_real):
-        items, real = items_real
+    def step(carry, items: Block):
         top, total, low = carry  # [rows, slices] each; low [students, slices]
-        z = _logits(rows, items, real)
+        z = items.logits(rows)
+        real = items.real
         new_top = jnp.maximum(top, z.max(axis=2))
         total = total * jnp.exp(top - new_top) + jnp.exp(z - new_top[..., None]).sum(axis=2)
         student_z = z[num_rec:] if real is None else jnp.where(real, z[num_rec:], jnp.inf)
         return (new_top, total, jnp.minimum(low, student_z.min(axis=2))), None
 
-    shape = (rows.shape[0], slices)
+    shape, f32 = (rows.shape[0], slices), jnp.float32
     # A finite start: a block of padding rows alone (all -inf) leaves it as it was.
-    init = (jnp.full(shape, jnp.finfo(rows.dtype).min, rows.dtype), jnp.zeros(shape, rows.dtype),
-            jnp.full((rows.shape[0] - num_rec, slices), jnp.inf, rows.dtype))
-    (top, total, low), _, _ = _scan_blocks(step, init, table, block, slices, valid)
+    init = (jnp.full(shape, jnp.finfo(f32).min, f32), jnp.zeros(shape, f32),
+            jnp.full((rows.shape[0] - num_rec, slices), jnp.inf, f32))
+    (top, total, low), _, _ = scan_blocks(step, init, table, block, slices, valid, precision)
     peak = top.max(axis=1)
     lse = peak + jnp.log(jnp.sum(total * jnp.exp(top - peak[:, None]), axis=1))
     return lse, low.min(axis=1)
 
 
-def _forward_clamp(students, table, lse, block, slices, valid):
+def _forward_clamp(students, table, lse, block, slices, valid, precision):
     """Per student row, the clamp's correction ``sum_j softplus(x_j)`` and its slope
     ``sum_j sigmoid(x_j)``, ``x_j = log 1e-24 - log p_j``, over the blocks."""
-    def step(carry, items_real):
-        items, real = items_real
+    def step(carry, items: Block):
         correction, slope = carry
-        x = jnp.log(LOG_EPSILON) - (_logits(students, items, real) - lse[:, None, None])
+        real = items.real
+        x = jnp.log(LOG_EPSILON) - (items.logits(students) - lse[:, None, None])
         small = jnp.exp(-jnp.abs(x))  # one exp serves both: softplus and sigmoid
         softplus = _real_only(jnp.maximum(x, 0.0) + jnp.log1p(small), real)
         sigmoid = _real_only(jnp.where(x >= 0, 1.0, small) / (1.0 + small), real)
         return (correction + softplus.sum(axis=(1, 2)), slope + sigmoid.sum(axis=(1, 2))), None
 
     zeros = jnp.zeros_like(lse)
-    (correction, slope), _, _ = _scan_blocks(step, (zeros, zeros), table, block, slices, valid)
+    (correction, slope), _, _ = scan_blocks(step, (zeros, zeros), table, block, slices, valid,
+                                             precision)
     return correction, slope
 
 
-def _backward_clamp(students, table, lse, g, block, slices, valid):
+def _backward_clamp(students, table, lse, g, block, slices, valid, precision):
     """The clamp's own part of the gradient, ``-g_i sigmoid(x_ij)`` on the logits (its part
-    through lse joins lse's gradient): [rows, d] and [N, d]."""
-    students_t = students.T
+    through lse joins lse's gradient): [rows, d] and [N, d], float32."""
+    students_t = materialized_transpose(students)
 
-    def step(d_students, items_real):
-        items, real = items_real
-        p = jnp.exp(_logits(students, items, real) - lse[:, None, None])
+    def step(d_students, items: Block):
+        p = jnp.exp(items.logits(students) - lse[:, None, None])
         # sigmoid(x) = eps / (p + eps)
-        weight = _real_only(-g[:, None, None] * LOG_EPSILON / (p + LOG_EPSILON), real)
-        d_items_rows, d_block = _backward_products(students_t, weight, items)
+        weight = _real_only(-g[:, None, None] * LOG_EPSILON / (p + LOG_EPSILON), items.real)
+        d_items_rows, d_block = backward_products(students_t, weight, items)
         return d_students + d_items_rows, d_block
 
-    d_students, d_body, d_tail = _scan_blocks(step, jnp.zeros_like(students), table, block,
-                                              slices, valid)
-    return d_students, _table_grad(table, block, slices, d_body, d_tail)
+    d_students, d_blocks, blocks = scan_blocks(step, _zeros32(students), table, block,
+                                                slices, valid, precision)
+    return d_students, blocks.table_grad(d_blocks)
 
 
 def _gather_sizes(rows: int) -> list[int]:
@@ -175,6 +129,11 @@ def _clamped_rows(students, lse, low):
     return clamped, branch, index
 
 
+def _zeros32(values: jax.Array) -> jax.Array:
+    """float32 zeros of ``values``' shape: the gradients' accumulators."""
+    return jnp.zeros(values.shape, jnp.float32)
+
+
 def _gathered(index, values):
     return jnp.take(values, index, axis=0, mode="clip")
 
@@ -183,8 +142,9 @@ def _scattered(index, values, length):
     return jnp.zeros((length, *values.shape[1:]), values.dtype).at[index].set(values, mode="drop")
 
 
-def _forward(rows, table, num_rec, block, slices, valid):
-    lse, low = _forward_lse(rows, table, num_rec, block, slices, valid)
+def _forward(rows, table, num_rec, block, slices, valid, precision):
+    """``rows`` in the product dtype, ``table`` float32."""
+    lse, low = _forward_lse(rows, table, num_rec, block, slices, valid, precision)
     students, student_lse = rows[num_rec:], lse[num_rec:]
     zeros = jnp.zeros_like(student_lse)
     if not len(students):
@@ -194,11 +154,11 @@ def _forward(rows, table, num_rec, block, slices, valid):
     def gathered(size):
         at = index[:size]
         sums = _forward_clamp(_gathered(at, students), table, _gathered(at, student_lse),
-                              block, slices, valid)
+                              block, slices, valid, precision)
         return tuple(_scattered(at, x, len(students)) for x in sums)
 
     def every_row():
-        sums = _forward_clamp(students, table, student_lse, block, slices, valid)
+        sums = _forward_clamp(students, table, student_lse, block, slices, valid, precision)
         return tuple(jnp.where(clamped, x, 0.0) for x in sums)
 
     correction, slope = jax.lax.switch(branch, [
@@ -208,50 +168,52 @@ def _forward(rows, table, num_rec, block, slices, valid):
     return (lse, correction), (slope, clamped, branch, index)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def catalogue_sums(rows: jax.Array, table: jax.Array, num_rec: int, valid: int,
-                   block: int = DEFAULT_BLOCK, slices: int = 1) -> tuple[jax.Array, jax.Array]:
+                   block: int = DEFAULT_BLOCK, slices: int = 1,
+                   precision: str = "float32") -> tuple[jax.Array, jax.Array]:
     """Per row, the log-sum-exp of its logits over the catalogue; per student row, the clamp.
 
     Args:
-      rows: [R, d] query rows: ``num_rec`` recommendation rows, then the TED student rows.
+      rows: [R, d] float32 query rows: ``num_rec`` recommendation rows, then the TED student rows.
       table: [R, d] item rows; ``slices`` must divide R.
       num_rec: how many of the rows come before the student rows.
       valid: N, the catalogue's items: the table's first rows (the rest are padding).
       block: items per block and slice.
       slices: the table's row slices (the ``model`` axis of a mesh that splits it; 1 otherwise).
+      precision: the products' operand dtype, one of :data:`mqsa_jax.config.PRECISIONS`.
 
     Returns:
       ``lse`` [R] = ``log sum_j exp(z_j)``, ``z = rows @ table.T``, and for the student rows
       ``correction`` [R - num_rec] = ``sum_j log(p_j + 1e-24) - log p_j`` with ``p = softmax(z)``
       (0 for a row whose ``p_j`` are all above 1e-15: there it is below float32 resolution).
     """
-    return _forward(rows, table, num_rec, block, slices, valid)[0]
+    return _forward(rows.astype(precision), table, num_rec, block, slices, valid, precision)[0]
 
 
-def _catalogue_sums_fwd(rows, table, num_rec, valid, block, slices):
-    outputs, clamp = _forward(rows, table, num_rec, block, slices, valid)
-    return outputs, (rows, table, outputs[0], *clamp)
+def _catalogue_sums_fwd(rows, table, num_rec, valid, block, slices, precision):
+    operands = rows.astype(precision)
+    outputs, clamp = _forward(operands, table, num_rec, block, slices, valid, precision)
+    return outputs, (operands, table, outputs[0], *clamp)
 
 
-def _catalogue_sums_bwd(num_rec, valid, block, slices, residuals, cotangents):
-    rows, table, lse, slope, clamped, branch, index = residuals
+def _catalogue_sums_bwd(num_rec, valid, block, slices, precision, residuals, cotangents):
+    rows, table, lse, slope, clamped, branch, index = residuals  # rows in the product dtype
     g_lse, g_correction = cotangents
     # dlse/dz = p.  d correction/dz = slope * p - sigmoid(x): the part through lse joins lse's
     # own coefficient (slope is 0 where there is no correction); the rest is computed for the
     # rows that have a correction only, as in the forward pass.
     coefficient = g_lse.at[num_rec:].add(g_correction * slope)
-    rows_t = rows.T
+    rows_t = materialized_transpose(rows)
 
-    def step(d_rows, items_real):
-        items, real = items_real
-        p = jnp.exp(_logits(rows, items, real) - lse[:, None, None]) * coefficient[:, None, None]
-        d_items_rows, d_block = _backward_products(rows_t, p, items)
+    def step(d_rows, items: Block):
+        p = jnp.exp(items.logits(rows) - lse[:, None, None]) * coefficient[:, None, None]
+        d_items_rows, d_block = backward_products(rows_t, p, items)
         return d_rows + d_items_rows, d_block
 
-    d_rows, d_body, d_tail = _scan_blocks(step, jnp.zeros_like(rows), table, block, slices,
-                                          valid)
-    d_table = _table_grad(table, block, slices, d_body, d_tail)
+    d_rows, d_blocks, blocks = scan_blocks(step, _zeros32(rows), table, block, slices, valid,
+                                            precision)
+    d_table = blocks.table_grad(d_blocks)
     students, student_lse = rows[num_rec:], lse[num_rec:]
     if not len(students):
         return d_rows, d_table
@@ -260,15 +222,16 @@ def _catalogue_sums_bwd(num_rec, valid, block, slices, residuals, cotangents):
         at = index[:size]
         g = jnp.where(at < len(students), _gathered(at, g_correction), 0.0)
         d_students, d_clamp_table = _backward_clamp(
-            _gathered(at, students), table, _gathered(at, student_lse), g, block, slices, valid)
+            _gathered(at, students), table, _gathered(at, student_lse), g, block, slices, valid,
+            precision)
         return _scattered(at, d_students, len(students)), d_clamp_table
 
     def every_row():
         g = jnp.where(clamped, g_correction, 0.0)
-        return _backward_clamp(students, table, student_lse, g, block, slices, valid)
+        return _backward_clamp(students, table, student_lse, g, block, slices, valid, precision)
 
     d_students, d_clamp_table = jax.lax.switch(branch, [
-        lambda: (jnp.zeros_like(students), jnp.zeros_like(table)),
+        lambda: (_zeros32(students), jnp.zeros_like(table)),
         *(functools.partial(gathered, size) for size in _gather_sizes(len(students))),
         every_row])
     return d_rows.at[num_rec:].add(d_students), d_table + d_clamp_table

@@ -65,6 +65,10 @@ class ModelConfig:
         _refuse(problems + _at_least(self, ("max_len", "hidden", "num_blocks", "num_heads"), 1))
 
 
+# The operand dtypes the N-wide products may take (mqsa_jax.blocked); they accumulate in float32.
+PRECISIONS = ("float32", "bfloat16")
+
+
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     lambda_kd: float = 0.1  # weight of the TED distillation term; 0 turns it off
@@ -74,9 +78,14 @@ class LossConfig:
     # Items per block of the N-wide loss's scan of the catalogue (0: 1,024): memory grows with
     # rows x this, never rows x N.  On a model-split mesh each device scans its own slice.
     item_block: int = 0
+    # The N-wide products' operands: float32, or bfloat16 (float32 accumulation and softmax
+    # statistics; parameters and Adam stay float32).  README, "Precision", says when to pick it.
+    precision: str = "float32"
 
     def __post_init__(self):
-        _refuse(_at_least(self, ("time_span",), 1)
+        problems = [] if self.precision in PRECISIONS else [
+            f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"]
+        _refuse(problems + _at_least(self, ("time_span",), 1)
                 + _at_least(self, ("item_block", "lambda_kd", "l2_reg"), 0)
                 + _above_zero(self, ("tau",)))
 

@@ -234,16 +234,16 @@ class RankingEvaluator:
         self._users = list(order)
         self._rows = [np.where(p >= 0, chosen[np.maximum(p, 0)], filler) for p in order]
         self._widths = [next(w for w in widths if w >= most) for most in longest]
-        # Ranks are exact (capped at N, which no findable label reaches), for MRR and --ranks.
-        ranks = jax.jit(functools.partial(_batch_ranks, encode_last, data.num_items,
-                                          arithmetic_below))
-        self._ranks = partition(ranks)
-        self._step = partition(jax.jit(functools.partial(_batch_sums, ranks, data.num_items,
-                                                         self.ks)))
+        self._ranks, self._step = _ranking_steps(encode_last, data.num_items, arithmetic_below,
+                                                 self.ks, partition)
 
     def _batch(self, index: int) -> tuple[jax.Array, ...]:
         """Batch ``index``'s inputs, labels, history and weights, on the devices."""
         inputs, labels, history = self._data.eval_rows(self.split, self._rows[index])
+        # Both splits' histories are T + 1 wide (the validation's gains a padding column, which
+        # masks nothing), so that their batches share compiled steps.
+        history = np.pad(history, ((0, 0), (0, self._data.max_len + 1 - history.shape[1])),
+                         constant_values=self._data.padding_id)
         weights = (self._users[index] >= 0).astype(np.float32)
         return tuple(map(self._place, (inputs[:, -self._widths[index]:], labels, history,
                                        weights)))
@@ -252,6 +252,10 @@ class RankingEvaluator:
         """The batch step lowered for batch ``index``: its compiled HLO shows what moves
         between devices."""
         return self._step.lower(params, *self._batch(index))
+
+    def first_batches(self) -> dict[int, int]:
+        """Each width the batches run at -> the first batch at it: one per compiled shape."""
+        return {width: self._widths.index(width) for width in dict.fromkeys(self._widths)}
 
     def evaluate(self, params) -> dict[str, float]:
         """The split's metrics: means over users of HR@K, NDCG@K and MRR."""
@@ -273,6 +277,17 @@ class RankingEvaluator:
             batch_ranks = np.asarray(self._ranks(params, *self._batch(index)[:3]))
             ranks[users[users >= 0]] = batch_ranks[users >= 0]
         return ranks
+
+
+@functools.lru_cache(maxsize=16)
+def _ranking_steps(encode_last, num_items: int, arithmetic_below: int, ks: tuple[int, ...],
+                   partition):
+    """The jitted rank and metric-sum steps, shared by the evaluators of one model (flax
+    modules compare by value): the splits compile each width once between them.  Ranks are
+    exact (capped at N, which no findable label reaches), for MRR and ``--ranks``."""
+    ranks = jax.jit(functools.partial(_batch_ranks, encode_last, num_items, arithmetic_below))
+    return partition(ranks), partition(jax.jit(functools.partial(_batch_sums, ranks, num_items,
+                                                                 ks)))
 
 
 def _batch_ranks(encode_last, num_items, arithmetic_below, params, inputs, labels, history):

@@ -37,6 +37,7 @@ def fused_losses(
     students: jax.Array | None = None,
     teacher: TeacherRows | None = None,
     item_block: int = 0,
+    precision: str = "float32",
     *,
     num_items: int | None = None,
     catalogue_slices: int | None = None,
@@ -55,6 +56,8 @@ def fused_losses(
         the TED loss is 0.
       teacher: their :meth:`TeacherWeights.rows`.
       item_block: items per block of the catalogue scan, over all slices (0: the default).
+      precision: the operand dtype of the catalogue scan's products
+        (:data:`mqsa_jax.config.PRECISIONS`; they accumulate in float32).
       num_items: N (None: R, no padding rows).
       catalogue_slices: the table's row slices (None: as the current mesh splits it).
 
@@ -65,7 +68,8 @@ def fused_losses(
     num_items = len(table) if num_items is None else num_items
     slices = table_slices() if catalogue_slices is None else catalogue_slices
     block = ceil_div(item_block, slices) if item_block else blocked.DEFAULT_BLOCK
-    lse, correction = blocked.catalogue_sums(rows, table, len(states), num_items, block, slices)
+    lse, correction = blocked.catalogue_sums(rows, table, len(states), num_items, block, slices,
+                                             precision)
     count = jnp.maximum(weights.sum(), 1.0)
     target_logits = jnp.sum(states * lookup_rows(table, targets, num_items, batch_split=False),
                             axis=-1)

@@ -56,7 +56,7 @@ def make_loss_fn(model: MQSA, config: Config):
             teacher_rows = teacher.rows(heads, weights)
         rec, kd = fused_losses(states, batch.targets.reshape(-1)[positions], weights, table,
                                students, teacher_rows, loss_config.item_block,
-                               num_items=model.num_items)
+                               loss_config.precision, num_items=model.num_items)
         loss = rec + loss_config.lambda_kd * kd + loss_config.l2_reg * l2_penalty(params)
         return loss, {"loss": loss, "loss_rec": rec, "loss_kd": kd}
 

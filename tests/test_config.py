@@ -103,6 +103,7 @@ def test_inconsistent_values_are_refused():
     ("learning_rate", "0", "learning_rate must be above 0, got 0.0"),
     ("lambda_kd", "-0.1", "lambda_kd must be at least 0, got -0.1"),
     ("tau", "0", "tau must be above 0, got 0.0"),
+    ("precision", "float16", "precision must be one of float32, bfloat16, got 'float16'"),
 ])
 def test_meaningless_values_are_refused(key, value, message):
     with pytest.raises(UserError, match=f"invalid config: {message}$"):

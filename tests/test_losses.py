@@ -109,17 +109,23 @@ def _dense_losses(states, targets, weights, table, students, heads, teacher_dens
     return rec, jnp.sum(kd * weights) / count
 
 
-def test_blocked_losses_and_gradients_equal_the_dense_ones():
-    transitions = _transitions(seed=4)
-    host_teacher = TeacherWeights.from_transitions(transitions, 0.1)
-    teacher, teacher_dense = jax.device_put(host_teacher), jnp.asarray(host_teacher.dense())
+def _nine_rows():
+    """A teacher, a table [N, D] and nine rows' heads, states, targets and weights (two
+    packing rows), for the blocked loss's tests."""
+    host_teacher = TeacherWeights.from_transitions(_transitions(seed=4), 0.1)
+    teacher = jax.device_put(host_teacher)
     rng = np.random.default_rng(5)
     table = jnp.asarray(rng.normal(size=(N, D)) * 0.4, jnp.float32)
     heads = jnp.asarray(rng.integers(0, N - 5, 9))
     states = jnp.asarray(rng.normal(size=(9, D)), jnp.float32)
     targets = jnp.asarray(rng.integers(0, N, 9))
     weights = jnp.asarray([1.0] * 7 + [0.0] * 2)
-    rows = _teacher_rows(teacher, heads, weights)
+    return (jnp.asarray(host_teacher.dense()), table, heads, states, targets, weights,
+            _teacher_rows(teacher, heads, weights))
+
+
+def test_blocked_losses_and_gradients_equal_the_dense_ones():
+    teacher_dense, table, heads, states, targets, weights, rows = _nine_rows()
 
     # Jitted once per (block, slices): the four student scales reuse each compiled gradient.
     @functools.partial(jax.jit, static_argnums=(3, 4))
@@ -162,3 +168,31 @@ def test_blocked_losses_and_gradients_equal_the_dense_ones():
     for block, slices in ((0, 1), (5, 1), (3, 5)):
         np.testing.assert_allclose(jax.grad(rec_only)(table, block, slices),
                                    jax.grad(dense_rec)(table), rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_products_stay_within_bfloat16_resolution_of_float32():
+    """bfloat16 operands, float32 accumulation: the scan's products really take bfloat16
+    operands, and the losses and gradients (clamp included) move by bfloat16's rounding only."""
+    _, table, heads, states, targets, weights, rows = _nine_rows()
+
+    @functools.partial(jax.grad, argnums=(0, 1, 2), has_aux=True)
+    def grads(states, students, table, block, slices, precision):
+        rec, kd = fused_losses(states, targets, weights, table, students, rows, block,
+                               precision, catalogue_slices=slices)
+        return rec + 0.3 * kd, (rec, kd)
+
+    jaxpr = str(jax.make_jaxpr(grads, static_argnums=(3, 4, 5))(
+        states, table[heads], table, 4, 1, "bfloat16"))
+    assert "bf16" in jaxpr and "dot_general" in jaxpr
+    compiled = jax.jit(grads, static_argnums=(3, 4, 5))
+    for scale in (0.3, 10.0):  # no row clamped; every row clamped
+        students = table[heads] * scale * np.sqrt(D)
+        # One block (the default: XLA unrolls the scan), several, and a model-split mesh's.
+        for block, slices in ((0, 1), (4, 1), (3, 5)):
+            exact, exact_losses = compiled(states, students, table, block, slices, "float32")
+            rounded, rounded_losses = compiled(states, students, table, block, slices,
+                                               "bfloat16")
+            np.testing.assert_allclose(rounded_losses, exact_losses, rtol=3e-3)
+            assert not np.allclose(rounded_losses, exact_losses, rtol=1e-7, atol=0)
+            for a, b in zip(rounded, exact):
+                assert np.linalg.norm(a - b) <= 2e-2 * np.linalg.norm(b)

@@ -1,18 +1,20 @@
 """Training and evaluation speed per dataset against the authors' release, measured together.
 
     python -m experiments.benchmarks.bench [--datasets beauty yelp]
-        [--out experiments/results/bench]
+        [--precisions float32 bfloat16] [--out experiments/results/bench]
         [--release ../shared/tools/release-bench/run.sh | --no-release]
 
-For each dataset, with the reference hyperparameters: one warm-up epoch (compiles the step's
+For each dataset and each precision of the N-wide products (``precision``), with the
+reference hyperparameters: one warm-up epoch (compiles the step's
 shapes), then one timed epoch of training and one full evaluation (valid + test, all users, all
 items).  Then, in the same sitting and alone on the machine, the unchanged release trains and
 evaluates one epoch of the same dataset (``release-bench/run.sh DATASET 1``, which prints its own
-seconds), and the ratio of the two measured totals is reported.  No figure from elsewhere enters
-a ratio.
+seconds), and the ratio of each precision's total to the release's is reported.  No figure
+from elsewhere enters a ratio.
 
 Also reported: training targets per second, the compile time (the first epoch's extra seconds),
-and the N-wide products' achieved GFLOP/s against the machine's measured f32 matmul peak.  The
+and the N-wide products' achieved GFLOP/s against the machine's measured matmul peak in the
+same precision.  The
 breakdown times each part of one representative step in isolation (jit-compiled, median of
 repeats): the N-wide loss, its products alone, the encoder's forward and backward, and the rest.
 """
@@ -35,7 +37,7 @@ from experiments.markdown import table
 from experiments.measure import machine_line, median_seconds, median_step_seconds
 from mqsa_jax import blocked
 from mqsa_jax.checkpoint import RunCheckpoints
-from mqsa_jax.config import build_config
+from mqsa_jax.config import PRECISIONS, build_config
 from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax.losses import fused_losses
 from mqsa_jax.model import item_table
@@ -62,9 +64,10 @@ def release_epoch(script: Path, dataset: str) -> dict:
             "loss": epoch["loss"], "valid_NDCG@20": epoch["valid"]["NDCG@20"]}
 
 
-def matmul_peak_gflops(size: int = 2048) -> float:
-    a = jnp.ones((size, size), jnp.float32)
-    matmul = jax.jit(lambda x, y: x @ y)
+def matmul_peak_gflops(precision: str, size: int = 2048) -> float:
+    """A square product's GFLOP/s, operands in ``precision``, accumulated in float32."""
+    a = jnp.ones((size, size), precision)
+    matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
     seconds = median_seconds(lambda: matmul(a, a))
     return 2 * size**3 / seconds / 1e9
 
@@ -75,20 +78,32 @@ def nwide_flops(rows: int, hidden: int, num_items: int) -> float:
     return 4 * 2 * rows * hidden * num_items
 
 
-def blocked_products(rows: jax.Array, table: jax.Array, block: int) -> jax.Array:
-    """The four products of the blocked loss alone, in its layout, without the exp passes."""
-    def forward(total, items):
-        return total + (rows @ items.T).sum(axis=1), None
-
+def blocked_products(rows: jax.Array, table: jax.Array, block: int,
+                     precision: str) -> jax.Array:
+    """The four products of the blocked loss alone, in its layouts and precision (the logits
+    by the table's columns for bfloat16, :mod:`mqsa_jax.blocked`), without the exp passes."""
+    rows, table = rows.astype(precision), table.astype(precision)
     rows_t = rows.T
-
-    def backward(d_rows, items):
-        z = rows @ items.T
-        return d_rows + z @ items, rows_t @ z
-
     body = table[: len(table) // block * block].reshape(-1, block, table.shape[1])
-    total, _ = jax.lax.scan(forward, jnp.zeros(len(rows)), body)
-    d_rows, d_table = jax.lax.scan(backward, jnp.zeros_like(rows), body)
+    # [count, d, block]: the logits' right-hand sides, by columns for bfloat16.
+    right = body.transpose(0, 2, 1)
+    if precision != "float32":
+        right = table.T[:, : len(body) * block].reshape(table.shape[1], -1, block)
+        right = right.transpose(1, 0, 2)
+
+    def dot(a, b):
+        return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+
+    def forward(total, blocks):
+        return total + dot(rows, blocks[1]).sum(axis=1), None
+
+    def backward(d_rows, blocks):
+        items, columns = blocks
+        z = dot(rows, columns).astype(precision)
+        return d_rows + dot(z, items), dot(rows_t, z)
+
+    total, _ = jax.lax.scan(forward, jnp.zeros(len(rows)), (body, right))
+    d_rows, d_table = jax.lax.scan(backward, jnp.zeros(rows.shape, jnp.float32), (body, right))
     return total.sum() + d_rows.sum() + d_table.sum()
 
 
@@ -124,16 +139,16 @@ def step_breakdown(trainer: Trainer, state, batch: Batch) -> dict:
 
     def nwide(states, students, table, targets, teacher):
         rec, kd = fused_losses(states, targets, weights, table, students, teacher,
-                               config.loss.item_block)
+                               config.loss.item_block, config.loss.precision)
         return rec + kd
 
     # Every input is an argument, so that nothing is constant-folded at compile time.
     nwide_grad = jax.jit(jax.grad(nwide, argnums=(0, 1, 2) if distill else (0, 2)))
     nwide_s = median_seconds(lambda: nwide_grad(states, students, table, targets, teacher))
     x = jax.random.normal(key, (rows, d))
-    products = jax.jit(blocked_products, static_argnums=2)
+    products = jax.jit(blocked_products, static_argnums=(2, 3))
     matmul_s = median_seconds(lambda: products(x, table, config.loss.item_block
-                                               or blocked.DEFAULT_BLOCK))
+                                               or blocked.DEFAULT_BLOCK, config.loss.precision))
 
     def encoder(params):
         return jnp.sum(trainer.model.apply(params, batch.items, deterministic=False,
@@ -154,8 +169,11 @@ def step_breakdown(trainer: Trainer, state, batch: Batch) -> dict:
     }
 
 
-def bench_dataset(name: str, peak: float, warmup_epochs: int) -> dict:
-    config = build_config({"dataset": name})
+def bench_dataset(name: str, precision: str, peak: float, warmup_epochs: int) -> dict:
+    # From a cold cache: nothing compiled for an earlier dataset or precision is reused (and
+    # the persistent cache is not enabled here).
+    jax.clear_caches()
+    config = build_config({"dataset": name, "precision": precision})
     start = time.perf_counter()
     trainer = Trainer(config, prepare_data(config))
     setup_s = time.perf_counter() - start
@@ -215,6 +233,8 @@ def main() -> None:
                         help="epochs trained before the timed one: the release's clamp inside "
                              "TED's log starts to matter in the second or third epoch, and "
                              "from then on every step pays for it")
+    parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"],
+                        choices=PRECISIONS, help="the N-wide products' operand dtypes to time")
     parser.add_argument("--out", default="experiments/results/bench")
     parser.add_argument("--release", type=Path, default=RELEASE_BENCH,
                         help="release-bench's run.sh, which times the authors' release")
@@ -223,21 +243,24 @@ def main() -> None:
     args = parser.parse_args()
     if not args.no_release and not args.release.is_file():
         sys.exit(f"{args.release}: release-bench not found; pass --release PATH or --no-release")
-    peak = matmul_peak_gflops()
+    peaks = {precision: matmul_peak_gflops(precision) for precision in args.precisions}
     report = {
         "command": "python -m experiments.benchmarks.bench " + " ".join(sys.argv[1:]),
         "machine": f"{machine_line()}, backend {jax.devices()[0].platform}",
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "matmul_peak_gflops_f32_2048": round(peak, 1),
+        "matmul_peak_gflops_2048": {p: round(peak, 1) for p, peak in peaks.items()},
         "datasets": {},
     }
     for name in args.datasets:
-        ours = bench_dataset(name, peak, args.warmup_epochs)
+        ours = {precision: bench_dataset(name, precision, peaks[precision], args.warmup_epochs)
+                for precision in args.precisions}
         report["datasets"][name] = entry = {"mqsa_jax": ours}
         if not args.no_release:
             # Timed alone, after this project's figures: nothing else runs meanwhile.
             entry["release"] = release = release_epoch(args.release, name)
-            entry["speedup"] = round(release["total_seconds"] / ours["total_seconds"], 1)
+            entry["speedup"] = {precision: round(release["total_seconds"]
+                                                 / result["total_seconds"], 1)
+                                for precision, result in ours.items()}
         print(name, json.dumps(entry), flush=True)
         write_json_atomic(Path(f"{args.out}.json"), report)  # partial results
     write_text_atomic(Path(f"{args.out}.md"), markdown_table(report))
@@ -247,33 +270,36 @@ def main() -> None:
 def markdown_table(report: dict) -> str:
     lines = [
         f"# Speed ({report['date']}; {report['machine']})", "",
-        f"Command: `{report['command']}`. Machine f32 matmul peak (2048^3): "
-        f"{report['matmul_peak_gflops_f32_2048']} GFLOP/s.", "",
+        f"Command: `{report['command']}`. Machine matmul peak (2048^3, float32 accumulation): "
+        + ", ".join(f"{p} operands {g} GFLOP/s"
+                    for p, g in report["matmul_peak_gflops_2048"].items()) + ".", "",
         "One epoch: training, then the full validation and test ranking (all users, all items). "
         "The release's seconds come from `release-bench/run.sh DATASET 1`, run right after ours "
         "on the same machine; the speedup divides the two totals.", "",
     ]
-    rows = []
+    rows, parts = [], []
     for name, entry in report["datasets"].items():
-        r, release = entry["mqsa_jax"], entry.get("release")
+        release = entry.get("release")
         theirs = (f"{release['total_seconds']} ({release['train_seconds']} + "
                   f"{release['eval_seconds']})" if release else "not run")
-        rows.append([name, theirs, f"{r['total_seconds']} ({r['train_seconds_per_epoch']} + "
-                     f"{r['eval_seconds_valid_and_test']})",
-                     f"**{entry['speedup']}x**" if release else "–",
-                     f"{r['train_targets_per_second']:,}", r["compile_seconds"]])
-    lines += table(["dataset", "release s (train + eval)", "mqsa-jax s (train + eval)",
-                    "speedup", "targets/s", "compile s"], rows)
-    rows = []
-    for name, entry in report["datasets"].items():
-        r = entry["mqsa_jax"]
-        b = r["step_breakdown"]
-        rows.append([name, b["step_ms"], f"{b['nwide_loss_ms']}: {b['nwide_matmuls_ms']} / "
-                     f"{b['nwide_softmax_passes_ms']}", b["encoder_fwd_bwd_ms"], b["rest_ms"],
-                     f"{b['nwide_matmul_gflops']} ({r['nwide_matmul_fraction_of_peak']:.0%})"])
-    lines += ["", *table(["dataset", "step ms", "N-wide loss ms: products / elementwise",
+        for precision, r in entry["mqsa_jax"].items():
+            rows.append([name, precision, theirs,
+                         f"{r['total_seconds']} ({r['train_seconds_per_epoch']} + "
+                         f"{r['eval_seconds_valid_and_test']})",
+                         f"**{entry['speedup'][precision]}x**" if release else "–",
+                         f"{r['train_targets_per_second']:,}", r["compile_seconds"]])
+            b = r["step_breakdown"]
+            parts.append([name, precision, b["step_ms"],
+                          f"{b['nwide_loss_ms']}: {b['nwide_matmuls_ms']} / "
+                          f"{b['nwide_softmax_passes_ms']}", b["encoder_fwd_bwd_ms"],
+                          b["rest_ms"], f"{b['nwide_matmul_gflops']} "
+                          f"({r['nwide_matmul_fraction_of_peak']:.0%})"])
+    lines += table(["dataset", "precision", "release s (train + eval)",
+                    "mqsa-jax s (train + eval)", "speedup", "targets/s", "compile s"], rows)
+    lines += ["", *table(["dataset", "precision", "step ms",
+                          "N-wide loss ms: products / elementwise",
                           "encoder ms", "rest ms", "N-wide products GFLOP/s (share of peak)"],
-                         rows)]
+                         parts)]
     lines += ["", "The step's parts are timed in isolation on the epoch's median batch; inside the "
                   "whole step XLA fuses across them, so `rest` (the step minus the parts: gathers, "
                   "L2, Adam) can come out slightly negative.  `products` are the blocked loss's "
