@@ -253,10 +253,6 @@ class RankingEvaluator:
         between devices."""
         return self._step.lower(params, *self._batch(index))
 
-    def first_batches(self) -> dict[int, int]:
-        """Each width the batches run at -> the first batch at it: one per compiled shape."""
-        return {width: self._widths.index(width) for width in dict.fromkeys(self._widths)}
-
     def evaluate(self, params) -> dict[str, float]:
         """The split's metrics: means over users of HR@K, NDCG@K and MRR."""
         total = sum(self._step(params, *self._batch(i)) for i in range(len(self._rows)))

@@ -27,12 +27,6 @@ from mqsa_jax.tables import BATCH, ITEM, mesh_axis
 DATA, MODEL = "data", "model"
 
 
-# XLA:CPU compiles the train step with less of LLVM's optimisation: a beauty step compiled in
-# 2.7 s instead of 3.7 s and ran as fast (109 against 111 ms, 2-core Xeon, 2026-12-06).
-CPU_STEP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1,
-                             "xla_llvm_disable_expensive_passes": True}
-
-
 def parse_mesh(text: str | None) -> tuple[int, int]:
     """``"data=4,model=2"`` -> (4, 2); missing axes are 1."""
     sizes = {DATA: 1, MODEL: 1}
@@ -127,12 +121,10 @@ class Partitioner:
         """``step_fn(state, arrays, batch) -> (state, aux)`` jitted for this mesh: the state
         with ``state_shardings`` and donated, the arrays (the teacher) replicated, the batch's
         rows over the batch axis; the aux (losses) replicated."""
-        cpu = self.mesh.devices.flat[0].platform == "cpu"
         return self.partition(jax.jit(
             step_fn, donate_argnums=0,
             in_shardings=(state_shardings, self.replicated, self.batch),
-            out_shardings=(state_shardings, self.replicated),
-            compiler_options=CPU_STEP_COMPILER_OPTIONS if cpu else None))
+            out_shardings=(state_shardings, self.replicated)))
 
     def place(self, tree, shardings):
         """Host arrays (the same on every process) -> global arrays with these shardings.

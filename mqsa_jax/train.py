@@ -63,8 +63,6 @@ def train(config: Config, run_dir: Path, data_dir: Path | None = None, progress:
             run.write_item_ids(item_ids)
             print(f"run directory: {run_dir}", file=sys.stderr)
         checkpoints = stack.enter_context(RunCheckpoints(run_dir))
-        # A run that stops early waits for the compilations already running, no more.
-        stack.callback(trainer.finish_compiling_ahead, finish=False)
         state, saved = trainer.init_state(), None
         if resume:
             state, saved = _resume_point(run, trainer, checkpoints, state, primary)

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from mqsa_jax.compile_ahead import AheadCompiler
 from mqsa_jax.config import Config
 from mqsa_jax.dashboard import ProgressLog
 from mqsa_jax.data.arrays import SequenceData
@@ -54,10 +53,6 @@ class Trainer:
         self.sample_evaluators = sample if sample is None else make_evaluators(
             self.model, data, config, partitioner, users=shard.local(sample), shard=shard)
         self._place = shard.placer(partitioner)
-        # The first epoch's shapes are compiled ahead on threads, where one process packs every
-        # batch (several agree on each batch's shape as they go: mqsa_jax.hosts).
-        self._ahead: AheadCompiler | None = None
-        self._compile_ahead = not shard.split
 
     def place(self, batch: Batch) -> Batch:
         """A host batch with its rows split over the mesh's ``data`` axis."""
@@ -75,11 +70,7 @@ class Trainer:
         """The batches of ``order`` from ``partial.batches`` up to ``stop``; returns the state
         and ``partial`` with their losses added."""
         totals, steps, seen, start = partial.totals, partial.batches, 0, time.perf_counter()
-        if self._compile_ahead:
-            self._start_compiling_ahead(state, order, partial.batches, stop)
         for batch, count in self.shard.batches(self.packing, order, partial.batches, stop):
-            if self._ahead is not None:
-                self._ahead.wait_for(batch)
             state, losses = self.train_step(state, self.arrays, self.place(batch))
             totals = losses if totals is None else jax.tree.map(jnp.add, totals, losses)
             steps, seen = steps + 1, seen + count
@@ -92,33 +83,9 @@ class Trainer:
         return state, EpochPartial(steps, totals, partial.seconds + time.perf_counter() - start,
                                    partial.targets + seen)
 
-    def _start_compiling_ahead(self, state: TrainState, order: np.ndarray, first: int,
-                               stop: int) -> None:
-        """Once per run: the coming batches' shapes and the periodic evaluation's widths
-        (:mod:`mqsa_jax.compile_ahead`)."""
-        self._compile_ahead = False
-        evaluators = (self.evaluators if self.sample_evaluators is None
-                      else self.sample_evaluators)
-        # The splits share their compiled steps (mqsa_jax.evaluation): one batch per width.
-        widths = {}
-        for evaluator in evaluators:
-            for width, index in evaluator.first_batches().items():
-                widths.setdefault(width, (evaluator, index))
-        self._ahead = AheadCompiler(self.train_step, self.place)
-        self._ahead.start(state, self.arrays,
-                          (batch for batch, _ in self.packing.batches(order, first, stop)),
-                          list(widths.values()), state.params)
-
-    def finish_compiling_ahead(self, finish: bool = True) -> None:
-        """Waits for the compilations ahead (``finish``), or for the running ones alone."""
-        if self._ahead is not None:
-            self._ahead.close(finish)
-            self._ahead = None
-
     def evaluate(self, params, final: bool = True) -> dict[str, dict[str, float]]:
         """Both splits' metrics: every user's, or the eval_users sample's (when not ``final``,
         or with ``final_eval="sample"``)."""
-        self.finish_compiling_ahead()  # the widths compiling ahead are not compiled twice
         sample = self.sample_evaluators is not None and (
             not final or self.config.eval.final_eval == "sample")
         metrics = {e.split: e.evaluate(params)

@@ -24,12 +24,13 @@ def test_the_dry_run_writes_every_part(tmp_path, data_root):
     report = json.loads((out / "accelerator.json").read_text())
     assert report["errors"] == {}, (out / "check.log").read_text()[-3000:]
     assert report["dry_run"] and report["device"]["devices"] >= 1
-    assert report["default_precision"]["train_epoch_s"] > 0
+    assert report["float32_products"]["train_epoch_s"] > 0
+    assert report["bfloat16_products"]["train_epoch_s"] > 0
     assert report["chunked_catalogue"]["items"] == 5_000 and report["chunked_catalogue"][
         "step_s"] > 0
-    assert len(report["default_precision"]["curve"]) == len(
-        report["highest_precision"]["curve"]) == 2
-    assert "| epoch | default: loss |" in (out / "accelerator.md").read_text()
+    assert len(report["float32_products"]["curve"]) == len(
+        report["bfloat16_products"]["curve"]) == 2
+    assert "| epoch | bfloat16: loss |" in (out / "accelerator.md").read_text()
     assert not (out / "install.log").exists()  # the dry run installs nothing
     assert "tests: exit 0" in done.stdout, (out / "tests.log").read_text()[-2000:]
 
