@@ -39,6 +39,7 @@ from mqsa_jax import blocked
 from mqsa_jax.checkpoint import RunCheckpoints
 from mqsa_jax.config import PRECISIONS, build_config
 from mqsa_jax.io import write_json_atomic, write_text_atomic
+from mqsa_jax.item_blocks import backward_products, materialized_transpose, scan_blocks
 from mqsa_jax.losses import fused_losses
 from mqsa_jax.model import item_table
 from mqsa_jax.packing import Batch
@@ -80,31 +81,25 @@ def nwide_flops(rows: int, hidden: int, num_items: int) -> float:
 
 def blocked_products(rows: jax.Array, table: jax.Array, block: int,
                      precision: str) -> jax.Array:
-    """The four products of the blocked loss alone, in its layouts and precision (the logits
-    by the table's columns for bfloat16, :mod:`mqsa_jax.blocked`), without the exp passes."""
-    rows, table = rows.astype(precision), table.astype(precision)
-    rows_t = rows.T
-    body = table[: len(table) // block * block].reshape(-1, block, table.shape[1])
-    # [count, d, block]: the logits' right-hand sides, by columns for bfloat16.
-    right = body.transpose(0, 2, 1)
-    if precision != "float32":
-        right = table.T[:, : len(body) * block].reshape(table.shape[1], -1, block)
-        right = right.transpose(1, 0, 2)
+    """The four products of the blocked loss alone, without the exp passes: the library's own
+    scan, blocks and products (:mod:`mqsa_jax.item_blocks`), in ``precision``.  The last
+    block's rows that the one before holds are masked to -inf, as in the loss; the sums this
+    returns are there only so that nothing is optimised away."""
+    operands = rows.astype(precision)
+    rows_t = materialized_transpose(operands)
 
-    def dot(a, b):
-        return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+    def forward(total, items):
+        return total + items.logits(operands).sum(axis=(1, 2)), None
 
-    def forward(total, blocks):
-        return total + dot(rows, blocks[1]).sum(axis=1), None
+    def backward(d_rows, items):
+        d_items_rows, d_block = backward_products(rows_t, items.logits(operands), items)
+        return d_rows + d_items_rows, d_block
 
-    def backward(d_rows, blocks):
-        items, columns = blocks
-        z = dot(rows, columns).astype(precision)
-        return d_rows + dot(z, items), dot(rows_t, z)
-
-    total, _ = jax.lax.scan(forward, jnp.zeros(len(rows)), (body, right))
-    d_rows, d_table = jax.lax.scan(backward, jnp.zeros(rows.shape, jnp.float32), (body, right))
-    return total.sum() + d_rows.sum() + d_table.sum()
+    valid = len(table)
+    total, _, _ = scan_blocks(forward, jnp.zeros(len(rows)), table, block, 1, valid, precision)
+    d_rows, d_blocks, _ = scan_blocks(backward, jnp.zeros(rows.shape, jnp.float32), table,
+                                      block, 1, valid, precision)
+    return total.sum() + d_rows.sum() + d_blocks.sum()
 
 
 def step_breakdown(trainer: Trainer, state, batch: Batch) -> dict:

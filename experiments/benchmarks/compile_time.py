@@ -56,7 +56,7 @@ def step_case(dataset: str, options: str) -> dict:
     return {"lower_s": round(lower_s, 2), "compile_s": round(time.perf_counter() - start, 2)}
 
 
-def epoch_case(dataset: str, _: str) -> dict:
+def epoch_case(dataset: str, _variant: str) -> dict:
     import numpy as np
 
     from mqsa_jax.config import build_config
@@ -78,7 +78,7 @@ def epoch_case(dataset: str, _: str) -> dict:
 
 
 CASES = {"step": (step_case, ("default", "less LLVM")),
-         "epoch": (epoch_case, ("beauty",))}
+         "epoch": (epoch_case, ("first two epochs",))}
 
 
 def main() -> None:
