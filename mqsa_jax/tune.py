@@ -71,10 +71,20 @@ def open_study(study_dir: Path, storage: str | None, name: str, space: list[Para
         values = base.flat()
         if all(p.holds(values[p.name]) for p in space):
             study.enqueue_trial({p.name: values[p.name] for p in space})
-    elif {k: study.user_attrs.get(k) for k in record} != json.loads(json.dumps(record)):
+    elif not _same_study(study.user_attrs, json.loads(json.dumps(record))):
         raise UserError(f"study {name!r} in {url} was started with another search space or "
                         "base config; give another --study-name or --study-dir")
     return study
+
+
+def _same_study(stored: dict, current: dict) -> bool:
+    """Whether a study's recorded space and base config are this one's.  A config field added
+    to mqsa-jax after the study started (absent from its record) matches while it holds its
+    default: that is the value the study's trials ran with."""
+    defaults = json.loads(json.dumps(Config().flat()))
+    base = {k: v for k, v in current["base"].items()
+            if k in stored.get("base", {}) or v != defaults.get(k)}
+    return stored.get("space") == current["space"] and stored.get("base") == base
 
 
 @contextlib.contextmanager

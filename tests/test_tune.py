@@ -12,7 +12,10 @@ import pytest
 
 from mqsa_jax.config import build_config, read_run_config
 from mqsa_jax.config_files import load_config_file
+from mqsa_jax.errors import UserError
 from mqsa_jax.rundir import RunDir
+from mqsa_jax.search_space import parse_param
+from mqsa_jax.tune import open_study
 from tests.helpers import REPO, cli, run_cli
 
 SMALL = ["--set", "max_len=16", "--set", "batch_size=32", "--set", "eval_batch_size=64"]
@@ -121,3 +124,19 @@ def test_a_space_file_holds_the_same_lines(tmp_path, capsys):
     code, _, err = run_cli(capsys, "tune", "--dataset", "toys", "--trials", "1",
                            "--space", str(space), "--study-dir", str(tmp_path / "s"))
     assert code == 2 and f"{space}:4 tau=0.05,0:5: expected float values" in err
+
+
+def test_a_study_outlives_config_fields_added_at_their_default(tmp_path):
+    """A study started before a config field existed (its record lacks the field) is the same
+    study while the field holds its default, and another one once it does not."""
+    space = [parse_param("dropout=0.1:0.6")]
+    base = build_config({"dataset": "toys"})
+    study = open_study(tmp_path, None, "s", space, base)
+    study.set_user_attr("base", {k: v for k, v in study.user_attrs["base"].items()
+                                 if k != "precision"})  # as written before the field existed
+    assert open_study(tmp_path, None, "s", space, base).user_attrs == study.user_attrs
+    with pytest.raises(UserError, match="another search space or base config"):
+        open_study(tmp_path, None, "s", space, build_config({"dataset": "toys",
+                                                             "precision": "bfloat16"}))
+    with pytest.raises(UserError, match="another search space or base config"):
+        open_study(tmp_path, None, "s", space, build_config({"dataset": "toys", "tau": 0.2}))
