@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mqsa_jax.blocked import catalogue_sums
 from mqsa_jax.data.arrays import transition_counts
 from mqsa_jax.losses import fused_losses, l2_penalty
 from mqsa_jax.teacher import TeacherWeights
@@ -196,3 +197,41 @@ def test_bfloat16_products_stay_within_bfloat16_resolution_of_float32():
             assert not np.allclose(rounded_losses, exact_losses, rtol=1e-7, atol=0)
             for a, b in zip(rounded, exact):
                 assert np.linalg.norm(a - b) <= 2e-2 * np.linalg.norm(b)
+
+
+def test_lse_far_below_the_logit_bound_is_summed_again_exactly():
+    """The one-pass lse sums against ``|row| max|item|``; an item of large norm orthogonal to
+    the rows puts that bound hundreds above the rows' logits (every term underflows at first),
+    and the sums retried nearer the largest logit still give the exact lse and gradients,
+    the student rows' clamp included."""
+    rng = np.random.default_rng(7)
+    table = rng.normal(size=(N, D)).astype(np.float32)
+    table[:, 0] = 0.0
+    table[N - 1] = 0.0
+    table[N - 1, 0] = 400.0  # far larger than any other item, orthogonal to every row
+    rows = rng.normal(size=(6, D)).astype(np.float32) * 3.0
+    rows[:, 0] = 0.0
+    rows[4:] *= 8.0  # the two student rows: some probabilities below 1e-15, clamped
+    table, rows = jnp.asarray(table), jnp.asarray(rows)
+    assert float(jnp.linalg.norm(rows, axis=1).min() * 400.0) > 300.0  # far above the logits
+
+    def blocked(rows, table, block):
+        lse, correction = catalogue_sums(rows, table, 4, N, block)
+        return lse.sum() + correction.sum(), (lse, correction)
+
+    def dense(rows, table):
+        z = rows @ table.T
+        lse = jax.nn.logsumexp(z, axis=1)
+        log_p = z[4:] - lse[4:, None]
+        correction = jnp.sum(jnp.log(jnp.exp(log_p) + 1e-24) - log_p, axis=1)
+        return lse.sum() + correction.sum(), (lse, correction)
+
+    exact, (lse, correction) = jax.grad(dense, argnums=(0, 1), has_aux=True)(rows, table)
+    assert float(correction.min()) > 0
+    for block in (4, N):
+        grads, sums = jax.jit(jax.grad(blocked, argnums=(0, 1), has_aux=True),
+                              static_argnums=2)(rows, table, block)
+        np.testing.assert_allclose(sums[0], lse, rtol=1e-6)
+        np.testing.assert_allclose(sums[1], correction, rtol=1e-5)
+        for a, b in zip(grads, exact):  # float32 gradients of logits near 100
+            assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b)

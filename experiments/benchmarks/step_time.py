@@ -1,68 +1,90 @@
-"""Train- and evaluation-step seconds without compilation, for comparing two checkouts in one
-sitting.
+"""Train- and evaluation-step milliseconds without compilation, for comparing checkouts in one
+sitting and one process.
 
-    python -m experiments.benchmarks.step_time CHECKOUT DATASET [DATA_DIR]
+    python -m experiments.benchmarks.step_time DATASET CHECKOUT [CHECKOUT ...] [--rounds 12]
+        [--set NAME=VALUE ...]
 
-Imports ``mqsa_jax`` from CHECKOUT (another commit's worktree, or this one), packs the first 6
-batches of a fixed shuffle of DATASET, compiles their shapes, then times 3 passes over them; the
-same for 6 validation ranking steps of that shuffle's first users (``eval_batch_size`` each).
-Prints the medians, seconds per step, as one JSON line.
+Imports ``mqsa_jax`` from each CHECKOUT in turn (another commit's worktree, a copy of the
+package's parent folder, or this one), packs the first 6 batches of a fixed shuffle of
+DATASET, compiles their shapes and builds 6 validation ranking steps of that shuffle's first
+users.  Then it times the checkouts in alternation, ``--rounds`` times, in alternating order:
+the machine's drift (the same step varied 100-130 ms within minutes here) falls on every
+checkout alike.  Prints one JSON line per checkout: the minimum and median ms per step.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 
-def _median_seconds(run, steps: int) -> tuple[float, list[float]]:
-    """Runs ``run()`` once to compile, then 3 times timed: the median seconds per step."""
+def _timed(run) -> float:
     import jax
 
+    start = time.perf_counter()
     jax.block_until_ready(run())
-    seconds = []
-    for _ in range(3):
-        start = time.perf_counter()
-        jax.block_until_ready(run())
-        seconds.append((time.perf_counter() - start) / steps)
-    return sorted(seconds)[1], seconds
+    return time.perf_counter() - start
 
 
-def main() -> None:
-    checkout, dataset = sys.argv[1], sys.argv[2]
-    data_dir = sys.argv[3] if len(sys.argv) > 3 else None
+def _load(checkout: str, dataset: str, overrides: list[str]):
+    """The train and ranking passes of ``checkout``'s ``mqsa_jax``, compiled."""
+    for name in [m for m in sys.modules if m == "mqsa_jax" or m.startswith("mqsa_jax.")]:
+        del sys.modules[name]
     sys.path.insert(0, checkout)
     import numpy as np
 
-    from mqsa_jax.config import build_config
+    from mqsa_jax.config import build_config, parse_overrides
     from mqsa_jax.evaluation import RankingEvaluator
     from mqsa_jax.runs import prepare_data
     from mqsa_jax.trainer import Trainer
 
-    config = build_config({"dataset": dataset})
-    data = prepare_data(config, data_dir and Path(data_dir))
+    sys.path.remove(checkout)
+    config = build_config({"dataset": dataset}, parse_overrides(overrides))
+    data = prepare_data(config, None)
     trainer = Trainer(config, data)
-    state = trainer.init_state()
+    state = {"now": trainer.init_state()}
     order = np.random.default_rng(0).permutation(data.num_users)
     batches = [trainer.place(b) for b, _ in trainer.packing.batches(order[:256 * 6])]
 
     def train():
-        nonlocal state
         for batch in batches:
-            state, losses = trainer.train_step(state, trainer.arrays, batch)
+            state["now"], losses = trainer.train_step(state["now"], trainer.arrays, batch)
         return losses
 
-    step, passes = _median_seconds(train, len(batches))
     size = config.eval.eval_batch_size
     evaluator = RankingEvaluator("valid", data, trainer.model.encode_last, size,
                                  users=order[:size * 6])
-    eval_step, eval_passes = _median_seconds(lambda: evaluator.evaluate(state.params), 6)
-    print(json.dumps({"checkout": checkout, "dataset": dataset, "step_seconds": step,
-                      "passes": passes, "eval_step_seconds": eval_step,
-                      "eval_passes": eval_passes, "eval_users_per_step": size,
-                      "num_items": data.num_items}))
+
+    def evaluate():
+        return evaluator.evaluate(state["now"].params)
+
+    _timed(train), _timed(evaluate)  # compiles
+    return {"train": (train, len(batches)), "eval": (evaluate, 6)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset")
+    parser.add_argument("checkouts", nargs="+")
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    args = parser.parse_args()
+    passes = {checkout: _load(checkout, args.dataset, args.overrides)
+              for checkout in args.checkouts}
+    ms = {checkout: {"train": [], "eval": []} for checkout in args.checkouts}
+    for round_ in range(args.rounds):
+        for checkout in args.checkouts[::-1] if round_ % 2 else args.checkouts:
+            for part, (run, steps) in passes[checkout].items():
+                ms[checkout][part].append(_timed(run) / steps * 1000)
+    for checkout, parts in ms.items():
+        line = {"checkout": checkout, "dataset": args.dataset, "rounds": args.rounds}
+        for part, values in parts.items():
+            values = sorted(values)
+            line[f"{part}_ms_min"] = round(values[0], 1)
+            line[f"{part}_ms_median"] = round(values[len(values) // 2], 1)
+        print(json.dumps(line))
 
 
 if __name__ == "__main__":
