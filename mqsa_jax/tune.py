@@ -60,8 +60,7 @@ def open_study(study_dir: Path, storage: str | None, name: str, space: list[Para
     with logger_level("optuna", logging.WARNING):  # its INFO line on a new study; ours follow
         study = optuna.create_study(storage=rdb, study_name=name, direction="maximize",
                                     load_if_exists=True,
-                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=4,
-                                                                       n_warmup_steps=2))
+                                    pruner=pruner(base.train.epochs))
     record = {"space": [p.spec() for p in space], "base": base.flat()}
     if not study.user_attrs:
         for key, value in record.items():
@@ -75,6 +74,13 @@ def open_study(study_dir: Path, storage: str | None, name: str, space: list[Para
         raise UserError(f"study {name!r} in {url} was started with another search space or "
                         "base config; give another --study-name or --study-dir")
     return study
+
+
+def pruner(epochs: int) -> optuna.pruners.BasePruner:
+    """The median pruner, from half of a trial's ``epochs`` on.  Pruned from epoch 2, the yelp
+    SASRec search stopped 8 of its first 13 trials there, every one with a learning rate below
+    1e-3, though the best trial so far had 5e-4: a slower start is not a worse end."""
+    return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=max(2, epochs // 2))
 
 
 def _same_study(stored: dict, current: dict) -> bool:

@@ -140,3 +140,21 @@ def test_a_study_outlives_config_fields_added_at_their_default(tmp_path):
                                                              "precision": "bfloat16"}))
     with pytest.raises(UserError, match="another search space or base config"):
         open_study(tmp_path, None, "s", space, build_config({"dataset": "toys", "tau": 0.2}))
+
+
+def test_trials_are_pruned_from_half_their_epochs_on(tmp_path):
+    """A trial behind the others early (a lower learning rate starts slower) runs on until half
+    of its epochs; behind them there, it is stopped."""
+    study = open_study(tmp_path, None, "s", [parse_param("dropout=0.1:0.6")],
+                       build_config({"dataset": "toys", "epochs": 20}))
+    for _ in range(4):
+        trial = study.ask()
+        for epoch in range(1, 21):
+            trial.report(0.5, epoch)
+        study.tell(trial, 0.5)
+    slow = study.ask()
+    for epoch in range(1, 10):
+        slow.report(0.1, epoch)
+        assert not slow.should_prune(), epoch
+    slow.report(0.1, 10)
+    assert slow.should_prune()
