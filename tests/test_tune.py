@@ -142,6 +142,7 @@ def test_a_study_outlives_config_fields_added_at_their_default(tmp_path):
         open_study(tmp_path, None, "s", space, build_config({"dataset": "toys", "tau": 0.2}))
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask/tell here, tune's optimize
 def test_trials_are_pruned_from_half_their_epochs_on(tmp_path):
     """A trial behind the others early (a lower learning rate starts slower) runs on until half
     of its epochs; behind them there, it is stopped."""
