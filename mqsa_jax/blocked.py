@@ -52,17 +52,16 @@ def _forward_lse(rows, table, num_rec, block, slices, valid, precision):
 
     Each row's sum is taken against a fixed shift ``s``, no running maximum, whose pass over
     every block and rescaling cost more (a beauty step: 106.8 against 104.4 ms,
-    ``experiments/results/step_time.md``).  The first shift bounds every logit
+    ``experiments/results/step_time.md``).  The shift bounds every logit
     (:func:`_logit_bound`), so no term overflows.  A sum of at least ``e^-30`` puts ``s`` at
     most ``30 + log N`` above the row's largest logit, so a term that underflowed (below
-    ``e^-87``) was below ``N e^-57`` of the largest.  A row with a smaller sum is summed again
-    against ``s + log(sum)``, between its largest logit and ``log N`` above it (against
-    ``s - 80`` where the sum underflowed to 0).  At the last epoch of a beauty run the bound
-    was 12-17 above the largest logit: one pass.
+    ``e^-87``) was below ``N e^-57`` of the largest.  Where some row's sum is smaller, the
+    step's rows take the running-maximum pass as well (:func:`_online_lse`), and those rows
+    its lse.  At the last epoch of a beauty run the bound was 12-17 above the largest logit.
     """
-    students = rows.shape[0] - num_rec
+    shift = _logit_bound(rows, table, precision)
 
-    def step(shift, carry, items: Block):
+    def step(carry, items: Block):
         total, low = carry  # [rows, slices], [students, slices]
         z = items.logits(rows)
         total = total + items.only_counted(jnp.exp(z - shift[:, None, None])).sum(axis=2)
@@ -70,23 +69,33 @@ def _forward_lse(rows, table, num_rec, block, slices, valid, precision):
         student_z = z[num_rec:] if real is None else jnp.where(real, z[num_rec:], jnp.inf)
         return (total, jnp.minimum(low, student_z.min(axis=2))), None
 
-    def summed(state):
-        shift = state[0]
-        init = (jnp.zeros((rows.shape[0], slices), jnp.float32),
-                jnp.full((students, slices), jnp.inf, jnp.float32))
-        (total, low), _, _ = scan_blocks(functools.partial(step, shift), init, table, block,
-                                         slices, valid, precision)
-        total = total.sum(axis=1)
-        again = jnp.log(total) < -_SUM_FLOOR  # False for NaN: such a row is not retried
-        shift = jnp.where(again, jnp.where(total > 0, shift + jnp.log(total), shift - 80.0),
-                          shift)
-        return shift, total, low.min(axis=1), again
+    init = (jnp.zeros((rows.shape[0], slices), jnp.float32),
+            jnp.full((rows.shape[0] - num_rec, slices), jnp.inf, jnp.float32))
+    (total, low), _, _ = scan_blocks(step, init, table, block, slices, valid, precision)
+    lse = shift + jnp.log(total.sum(axis=1))
+    again = lse - shift < -_SUM_FLOOR  # False for NaN: nothing to recover there
+    lse = jax.lax.cond(
+        jnp.any(again),
+        lambda: jnp.where(again, _online_lse(rows, table, block, slices, valid, precision), lse),
+        lambda: lse)
+    return lse, low.min(axis=1)
 
-    rows_of = functools.partial(jnp.zeros, rows.shape[0], jnp.float32)
-    start = (_logit_bound(rows, table, precision), rows_of(), jnp.zeros(students, jnp.float32),
-             jnp.ones(rows.shape[0], bool))
-    shift, total, low, _ = jax.lax.while_loop(lambda state: jnp.any(state[3]), summed, start)
-    return shift + jnp.log(total), low
+
+def _online_lse(rows, table, block, slices, valid, precision):
+    """Per row, the log-sum-exp against a running maximum: exact whatever the logits' range."""
+    def step(carry, items: Block):
+        top, total = carry  # [rows, slices] each
+        z = items.logits(rows)
+        new_top = jnp.maximum(top, z.max(axis=2))
+        terms = items.only_counted(jnp.exp(z - new_top[..., None]))
+        return (new_top, total * jnp.exp(top - new_top) + terms.sum(axis=2)), None
+
+    shape, f32 = (rows.shape[0], slices), jnp.float32
+    # A finite start: a block of padding rows alone (all -inf) leaves it as it was.
+    init = (jnp.full(shape, jnp.finfo(f32).min, f32), jnp.zeros(shape, f32))
+    (top, total), _, _ = scan_blocks(step, init, table, block, slices, valid, precision)
+    peak = top.max(axis=1)
+    return peak + jnp.log(jnp.sum(total * jnp.exp(top - peak[:, None]), axis=1))
 
 
 def _logit_bound(rows, table, precision):

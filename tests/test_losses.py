@@ -199,11 +199,11 @@ def test_bfloat16_products_stay_within_bfloat16_resolution_of_float32():
                 assert np.linalg.norm(a - b) <= 2e-2 * np.linalg.norm(b)
 
 
-def test_lse_far_below_the_logit_bound_is_summed_again_exactly():
+def test_lse_far_below_the_logit_bound_is_still_exact():
     """The one-pass lse sums against ``|row| max|item|``; an item of large norm orthogonal to
-    the rows puts that bound hundreds above the rows' logits (every term underflows at first),
-    and the sums retried nearer the largest logit still give the exact lse and gradients,
-    the student rows' clamp included."""
+    the rows puts that bound hundreds above the rows' logits (every term underflows), and the
+    running-maximum pass taken then still gives the exact lse and gradients, the student
+    rows' clamp included."""
     rng = np.random.default_rng(7)
     table = rng.normal(size=(N, D)).astype(np.float32)
     table[:, 0] = 0.0
