@@ -42,7 +42,8 @@ _CLAMP_FREE_LOG_PROB = math.log(LOG_EPSILON) + math.log(1e9)
 # beauty 4-7% of the rows needed it around epoch 5 and 0.04% at epoch 150: a pass costs in
 # proportion to its buffer, so small buffers serve most steps.
 _GATHER_DIVISORS = (64, 8, 4)
-# A row's sum of exp(z - shift) below e^-30 is taken again nearer its largest logit.
+# A row's sum of exp(z - shift) below e^-30 may have lost terms to underflow: the step then
+# takes the running-maximum pass (_online_lse) for it.
 _SUM_FLOOR = 30.0
 
 

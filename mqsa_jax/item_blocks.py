@@ -69,7 +69,8 @@ class Block(NamedTuple):
     Padding rows get logits -inf; rows the block before held keep theirs (a maximum or a
     minimum takes them again harmlessly) and each sum leaves them out with :meth:`only_counted`.
     Masking the sums' terms instead of the logits costs less: masked logits, read by several
-    reductions, were written out once more (a beauty step: 113.5 against 110.3 ms).
+    reductions, were written out once more (a beauty step: 111.5 against 108.5 ms,
+    ``experiments/results/step_time.md``).
     """
 
     items: jax.Array

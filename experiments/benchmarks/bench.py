@@ -82,9 +82,9 @@ def nwide_flops(rows: int, hidden: int, num_items: int) -> float:
 def blocked_products(rows: jax.Array, table: jax.Array, block: int,
                      precision: str) -> jax.Array:
     """The four products of the blocked loss alone, without the exp passes: the library's own
-    scan, blocks and products (:mod:`mqsa_jax.item_blocks`), in ``precision``.  The last
-    block's rows that the one before holds are masked to -inf, as in the loss; the sums this
-    returns are there only so that nothing is optimised away."""
+    scan, blocks and products (:mod:`mqsa_jax.item_blocks`), in ``precision``; the last
+    block's rows that the one before holds are multiplied again, as in the loss.  The sums
+    this returns are there only so that nothing is optimised away."""
     operands = rows.astype(precision)
     rows_t = materialized_transpose(operands)
 
