@@ -109,6 +109,9 @@ class TrainConfig:
     # matched item by item (mqsa_jax.warm_start); "": a cold start from the seed.
     init_from: str = ""
     init_checkpoint: str = "best"
+    # A new batch shape's compilation in steps of it: its batches run padded on a larger compiled
+    # shape until that padding adds up to this (mqsa_jax.step_shapes; 0: no padding).
+    compile_cost_steps: float = 20.0
 
     def __post_init__(self):
         problems = [f"logical_axis_rules: {rule!r} is not LOGICAL:data or LOGICAL:model"
@@ -117,7 +120,8 @@ class TrainConfig:
         if self.init_checkpoint not in ("best", "latest"):
             problems.append(f"init_checkpoint must be best or latest, got {self.init_checkpoint!r}")
         _refuse(problems + _at_least(self, ("batch_size", "epochs"), 1)
-                + _at_least(self, ("max_steps", "eval_every_steps", "log_every_seconds"), 0)
+                + _at_least(self, ("max_steps", "eval_every_steps", "log_every_seconds",
+                                   "compile_cost_steps"), 0)
                 + _above_zero(self, ("learning_rate",)))
 
 

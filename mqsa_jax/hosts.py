@@ -29,12 +29,13 @@ from jax.experimental import multihost_utils
 from mqsa_jax.config import Config
 from mqsa_jax.data.arrays import SequenceData, Transitions
 from mqsa_jax.data.tfds_dataset import TooFewRecords
-from mqsa_jax.packing import CAPACITY_QUANTUM, Batch, Packing
-from mqsa_jax.rounding import round_up
+from mqsa_jax.packing import Batch, Packing, target_capacity
 from mqsa_jax.runs import load_run_dataset, sequence_data
+from mqsa_jax.step_shapes import ShapePlan
 from mqsa_jax.tables import BATCH
 
-# Batches packed ahead per agreement on their shapes: one collective per this many steps.
+# Batches packed ahead per agreement on their shapes (one collective per this many steps) and
+# per choice of the shapes they run at.
 AGREEMENT_WINDOW = 64
 
 
@@ -81,32 +82,30 @@ class HostShard:
 
         return place
 
-    def batches(self, packing: Packing, order: np.ndarray, first: int,
-                stop: int) -> Iterator[tuple[Batch, int]]:
+    def batches(self, packing: Packing, order: np.ndarray, first: int, stop: int,
+                plan: ShapePlan | None = None) -> Iterator[tuple[Batch, int]]:
         """Batches ``first`` to ``stop`` of the global ``order`` of users, as this process
-        places them: each with the whole batch's number of real targets."""
-        if not self.split:
-            yield from packing.batches(order, first, stop)
-            return
+        places them: each with the whole batch's number of real targets, at the shape ``plan``
+        (:class:`mqsa_jax.step_shapes.ShapePlan`) runs it at (None: its own)."""
         size = packing.batch_size
         for start in range(first, stop, AGREEMENT_WINDOW):
-            packed = [packing.pack(self.local(order[k * size:(k + 1) * size]))
-                      for k in range(start, min(stop, start + AGREEMENT_WINDOW))]
-            shapes = self.gather([[len(batch.items), count] for batch, count in packed])
-            for (batch, _), rows, targets in zip(packed, shapes[:, :, 0].max(axis=0),
-                                                  shapes[:, :, 1].sum(axis=0)):
-                capacity = max(CAPACITY_QUANTUM, round_up(int(targets), CAPACITY_QUANTUM))
-                yield _padded(batch, int(rows), capacity, packing.padding_id), int(targets)
-
-
-def _padded(batch: Batch, rows: int, capacity: int, padding_id: int) -> Batch:
-    """``batch`` with empty rows up to ``rows`` and the agreed target ``capacity``."""
-    def pad(array, fill):
-        return np.pad(array, ((0, rows - len(array)), (0, 0)), constant_values=fill)
-
-    return Batch(items=pad(batch.items, padding_id), targets=pad(batch.targets, padding_id),
-                 segments=pad(batch.segments, 0), positions=pad(batch.positions, 0),
-                 capacity=capacity)
+            window = range(start, min(stop, start + AGREEMENT_WINDOW))
+            if self.split:
+                packed = [packing.pack(self.local(order[k * size:(k + 1) * size]))
+                          for k in window]
+                agreed = self.gather([[len(batch.items), count] for batch, count in packed])
+                counts = agreed[:, :, 1].sum(axis=0).tolist()
+                shapes = [(int(rows), target_capacity(targets))
+                          for rows, targets in zip(agreed[:, :, 0].max(axis=0), counts)]
+            else:
+                packed = list(packing.batches(order, window.start, window.stop))
+                counts = [count for _, count in packed]
+                shapes = [batch.shape for batch, _ in packed]
+            run_at = shapes if plan is None else plan.assign(shapes)
+            for (batch, _), count, (rows, capacity) in zip(packed, counts, run_at):
+                if batch.shape != (rows, capacity):
+                    batch = batch.padded(rows, capacity, packing.padding_id)
+                yield batch, int(count)
 
 
 def batch_shards(partitioner) -> tuple[int, int, tuple[int, ...]]:

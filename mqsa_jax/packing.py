@@ -33,6 +33,11 @@ CAPACITY_QUANTUM = 256
 ROWS_QUANTUM = 8
 
 
+def target_capacity(targets: int) -> int:
+    """The target buffer of a batch with ``targets`` real targets."""
+    return max(CAPACITY_QUANTUM, round_up(int(targets), CAPACITY_QUANTUM))
+
+
 @flax.struct.dataclass
 class Batch:
     """One training batch: its users' positions packed into rows of the full width.
@@ -46,6 +51,21 @@ class Batch:
     segments: jax.Array  # [R, T] int32
     positions: jax.Array  # [R, T] int32
     capacity: int = flax.struct.field(pytree_node=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The static shape it compiles to: (packed rows, target capacity)."""
+        return self.items.shape[0], self.capacity
+
+    def padded(self, rows: int, capacity: int, padding_id: int) -> Batch:
+        """The batch (host arrays) with empty rows up to ``rows`` and the target buffer
+        ``capacity``: the same batch at a larger shape."""
+        def pad(array, fill):
+            return np.pad(array, ((0, rows - len(array)), (0, 0)), constant_values=fill)
+
+        return Batch(items=pad(self.items, padding_id), targets=pad(self.targets, padding_id),
+                     segments=pad(self.segments, 0), positions=pad(self.positions, 0),
+                     capacity=capacity)
 
 
 def first_fit_rows(lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,5 +138,4 @@ class Packing:
         packed["segments"][target] = segment + 1
         packed["positions"][target] = source[1]
         count = len(segment)
-        capacity = max(CAPACITY_QUANTUM, round_up(count, CAPACITY_QUANTUM))
-        return Batch(**packed, capacity=capacity), count
+        return Batch(**packed, capacity=target_capacity(count)), count

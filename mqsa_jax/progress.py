@@ -48,6 +48,8 @@ class RunProgress:
       num_items: the catalogue it was trained on.
       partial: inside an epoch, how far it went; ``epoch_shuffle`` then is the generator's
         state before that epoch's order was drawn, to draw it again.
+      step_shapes: the batch shapes' plan (:meth:`mqsa_jax.step_shapes.ShapePlan.to_json`), so
+        that a resumed run pads the batches it would have padded (None: saved before plans).
     """
 
     epoch: int
@@ -59,6 +61,7 @@ class RunProgress:
     num_items: int
     partial: EpochPartial | None = None
     epoch_shuffle: dict | None = None
+    step_shapes: dict | None = None
 
     def to_json(self) -> dict:
         """The checkpoint's JSON (its keys as checkpoints have always stored them)."""
@@ -74,7 +77,7 @@ class RunProgress:
         return cls(saved["epoch"], saved["shuffler"], saved["history"], saved["best"],
                    saved["stale"], saved.get("config", {}), saved.get("num_items", num_items),
                    EpochPartial.from_json(partial) if partial else None,
-                   partial["shuffle"] if partial else None)
+                   partial["shuffle"] if partial else None, saved.get("step_shapes"))
 
 
 @dataclasses.dataclass(frozen=True)

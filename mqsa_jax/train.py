@@ -132,6 +132,7 @@ def _train_epochs(config: Config, config_json: dict, run: RunDir, trainer: Train
         history, best, stale = saved.history, saved.best, saved.stale
         shuffler.bit_generator.state = saved.shuffler
         first_epoch = saved.epoch + 1
+        trainer.shapes.restore(saved.step_shapes)
         if saved.partial:  # stopped inside that epoch: its shuffle is drawn again
             partial, first_epoch = saved.partial, saved.epoch
             shuffler.bit_generator.state = saved.epoch_shuffle
@@ -175,7 +176,8 @@ def _train_epochs(config: Config, config_json: dict, run: RunDir, trainer: Train
                     checkpoints.save(index, state, RunProgress(
                         epoch, shuffler.bit_generator.state, history, best, stale, config_json,
                         trainer.data.num_items, None if end_of_epoch else partial,
-                        None if end_of_epoch else epoch_shuffle).to_json(), is_best)
+                        None if end_of_epoch else epoch_shuffle,
+                        trainer.shapes.to_json()).to_json(), is_best)
                     metrics.log(record, time.perf_counter() - start)
                     if on_evaluation is not None and "valid" in record:
                         on_evaluation(record)

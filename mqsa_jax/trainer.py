@@ -1,6 +1,6 @@
 """The pieces of one run, built from its config: the model, the partitioned init and step, the
-packing of batches, the evaluators; and the stepping over an epoch's batches.  The epochs, the
-checkpoints and the run's files are the loop's (:mod:`mqsa_jax.train`)."""
+packing of batches and the shapes they run at, the evaluators; and the stepping over an epoch's
+batches.  The epochs, the checkpoints and the run's files are the loop's (:mod:`mqsa_jax.train`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from mqsa_jax.partitioning import Partitioner
 from mqsa_jax.progress import EpochPartial
 from mqsa_jax.runs import evaluation_sample, make_evaluators
 from mqsa_jax.state import TrainState, init_state, logical_specs, make_optimizer
+from mqsa_jax.step_shapes import ShapePlan
 from mqsa_jax.steps import TrainArrays, train_step_fn
 
 
@@ -48,6 +49,8 @@ class Trainer:
             train_step_fn(self.model, self.optimizer, config), shardings)
         self.arrays = partitioner.replicate(TrainArrays.from_data(data, config))
         self.packing = Packing(data, config.train.batch_size, partitioner.data // shard.count)
+        self.shapes = ShapePlan.for_run(config.train.compile_cost_steps, data.max_len,
+                                        data.num_items, config.loss.lambda_kd > 0)
         self.evaluators = make_evaluators(self.model, data, config, partitioner, shard=shard)
         sample = evaluation_sample(config, shard.total_users)
         self.sample_evaluators = sample if sample is None else make_evaluators(
@@ -70,7 +73,8 @@ class Trainer:
         """The batches of ``order`` from ``partial.batches`` up to ``stop``; returns the state
         and ``partial`` with their losses added."""
         totals, steps, seen, start = partial.totals, partial.batches, 0, time.perf_counter()
-        for batch, count in self.shard.batches(self.packing, order, partial.batches, stop):
+        for batch, count in self.shard.batches(self.packing, order, partial.batches, stop,
+                                                self.shapes):
             state, losses = self.train_step(state, self.arrays, self.place(batch))
             totals = losses if totals is None else jax.tree.map(jnp.add, totals, losses)
             steps, seen = steps + 1, seen + count

@@ -1,11 +1,12 @@
 import json
+import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from mqsa_jax.data import registry, tfds_dataset
-from mqsa_jax.data.dataset import load_store
-from tests.helpers import run_cli
+from mqsa_jax.data.dataset import load_store, save_store
+from tests.helpers import random_dataset, run_cli
 
 # Reference, section Data.
 REFERENCE_TABLE = {
@@ -61,3 +62,14 @@ def test_unknown_dataset_is_a_one_line_error(capsys):
     code, out, err = run_cli(capsys, "data", "info", "nosuch")
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "unknown dataset 'nosuch'" in err
+
+
+def test_preparing_a_dataset_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    store = tmp_path / "small.npz"
+    save_store(random_dataset(num_users=30), store)
+    tfds_dataset.prepare(store, "small", tmp_path / "tfds")
+    assert tfds_dataset.read_sequences(tfds_dataset.prepared_dir(tmp_path / "tfds", "small"))
+    assert list(scratch.iterdir()) == []

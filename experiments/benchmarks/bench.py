@@ -13,8 +13,8 @@ seconds), and the ratio of each precision's total to the release's is reported. 
 from elsewhere enters a ratio.
 
 Also reported: training targets per second, the compile time (the first epoch's extra seconds),
-and the N-wide products' achieved GFLOP/s against the machine's measured matmul peak in the
-same precision.  The
+the train step's shapes compiled (``mqsa_jax.step_shapes``), and the N-wide products' achieved
+GFLOP/s against the machine's measured matmul peak in the same precision.  The
 breakdown times each part of one representative step in isolation (jit-compiled, median of
 repeats): the N-wide loss, its products alone, the encoder's forward and backward, and the rest.
 """
@@ -178,6 +178,7 @@ def bench_dataset(name: str, precision: str, peak: float, warmup_epochs: int) ->
     state, _ = trainer.train_epoch(state, rng.permutation(trainer.data.num_users))
     trainer.evaluate(state.params)
     warmup_s = time.perf_counter() - start
+    first_shapes = len(trainer.shapes.compiled)
     for _ in range(warmup_epochs - 1):  # to the epochs where TED's clamp is active
         state, _ = trainer.train_epoch(state, rng.permutation(trainer.data.num_users))
 
@@ -208,6 +209,9 @@ def bench_dataset(name: str, precision: str, peak: float, warmup_epochs: int) ->
     result = {
         "setup_seconds": round(setup_s, 2),
         "first_epoch_and_eval_with_compilation_seconds": round(warmup_s, 1),
+        # Train step shapes compiled (mqsa_jax.step_shapes): in the first epoch, by the timed one.
+        "step_shapes_compiled": {"first_epoch": first_shapes,
+                                 "timed_epoch": len(trainer.shapes.compiled)},
         "train_seconds_per_epoch": round(train_s, 2),
         "eval_seconds_valid_and_test": round(eval_s, 2),
         "train_targets_per_second": round(targets / train_s),
@@ -282,7 +286,8 @@ def markdown_table(report: dict) -> str:
                          f"{r['total_seconds']} ({r['train_seconds_per_epoch']} + "
                          f"{r['eval_seconds_valid_and_test']})",
                          f"**{entry['speedup'][precision]}x**" if release else "–",
-                         f"{r['train_targets_per_second']:,}", r["compile_seconds"]])
+                         f"{r['train_targets_per_second']:,}", r["compile_seconds"],
+                         "{first_epoch} / {timed_epoch}".format(**r["step_shapes_compiled"])])
             b = r["step_breakdown"]
             parts.append([name, precision, b["step_ms"],
                           f"{b['nwide_loss_ms']}: {b['nwide_matmuls_ms']} / "
@@ -290,7 +295,8 @@ def markdown_table(report: dict) -> str:
                           b["rest_ms"], f"{b['nwide_matmul_gflops']} "
                           f"({r['nwide_matmul_fraction_of_peak']:.0%})"])
     lines += table(["dataset", "precision", "release s (train + eval)",
-                    "mqsa-jax s (train + eval)", "speedup", "targets/s", "compile s"], rows)
+                    "mqsa-jax s (train + eval)", "speedup", "targets/s", "compile s",
+                    "step shapes"], rows)
     lines += ["", *table(["dataset", "precision", "step ms",
                           "N-wide loss ms: products / elementwise",
                           "encoder ms", "rest ms", "N-wide products GFLOP/s (share of peak)"],
@@ -300,7 +306,10 @@ def markdown_table(report: dict) -> str:
                   "L2, Adam) can come out slightly negative.  `products` are the blocked loss's "
                   "four rows x d x N products alone (forward logits, their recomputation, the two "
                   "gradients); `elementwise` the rest of the N-wide loss (exp, the clamp's "
-                  "correction, the teacher pairs).  `compile s`: the first epoch's extra seconds."]
+                  "correction, the teacher pairs).  `compile s`: the first epoch's extra seconds "
+                  "(its compilations, and the padding its batches ran on larger compiled shapes: "
+                  "`mqsa_jax/step_shapes.py`).  `step shapes`: the train step's shapes compiled "
+                  "in the first epoch / by the timed one."]
     return "\n".join(lines) + "\n"
 
 

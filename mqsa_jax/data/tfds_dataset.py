@@ -53,6 +53,14 @@ def _quiet_tfds() -> Iterator[None]:
         tfds.display_progress_bar(bars)
 
 
+class _LocalInfo(tfds.core.DatasetInfo):
+    """A dataset's info that never looks for TFDS's published copy: ours has none, and the
+    lookup made an empty ``/tmp/tmp*tfds`` folder at each preparation and left it there."""
+
+    def initialize_from_bucket(self) -> None:
+        pass
+
+
 class SequenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Prepares one dataset (the builder config's name) from its pickle-free store."""
 
@@ -73,7 +81,7 @@ class SequenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return _LocalInfo(
             builder=self,
             description="Interaction sequences for sequential recommendation.",
             features=tfds.features.FeaturesDict(
