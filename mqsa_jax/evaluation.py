@@ -16,9 +16,10 @@ import numpy as np
 
 from mqsa_jax.config import EvalConfig, metric_names
 from mqsa_jax.data.arrays import SequenceData
+from mqsa_jax.item_blocks import Block, scan_blocks
 from mqsa_jax.model import item_table
 from mqsa_jax.rounding import ceil_div
-from mqsa_jax.tables import block_row_ids, scan_row_blocks, table_slices
+from mqsa_jax.tables import table_slices
 
 KS = EvalConfig.eval_ks  # the reference's cut-offs
 # The reference selects the epoch (and the reproduction orders the variants) by valid NDCG@20.
@@ -116,41 +117,43 @@ def label_ranks(states: jax.Array, table: jax.Array, labels: jax.Array, history:
       [B] int32 ranks; N where the label is in its own history (it can never be found).
     """
     slices = table_slices()
-    block = ceil_div(block, slices)
     targets = jnp.concatenate([labels[:, None], history], axis=1)  # [B, 1 + H]
 
-    def scores(items, item_ids):  # [B, S, b] and the items' ids [S, b]; padding rows -inf
-        z = (states @ items.reshape(-1, items.shape[-1]).T).reshape(len(states), *items.shape[:2])
-        if table.shape[0] == num_items:  # no padding row: no mask pass
-            return z, item_ids
-        return jnp.where(item_ids < num_items, z, -jnp.inf), item_ids
-
-    def take_targets(found, z, item_ids):  # the label's and history's scores, where in z
-        local = targets[:, None, :] - item_ids[None, :, :1]  # [B, S, 1 + H]
+    def target_scores_in(z, item_ids):  # [B, S, 1 + H]: their scores where in z, else -inf
+        local = targets[:, None, :] - item_ids[None, :, :1]
         inside = (local >= 0) & (local < z.shape[2])
         taken = jnp.take_along_axis(z, jnp.clip(local, 0, z.shape[2] - 1), axis=2)
-        return jnp.where(inside, taken, found)
+        return jnp.where(inside, taken, -jnp.inf)
 
     def beating(z, item_ids, label_scores):  # [B, S]
         return _count_beating(z, item_ids, label_scores[:, :, None], labels[:, None, None],
                               num_items, arithmetic_below)
 
-    found = jnp.full((len(states), slices, targets.shape[1]), -jnp.inf, states.dtype)
     local = table.shape[0] // slices
     if local <= one_pass:
-        z, item_ids = scores(table.reshape(slices, local, -1),
-                             block_row_ids(jnp.arange(slices, dtype=jnp.int32) * local, local))
-        target_scores = take_targets(found, z, item_ids).max(axis=1)
+        item_ids = jnp.arange(slices * local, dtype=jnp.int32).reshape(slices, local)
+        z = (states @ table.T).reshape(len(states), slices, local)
+        if table.shape[0] > num_items:  # padding rows: never ranked
+            z = jnp.where(item_ids < num_items, z, -jnp.inf)
+        target_scores = target_scores_in(z, item_ids).max(axis=1)
         total = beating(z, item_ids, target_scores[:, :1])
     else:
-        found, _, _ = scan_row_blocks(
-            lambda found, blocks, ids: (take_targets(found, *scores(*blocks, ids)), None),
-            found, (table,), block, slices)
+        # The items' blocks (item_blocks.scan_blocks, as the loss scans them): scores -inf at
+        # padding and where the block before held the item, so none is counted twice.
+        def scores(items: Block):
+            return items.only_counted(items.logits(states), -jnp.inf)
+
+        found = jnp.full((len(states), slices, targets.shape[1]), -jnp.inf, states.dtype)
+        found, _, _ = scan_blocks(
+            lambda found, items: (jnp.maximum(found, target_scores_in(scores(items),
+                                                                      items.ids)), None),
+            found, table, ceil_div(block, slices), slices, num_items, "float32")
         target_scores = found.max(axis=1)
-        total, _, _ = scan_row_blocks(
-            lambda total, blocks, ids: (
-                total + beating(*scores(*blocks, ids), target_scores[:, :1]), None),
-            jnp.zeros((len(states), slices), jnp.int32), (table,), block, slices)
+        total, _, _ = scan_blocks(
+            lambda total, items: (total + beating(scores(items), items.ids,
+                                                  target_scores[:, :1]), None),
+            jnp.zeros((len(states), slices), jnp.int32), table, ceil_div(block, slices),
+            slices, num_items, "float32")
     ranks = total.sum(axis=1) - _history_beats(target_scores[:, 1:], labels[:, None],
                                                target_scores[:, :1], history, num_items)
     masked = jnp.any(history == labels[:, None], axis=1)  # a masked label is never found

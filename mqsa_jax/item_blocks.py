@@ -1,5 +1,6 @@
-"""The catalogue's blocks: how the N-wide scans of :mod:`mqsa_jax.blocked` cut the item table,
-and their products in a chosen precision.
+"""The catalogue's blocks: how the N-wide scans of :mod:`mqsa_jax.blocked` and of the ranking
+(:func:`mqsa_jax.evaluation.label_ranks`) cut the item table, and their products in a chosen
+precision.
 
 Each of the table's ``slices`` row slices (a device's share, on a mesh that splits the rows) is
 cut into blocks of one size; a scan step holds one block of every slice, sliced inside the
@@ -64,7 +65,7 @@ class Block(NamedTuple):
     """One step's block of the table: ``items`` [slices, b, d] in the product dtype, the same
     ``columns`` [slices, d, b] (bfloat16 products only, else None), ``real`` [slices, b], which
     rows are items, not padding, and ``counted``, which are items the block before did not
-    hold (each None where all are).
+    hold (each None where all are); ``ids`` [slices, b], the rows' indices in the table.
 
     Padding rows get logits -inf; rows the block before held keep theirs (a maximum or a
     minimum takes them again harmlessly) and each sum leaves them out with :meth:`only_counted`.
@@ -77,6 +78,7 @@ class Block(NamedTuple):
     columns: jax.Array | None
     real: jax.Array | None
     counted: jax.Array | None
+    ids: jax.Array
 
     def logits(self, rows: jax.Array) -> jax.Array:
         """``rows`` [R, d] (product dtype) -> float32 logits [R, slices, b], -inf at padding."""
@@ -87,9 +89,10 @@ class Block(NamedTuple):
         z = _dot(rows, right).reshape(rows.shape[0], *self.items.shape[:2])
         return z if self.real is None else jnp.where(self.real, z, -jnp.inf)
 
-    def only_counted(self, values: jax.Array) -> jax.Array:
-        """``values`` [R, slices, b] with 0 where the item is padding or the block before's."""
-        return values if self.counted is None else jnp.where(self.counted, values, 0.0)
+    def only_counted(self, values: jax.Array, fill: float = 0.0) -> jax.Array:
+        """``values`` [R, slices, b] with ``fill`` where the item is padding or the block
+        before's."""
+        return values if self.counted is None else jnp.where(self.counted, values, fill)
 
 
 def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -122,13 +125,14 @@ def scan_blocks(step, carry, table: jax.Array, block: int, slices: int, valid: i
     def body(carry, index):
         start = jnp.minimum(index * size, local - size)  # the last block ends at the slice's end
         position = start + jnp.arange(size, dtype=jnp.int32)
-        real = first_ids + position < valid if padded else None
+        ids = first_ids + position
+        real = ids < valid if padded else None
         fresh = position >= index * size if blocks.overlap else None
         counted = real if fresh is None else fresh if real is None else real & fresh
         return step(carry, Block(
             jax.lax.dynamic_slice_in_dim(rows, start, size, axis=1),
             None if columns is None else jax.lax.dynamic_slice_in_dim(columns, start, size, 2),
-            real, counted))
+            real, counted, ids))
 
     carry, out = jax.lax.scan(body, carry, jnp.arange(blocks.count, dtype=jnp.int32))
     return carry, out, blocks
