@@ -82,7 +82,9 @@ class ShapePlan:
         chosen = []
         for shape in shapes:
             if shape not in self.compiled:
-                cover = min((c for c in self.compiled if covers(c, shape)), key=self.work)
+                # Ties go to the smaller shape, so that a restored plan picks alike.
+                cover = min((c for c in self.compiled if covers(c, shape)),
+                            key=lambda c: (self.work(c), c))
                 padding = self.padding.get(shape, 0.0) + self.work(cover) / self.work(shape) - 1
                 if padding < self.compile_cost_steps:
                     self.padding[shape] = padding
