@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.benchmarks.step_time import _timed
+from experiments.benchmarks.step_time import _timed, import_from
 from experiments.markdown import table
 from experiments.measure import machine_line
 
@@ -40,13 +40,7 @@ def _commit(checkout: str) -> str:
 
 
 def _label_ranks(checkout: str):
-    for name in [m for m in sys.modules if m == "mqsa_jax" or m.startswith("mqsa_jax.")]:
-        del sys.modules[name]
-    sys.path.insert(0, checkout)
-    from mqsa_jax.evaluation import label_ranks
-
-    sys.path.remove(checkout)
-    return label_ranks
+    return import_from(checkout, "evaluation")[0].label_ranks
 
 
 def main() -> None:

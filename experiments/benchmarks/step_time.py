@@ -15,6 +15,7 @@ checkout alike.  Prints one JSON line per checkout: the minimum and median ms pe
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -28,19 +29,27 @@ def _timed(run) -> float:
     return time.perf_counter() - start
 
 
-def _load(checkout: str, dataset: str, overrides: list[str]):
-    """The train and ranking passes of ``checkout``'s ``mqsa_jax``, compiled."""
+def import_from(checkout: str, *modules: str) -> list:
+    """``modules`` of ``mqsa_jax`` imported afresh from ``checkout`` (a folder holding the
+    package), after dropping whatever ``mqsa_jax`` was imported before."""
     for name in [m for m in sys.modules if m == "mqsa_jax" or m.startswith("mqsa_jax.")]:
         del sys.modules[name]
     sys.path.insert(0, checkout)
+    try:
+        return [importlib.import_module(f"mqsa_jax.{module}") for module in modules]
+    finally:
+        sys.path.remove(checkout)
+
+
+def _load(checkout: str, dataset: str, overrides: list[str]):
+    """The train and ranking passes of ``checkout``'s ``mqsa_jax``, compiled."""
     import numpy as np
 
-    from mqsa_jax.config import build_config, parse_overrides
-    from mqsa_jax.evaluation import RankingEvaluator
-    from mqsa_jax.runs import prepare_data
-    from mqsa_jax.trainer import Trainer
-
-    sys.path.remove(checkout)
+    config_module, evaluation, runs, trainer_module = import_from(
+        checkout, "config", "evaluation", "runs", "trainer")
+    build_config, parse_overrides = config_module.build_config, config_module.parse_overrides
+    RankingEvaluator, prepare_data = evaluation.RankingEvaluator, runs.prepare_data
+    Trainer = trainer_module.Trainer
     config = build_config({"dataset": dataset}, parse_overrides(overrides))
     data = prepare_data(config, None)
     trainer = Trainer(config, data)
