@@ -11,16 +11,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mqsa_jax.rundir import cpu_model
+
 
 def machine() -> dict:
     """This machine, described without starting an accelerator backend."""
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"host": platform.node(), "system": platform.system(), "cpu": cpu,
+    info = {"host": platform.node(), "system": platform.system(), "cpu": cpu_model(),
             "cpu_count": os.cpu_count(), "python": platform.python_version()}
     try:
         gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import platform
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,15 @@ from mqsa_jax.io import atomic_output, read_json_lines, write_json_atomic, write
 
 CONFIG, METRICS, RESULTS, PROVENANCE, ITEM_IDS = ("config.json", "metrics.jsonl", "results.json",
                                                   "provenance.json", "item_ids.npy")
+
+
+def cpu_model() -> str:
+    """This machine's CPU model, as /proc/cpuinfo names it where there is one."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from mqsa_jax.checkpoint import has_checkpoint
 from mqsa_jax.config import Config, build_config
 from mqsa_jax.errors import UserError
 from mqsa_jax.quiet import logger_level
-from mqsa_jax.rundir import RunDir
+from mqsa_jax.rundir import RunDir, cpu_model
 from mqsa_jax.search_space import Param
 from mqsa_jax.train import train
 from mqsa_jax.tune_report import write_summary
@@ -141,7 +142,8 @@ def _objective(study_dir: Path, base: Config, space: list[Param], data_dir: Path
         values = {p.name: p.suggest(trial) for p in space}
         config = build_config(base.flat(), values)
         run = trial.user_attrs.get("run") or f"{trial.number:04d}"
-        for key, value in (("run", run), ("host", socket.gethostname()), ("pid", os.getpid())):
+        for key, value in (("run", run), ("host", socket.gethostname()), ("pid", os.getpid()),
+                           ("machine", f"{cpu_model()} x{os.cpu_count()}")):
             trial.set_user_attr(key, value)
         run_dir = study_dir / "trials" / run
         resume = has_checkpoint(run_dir)
@@ -151,7 +153,12 @@ def _objective(study_dir: Path, base: Config, space: list[Param], data_dir: Path
               + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in values.items()), file=sys.stderr, flush=True)
 
+        started = time.process_time()
+
         def report(record: dict) -> None:
+            # The search's budget: CPU time does not count the hours a paused or shared process
+            # waited, as wall time does; updated per epoch, so a stopped trial keeps most of it.
+            trial.set_user_attr("cpu_seconds", round(time.process_time() - started, 1))
             trial.report(record["valid"][base.eval.selection_metric], record["epoch"])
             if trial.should_prune():
                 raise optuna.TrialPruned()

@@ -16,7 +16,10 @@ from mqsa_jax.config import Config
 from mqsa_jax.io import write_json_atomic, write_text_atomic
 
 
-def _rows(study: optuna.Study) -> list[dict]:
+def trial_rows(study: optuna.Study) -> list[dict]:
+    """One dict per trial of ``study``, failed ones included: its number, state, run,
+    parameters, value (the best validation figure), best and last epochs, wall and CPU seconds
+    (None where not recorded) and machine."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
         seconds = ((trial.datetime_complete - trial.datetime_start).total_seconds()
@@ -25,8 +28,44 @@ def _rows(study: optuna.Study) -> list[dict]:
                      "run": trial.user_attrs.get("run"), "params": trial.params,
                      "value": trial.value, "best_epoch": trial.user_attrs.get("best_epoch"),
                      "last_epoch": max(trial.intermediate_values, default=None),
-                     "seconds": None if seconds is None else round(seconds, 1)})
+                     "seconds": None if seconds is None else round(seconds, 1),
+                     "cpu_seconds": trial.user_attrs.get("cpu_seconds"),
+                     "machine": trial.user_attrs.get("machine")})
     return rows
+
+
+def budget(rows: list[dict]) -> dict:
+    """What a study has spent, from :func:`trial_rows`: trials counted (complete, pruned) and
+    stopped (failed, taken up again or left), epochs trained in all (the last epoch each trial
+    reported; a resumed trial's epochs before its checkpoint count in the attempt that ran
+    them), wall seconds from each trial's start to end (hours a process waited paused or
+    shared included), CPU seconds over the trials that recorded them, and the machines."""
+    states = [r["state"] for r in rows]
+    timed = [r["cpu_seconds"] for r in rows if r["cpu_seconds"] is not None]
+    return {"complete": states.count("complete"), "pruned": states.count("pruned"),
+            "failed": states.count("fail"), "running": states.count("running"),
+            "epochs_trained": sum(r["last_epoch"] or 0 for r in rows),
+            "wall_seconds": round(sum(r["seconds"] or 0 for r in rows), 1),
+            "cpu_seconds": round(sum(timed), 1), "cpu_timed_trials": len(timed),
+            "machines": sorted({r["machine"] for r in rows if r["machine"]}),
+            "machine_unrecorded_trials": sum(not r["machine"] for r in rows)}
+
+
+def budget_line(spent: dict) -> str:
+    """:func:`budget` in one sentence."""
+    line = (f"{spent['complete'] + spent['pruned']} trials counted ({spent['complete']} "
+            f"complete, {spent['pruned']} pruned), {spent['failed']} stopped and not counted"
+            + (f", {spent['running']} running" if spent["running"] else "")
+            + f"; {spent['epochs_trained']} epochs trained; "
+            f"{spent['wall_seconds'] / 3600:.1f} h of trial wall time")
+    if timed := spent["cpu_timed_trials"]:
+        line += (f", {spent['cpu_seconds'] / 3600:.1f} CPU-hours over the {timed} trials that "
+                 "recorded them")
+    if spent["machines"]:
+        line += "; on " + "; ".join(spent["machines"])
+    if unrecorded := spent["machine_unrecorded_trials"]:
+        line += f"; {unrecorded} trials from before their machine and CPU time were recorded"
+    return line + "."
 
 
 def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -47,9 +86,10 @@ def best_config_text(study: optuna.Study, best, base: Config) -> str:
 def _markdown(study: optuna.Study, rows: list[dict], metric: str) -> str:
     names = sorted({name for row in rows for name in row["params"]})
     header = ["trial", "run", "state", *names, f"valid {metric}", "best epoch", "epochs run",
-              "seconds"]
+              "seconds", "CPU seconds"]
     lines = [f"# Study {study.study_name}", "", f"Objective: the best validation {metric} of "
              "each trial's run (the median pruner stops trials behind the others).", "",
+             f"Budget: {budget_line(budget(rows))}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         params = [f"{row['params'][n]:.4g}" if isinstance(row["params"].get(n), float)
@@ -57,7 +97,7 @@ def _markdown(study: optuna.Study, rows: list[dict], metric: str) -> str:
         value = "" if row["value"] is None else f"{row['value']:.5f}"
         lines.append("| " + " | ".join(str(c) for c in [
             row["number"], row["run"] or "", row["state"], *params, value, row["best_epoch"] or "",
-            row["last_epoch"] or "", row["seconds"] or ""]) + " |")
+            row["last_epoch"] or "", row["seconds"] or "", row["cpu_seconds"] or ""]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -90,8 +130,9 @@ def _plots(rows: list[dict], out: Path, metric: str) -> list[str]:
 def write_summary(study: optuna.Study, study_dir: Path, base: Config) -> dict:
     """Writes the study's summary files; returns the summary."""
     metric = base.eval.selection_metric
-    rows, best = _rows(study), _best(study)
+    rows, best = trial_rows(study), _best(study)
     summary = {"study": study.study_name, "objective": f"valid {metric}", "trials": rows,
+               "budget": budget(rows),
                "best": None if best is None else {"number": best.number, "value": best.value,
                                                   "params": best.params,
                                                   "run": best.user_attrs.get("run")}}

@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 
 from experiments.reproduction import claims, plan, plots, readme, report, reproduce, runner
+from experiments.reproduction.searches import searches
 from experiments.reproduction.summary import collect, recent_pace, run_status
 from mqsa_jax.errors import UserError
 from mqsa_jax.rundir import RunDir
@@ -325,3 +327,51 @@ def test_sweep_points_are_compared_on_the_seeds_they_all_finished(tmp_path):
     assert ("The paper's claim, tau 0.05 or 0.1 is best: holds here (best test NDCG@20 on seed 1 "
             "at tau = 0.05, 0.1100; provisional: 4 of its 5 points have finished).") in text
     assert (results / "plots/beauty_sweep_tau.png") in plots.plot(summary, sweeps, results)
+
+
+def _study_database(results: Path, name: str, base: dict, trials: list[tuple]) -> None:
+    """A study database as tune leaves it: ``trials`` of (state, params, value per epoch)."""
+    storage = f"sqlite:///{results / 'tuning' / name}.db"
+    (results / "tuning").mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+    study.set_user_attr("base", base)
+    for state, params, curve in trials:
+        distributions = {k: optuna.distributions.FloatDistribution(1e-6, 1.0) for k in params}
+        study.add_trial(optuna.trial.create_trial(
+            state=state, params=params, distributions=distributions,
+            value=max(curve) if state == optuna.trial.TrialState.COMPLETE else None,
+            intermediate_values=dict(enumerate(curve, 1)),
+            user_attrs={"cpu_seconds": 1800.0, "machine": "a CPU x2"}))
+
+
+def test_the_searches_behind_the_tuned_variants_are_reported_with_their_budget(tmp_path):
+    results = tmp_path / "results"
+    _fake_run(results / "yelp/sasrec/seed1", [0.1], [0.1], 1, True, dataset="yelp")
+    states = optuna.trial.TrialState
+    base = {"epochs": 3, "dropout": 0.5, "learning_rate": 0.001}
+    _study_database(results, "yelp_sasrec", base, [
+        (states.COMPLETE, {"dropout": 0.5, "learning_rate": 0.001}, [0.01, 0.02, 0.03]),
+        (states.PRUNED, {"dropout": 0.2, "learning_rate": 0.003}, [0.01, 0.01]),
+        (states.FAIL, {"dropout": 0.3, "learning_rate": 0.002}, [0.02]),
+        (states.COMPLETE, {"dropout": 0.3, "learning_rate": 0.002}, [0.02, 0.04, 0.035])])
+    _study_database(results, "yelp_mqsa_ted", {**base, "tau": 0.1}, [
+        (states.PRUNED, {"dropout": 0.5, "tau": 0.1}, [0.01, 0.01])])
+    (results / "tuning" / "yelp_other.db").touch()  # not a tuned variant's study: ignored
+
+    studies = searches(results)
+    assert list(studies["yelp"]) == ["sasrec", "mqsa_ted"]  # in the tuned variants' order
+    sasrec = studies["yelp"]["sasrec"]
+    assert (sasrec["best"]["number"], sasrec["reference"]["number"]) == (3, 0)
+    assert sasrec["budget"]["epochs_trained"] == 3 + 2 + 1 + 3
+    assert sasrec["budget"]["cpu_seconds"] == 4 * 1800
+    summary, sweeps = collect(results)
+    text = report.markdown(summary, sweeps, studies=studies)
+    assert ("Search for SASRec (`tuning/yelp_sasrec.md`, validation NDCG@20, trials of 3 "
+            "epochs): best trial 3, 0.0400 (dropout 0.3, learning_rate 0.002), against 0.0300 "
+            "for the reference config (trial 0). Budget: 3 trials counted (2 complete, 1 "
+            "pruned), 1 stopped and not counted; 9 epochs trained;") in text
+    assert "2.0 CPU-hours over the 4 trials that recorded them; on a CPU x2." in text
+    assert ("Search for MQSA-TED (`tuning/yelp_mqsa_ted.md`, validation NDCG@20, trials of 3 "
+            "epochs): no trial complete yet.") in text
+    table = readme.readme_table(summary, sweeps, results, {}, {}, studies)
+    assert "- yelp: Search for SASRec (`experiments/results/tuning/yelp_sasrec.md`," in table

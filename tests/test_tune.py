@@ -52,6 +52,13 @@ def test_a_tiny_search_end_to_end(tiny_dataset, tmp_path, capsys):
     best_config = build_config(load_config_file(study_dir / "best_config.py"))
     assert best_config == read_run_config(run) and best_config.train.epochs == 2
     assert "| trial | run | state |" in (study_dir / "summary.md").read_text()
+    # What the search spent, from the database: both trials' epochs, CPU time and machine.
+    spent = summary["budget"]
+    assert (spent["complete"], spent["pruned"], spent["failed"]) == (2, 0, 0)
+    assert spent["epochs_trained"] == 4 and spent["cpu_timed_trials"] == 2
+    assert spent["cpu_seconds"] > 0 and len(spent["machines"]) == 1
+    assert "Budget: 2 trials counted (2 complete, 0 pruned)" in (
+        study_dir / "summary.md").read_text()
     assert {"metric_over_trials.png", "param_dropout.png"} <= set(summary["plots"])
     # Asked again for the same size, the study is complete: no trial runs.
     code, out, _ = run_cli(capsys, *_tune_args(tiny_dataset, study_dir, trials=2))
@@ -91,6 +98,8 @@ def test_sigkill_then_resume_counts_each_trial_once(tiny_dataset, tmp_path):
     trials = _study(study_dir).get_trials()
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     assert trials[0].params == trials[1].params
+    # The killed attempt's CPU time up to its last epoch stays in the search's budget.
+    assert trials[0].user_attrs["cpu_seconds"] > 0
     assert _epochs(metrics) == list(range(1, epochs + 1))  # each epoch once, none again
 
 

@@ -8,18 +8,21 @@ from experiments.markdown import mean_std, seed_list, table
 from experiments.reproduction.claims import claim_verdict
 from experiments.reproduction.plan import PLANNED, PLANNED_SWEEPS, VARIANTS
 from experiments.reproduction.report import PAPER
+from experiments.reproduction.searches import search_line
 from experiments.reproduction.summary import sweep_progress
 from mqsa_jax.io import write_text_atomic
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+TUNING_FOLDER = "experiments/results/tuning"  # as the README links the studies' summaries
 
 
 def readme_table(summary: dict, sweeps: dict, results: Path, planned: dict = PLANNED,
-                 planned_sweeps: dict = PLANNED_SWEEPS) -> str:
+                 planned_sweeps: dict = PLANNED_SWEEPS, studies: dict | None = None) -> str:
     """The README's results table: test metrics of what was run, and what is pending, started
     or not, among the ``planned`` runs; then how far the planned sweeps are, and whether the
     paper's claim about each swept parameter holds (``summary``, ``sweeps``: as
-    :func:`experiments.reproduction.summary.collect` gives them)."""
+    :func:`experiments.reproduction.summary.collect` gives them); then the searches behind the
+    tuned variants (``studies``: as :func:`experiments.reproduction.searches.searches`)."""
     shown = ("HR@5", "NDCG@5", "NDCG@20")
     rows = []
     for dataset in dict.fromkeys([*planned, *summary]):
@@ -49,6 +52,10 @@ def readme_table(summary: dict, sweeps: dict, results: Path, planned: dict = PLA
                       f"whether the paper's claim holds: {'; '.join(parts)}. "
                       "`experiments/results/summary.md` shows each sweep and how its claim is "
                       "judged."]
+    if studies:
+        lines += ["", "The searches behind the tuned variants:", ""]
+        lines += [f"- {dataset}: {search_line(dataset, model, facts, TUNING_FOLDER)}"
+                  for dataset, models in studies.items() for model, facts in models.items()]
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ from experiments.reproduction.plan import (
     VARIANTS,
 )
 from experiments.reproduction.plots import figure_path
+from experiments.reproduction.searches import search_line
 from experiments.reproduction.summary import common_seeds, sweep_scores
 from mqsa_jax.evaluation import SELECTION_METRIC as SELECTION
 from mqsa_jax.rundir import PROVENANCE
@@ -119,7 +120,8 @@ def _figure(figures: Collection[Path], alt: str, dataset: str, param: str | None
     return [f"![{alt}]({path.as_posix()})", ""] if path in figures else []
 
 
-def _dataset_section(dataset: str, groups: dict, figures: Collection[Path]) -> list[str]:
+def _dataset_section(dataset: str, groups: dict, figures: Collection[Path], studies: dict
+                     ) -> list[str]:
     rows = []
     for variant in (v for v in VARIANTS if v in groups):
         g = groups[variant]
@@ -151,7 +153,8 @@ def _dataset_section(dataset: str, groups: dict, figures: Collection[Path]) -> l
                 f"the seeds, and its gap to the paper: {ceiling}.", ""]
     for line in (ordering_line(groups), ordering_line(groups, TUNED_ORDERING),
                  gain_line(groups, dataset),
-                 baseline_line(groups, dataset)):
+                 baseline_line(groups, dataset),
+                 *(search_line(dataset, model, facts) for model, facts in studies.items())):
         if line:
             out += [line, ""]
     if pending := _pending_lines(groups):
@@ -186,10 +189,12 @@ def _sweep_section(dataset: str, param: str, points: dict, figures: Collection[P
     return out
 
 
-def markdown(summary: dict, sweeps: dict, figures: Collection[Path] = ()) -> str:
+def markdown(summary: dict, sweeps: dict, figures: Collection[Path] = (),
+             studies: dict | None = None) -> str:
     """``summary.md``: a section per dataset, then per sweep; ``figures`` are the plots drawn,
     relative to it (as :func:`experiments.reproduction.plots.figure_path` gives), shown in
-    their sections."""
+    their sections; ``studies``, the searches of the tuned variants (as
+    :func:`experiments.reproduction.searches.searches` gives them), in their datasets'."""
     out = ["# Reproduction results", "",
            "Written by `python -m experiments.reproduction.reproduce` from the run directories "
            "beside this file (do not edit). Test metrics at each run's first epoch with the best "
@@ -200,7 +205,7 @@ def markdown(summary: dict, sweeps: dict, figures: Collection[Path] = ()) -> str
            "has the load average and nice level at each start), so the table gives the fastest "
            "seed's.", ""]
     for dataset, groups in summary.items():
-        out += _dataset_section(dataset, groups, figures)
+        out += _dataset_section(dataset, groups, figures, (studies or {}).get(dataset, {}))
     for dataset, params in sweeps.items():
         for param, points in params.items():
             out += _sweep_section(dataset, param, points, figures)

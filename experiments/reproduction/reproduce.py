@@ -31,6 +31,7 @@ from pathlib import Path
 
 from experiments.reproduction import plan, plots, readme, report
 from experiments.reproduction.runner import execute
+from experiments.reproduction.searches import searches
 from experiments.reproduction.summary import collect
 from mqsa_jax.config import parse_overrides
 from mqsa_jax.evaluation import SELECTION_METRIC
@@ -39,15 +40,17 @@ from mqsa_jax.io import write_json_atomic, write_text_atomic
 
 def write_summary(results: Path) -> None:
     summary, sweeps = collect(results)
+    studies = searches(results)
     write_json_atomic(results / "summary.json", summary)
     if sweeps:
         write_json_atomic(results / "sweeps.json", sweeps)
     # The plots first: summary.md shows those that were drawn.
     figures = {path.relative_to(results) for path in plots.plot(summary, sweeps, results)}
-    write_text_atomic(results / "summary.md", report.markdown(summary, sweeps, figures))
+    write_text_atomic(results / "summary.md", report.markdown(summary, sweeps, figures, studies))
     if results.resolve() == plan.DEFAULT_RESULTS:  # the project's own results: the README's
         readme.update_readme(plan.HERE.parent / "README.md",
-                             readme.readme_table(summary, sweeps, results))
+                             readme.readme_table(summary, sweeps, results,
+                                                                 studies=studies))
 
 
 def _interrupt(signum, frame):

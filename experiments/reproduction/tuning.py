@@ -9,7 +9,8 @@ search stopped here goes on from another machine (its trials' run directories, c
 included, stay under ``--runs`` on the machine that trained them).  After the study stops, its
 summary is copied beside the database (``<dataset>_<model>.md``) with its best trial
 (``_best.json``: the values the tuned variants' config files take,
-``experiments/configs/*_tuned.py``).  The searched fields: dropout, L2 and the learning
+``experiments/configs/*_tuned.py``), and the reproduction's summary and README, which report
+each study's best and budget, are rewritten.  The searched fields: dropout, L2 and the learning
 rate for both models; for MQSA-TED also lambda_kd and tau.
 """
 
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 
 from experiments.reproduction.plan import CONFIGS, DEFAULT_RESULTS
+from experiments.reproduction.reproduce import write_summary
 from mqsa_jax.io import write_json_atomic
 
 SHARED_SPACE = ("dropout=0.2:0.7", "l2_reg=log:1e-6:1e-3", "learning_rate=log:3e-4:3e-3")
@@ -60,6 +62,7 @@ def main() -> None:
         best = json.loads((study_dir / "summary.json").read_text())["best"]
         if best is not None:  # what the tuned variant's config file takes
             write_json_atomic(TUNING / f"{name}_best.json", best)
+    write_summary(DEFAULT_RESULTS)  # summary.md and the README report each study's standing
     sys.exit(code)
 
 
