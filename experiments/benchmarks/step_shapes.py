@@ -28,7 +28,6 @@ import numpy as np
 from experiments.markdown import table
 from experiments.measure import machine_line
 from mqsa_jax.config import TrainConfig, build_config
-from mqsa_jax.hosts import AGREEMENT_WINDOW
 from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax.runs import prepare_data
 from mqsa_jax.trainer import Trainer
@@ -42,11 +41,11 @@ def plan_epochs(trainer: Trainer, epochs: int) -> list[dict]:
     rng = np.random.default_rng(trainer.config.seed)
     rows = []
     for epoch in range(1, epochs + 1):
-        shapes = [batch.shape for batch, _ in
-                  trainer.packing.batches(rng.permutation(data.num_users))]
+        order = rng.permutation(data.num_users)
+        shapes = [batch.shape for batch, _ in trainer.packing.batches(order)]
         before = set(plan.compiled)
-        run = [s for start in range(0, len(shapes), AGREEMENT_WINDOW)
-               for s in plan.assign(shapes[start:start + AGREEMENT_WINDOW])]
+        run = [batch.shape for batch, _ in
+               trainer.shard.batches(trainer.packing, order, 0, len(shapes), plan)]
         rows.append({"epoch": epoch, "batches": len(shapes),
                      "own_shapes": len(set(shapes)),
                      "compiled": sorted(map(list, plan.compiled - before)),
