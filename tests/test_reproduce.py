@@ -15,6 +15,7 @@ import pytest
 from experiments.reproduction import claims, plan, plots, readme, report, reproduce, runner
 from experiments.reproduction.searches import searches
 from experiments.reproduction.summary import collect, recent_pace, run_status
+from mqsa_jax.config_files import load_config_file
 from mqsa_jax.errors import UserError
 from mqsa_jax.rundir import RunDir
 from tests.helpers import REPO
@@ -375,3 +376,35 @@ def test_the_searches_behind_the_tuned_variants_are_reported_with_their_budget(t
             "epochs): no trial complete yet.") in text
     table = readme.readme_table(summary, sweeps, results, {}, {}, studies)
     assert "- yelp: Search for SASRec (`experiments/results/tuning/yelp_sasrec.md`," in table
+
+
+def test_a_tuned_variant_whose_search_kept_the_reference_config_is_its_runs(tmp_path,
+                                                                            monkeypatch):
+    results, tuning = tmp_path / "results", tmp_path / "tuning"
+    tuning.mkdir()
+    with pytest.raises(UserError, match="no finished search on nowhere"):
+        load_config_file(plan.CONFIGS / "sasrec_tuned.py", "nowhere")  # imports their `tuned`
+    monkeypatch.setattr(sys.modules["tuned"], "TUNING", tuning)
+    runs = {v: plan.variant_runs([v], ["yelp"], [1], results)[0].run_dir
+            for v in ("sasrec_tuned", "mqsa_ted_tuned")}
+    # No finished search: each tuned variant has its own folder (and no config yet).
+    assert runs["sasrec_tuned"] == results / "yelp/sasrec_tuned/seed1"
+    reference = plan.Run("yelp", "mqsa_ted.py:yelp", 1, Path()).config({})
+    (tuning / "yelp_mqsa_ted_best.json").write_text(json.dumps(
+        {"params": {"dropout": reference.model.dropout, "tau": reference.loss.tau}}))
+    (tuning / "yelp_sasrec_best.json").write_text(json.dumps({"params": {"dropout": 0.3}}))
+    assert plan.variant_runs(["mqsa_ted_tuned"], ["yelp"], [1], results)[0].run_dir == (
+        results / "yelp/mqsa_ted/seed1")
+    assert plan.variant_runs(["sasrec_tuned"], ["yelp"], [1], results)[0].run_dir == (
+        results / "yelp/sasrec_tuned/seed1")
+
+    _fake_run(results / "yelp/mqsa_ted/seed1", [0.1], [0.2], 1, True, dataset="yelp")
+    _fake_run(results / "yelp/sasrec_tuned/seed1", [0.1], [0.1], 1, True, dataset="yelp")
+    summary, sweeps = collect(results)
+    groups = summary["yelp"]
+    assert groups["mqsa_ted_tuned"]["seeds"] == [1] and "runs_of" not in groups["mqsa_ted"]
+    assert groups["mqsa_ted_tuned"]["runs_of"] == "mqsa_ted"
+    text = report.markdown(summary, sweeps)
+    assert ("MQSA-TED, tuned: its search's best is the reference config, so its seeds are the "
+            "MQSA-TED runs.") in text
+    assert "The ordering SASRec, tuned < MQSA-TED, tuned holds." in text

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mqsa_jax.config import Config, resolve
 from mqsa_jax.config_files import load_config_module
+from mqsa_jax.errors import UserError
 from mqsa_jax.rundir import RunDir
 
 HERE = Path(__file__).resolve().parents[1]  # experiments/
@@ -72,9 +73,23 @@ def relative(path: Path) -> str:
         return str(path)
 
 
+def variant_folder(results: Path, dataset: str, variant: str) -> Path:
+    """Where a variant's seeds live: a tuned variant whose finished search found the reference
+    config itself is the reference variant's runs (the same config and seeds: the same runs)."""
+    reference = variant.removesuffix("_tuned")
+    if variant in TUNED_VARIANTS:
+        try:
+            tuned = Run(dataset, f"{variant}.py:{dataset}", 0, Path()).config({})
+        except UserError:  # its search is not finished: no config yet, no runs
+            return results / dataset / variant
+        if tuned == Run(dataset, f"{reference}.py:{dataset}", 0, Path()).config({}):
+            return results / dataset / reference
+    return results / dataset / variant
+
+
 def variant_runs(variants, datasets, seeds, results: Path) -> list[Run]:
     # Seeds outermost: every dataset gets a first seed of every variant before any second seed.
-    return [Run(d, f"{v}.py:{d}", s, results / d / v / f"seed{s}")
+    return [Run(d, f"{v}.py:{d}", s, variant_folder(results, d, v) / f"seed{s}")
             for s in seeds for d in datasets for v in variants]
 
 

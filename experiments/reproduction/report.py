@@ -151,6 +151,10 @@ def _dataset_section(dataset: str, groups: dict, figures: Collection[Path], stud
                 "Not the protocol, for comparison only: each seed's best test figure over all "
                 "its epochs (the epoch chosen by test, for each metric on its own), mean over "
                 f"the seeds, and its gap to the paper: {ceiling}.", ""]
+    for variant, g in groups.items():
+        if reference := g.get("runs_of"):
+            out += [f"{VARIANTS[variant]}: its search's best is the reference config, so its "
+                    f"seeds are the {VARIANTS[reference]} runs.", ""]
     for line in (ordering_line(groups), ordering_line(groups, TUNED_ORDERING),
                  gain_line(groups, dataset),
                  baseline_line(groups, dataset),

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.reproduction.plan import METRICS, SWEEPS, VARIANTS, sweep_folder
+from experiments.reproduction.plan import (
+    METRICS,
+    SWEEPS,
+    VARIANTS,
+    sweep_folder,
+    variant_folder,
+)
 from mqsa_jax.checkpoint import has_checkpoint
 from mqsa_jax.config import read_run_config
 from mqsa_jax.evaluation import SELECTION_METRIC
@@ -143,8 +149,11 @@ def collect(results: Path) -> tuple[dict, dict]:
     for dataset_dir in sorted(p for p in results.iterdir() if p.is_dir()):
         dataset = dataset_dir.name
         for variant in VARIANTS:
-            if runs := seed_dirs(dataset_dir / variant):
+            folder = variant_folder(results, dataset, variant)
+            if runs := seed_dirs(folder):
                 summary.setdefault(dataset, {})[variant] = group(runs)
+                if folder.name != variant:
+                    summary[dataset][variant]["runs_of"] = folder.name
         for param, values in SWEEPS.items():
             if not (dataset_dir / f"sweep_{param}").is_dir():
                 continue

@@ -7,9 +7,9 @@ validation NDCG@20, with the same space and budget for SASRec and MQSA-TED.
 Each study's database is ``experiments/results/tuning/<dataset>_<model>.db``: committed, so a
 search stopped here goes on from another machine (its trials' run directories, checkpoints
 included, stay under ``--runs`` on the machine that trained them).  After the study stops, its
-summary is copied beside the database (``<dataset>_<model>.md``) with its best trial
-(``_best.json``: the values the tuned variants' config files take,
-``experiments/configs/*_tuned.py``), and the reproduction's summary and README, which report
+summary is copied beside the database (``<dataset>_<model>.md``); once it has all its trials,
+its best trial too (``_best.json``: the values the tuned variants' config files take,
+``experiments/configs/*_tuned.py``); and the reproduction's summary and README, which report
 each study's best and budget, are rewritten.  The searched fields: dropout, L2 and the learning
 rate for both models; for MQSA-TED also lambda_kd and tau.
 """
@@ -60,7 +60,7 @@ def main() -> None:
     if (study_dir / "summary.json").exists():
         shutil.copyfile(study_dir / "summary.md", TUNING / f"{name}.md")
         best = json.loads((study_dir / "summary.json").read_text())["best"]
-        if best is not None:  # what the tuned variant's config file takes
+        if code == 0 and best is not None:  # all its trials: the tuned variant's config
             write_json_atomic(TUNING / f"{name}_best.json", best)
     write_summary(DEFAULT_RESULTS)  # summary.md and the README report each study's standing
     sys.exit(code)
