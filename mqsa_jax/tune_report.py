@@ -59,8 +59,9 @@ def budget_line(spent: dict) -> str:
             + f"; {spent['epochs_trained']} epochs trained; "
             f"{spent['wall_seconds'] / 3600:.1f} h of trial wall time")
     if timed := spent["cpu_timed_trials"]:
-        line += (f", {spent['cpu_seconds'] / 3600:.1f} CPU-hours over the {timed} trials that "
-                 "recorded them")
+        line += (f", {spent['cpu_seconds'] / 3600:.1f} CPU-hours over the "
+                 + ("trial that recorded them" if timed == 1 else
+                    f"{timed} trials that recorded them"))
     if spent["machines"]:
         line += "; on " + "; ".join(spent["machines"])
     if unrecorded := spent["machine_unrecorded_trials"]:

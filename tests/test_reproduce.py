@@ -355,8 +355,10 @@ def test_the_searches_behind_the_tuned_variants_are_reported_with_their_budget(t
         (states.PRUNED, {"dropout": 0.2, "learning_rate": 0.003}, [0.01, 0.01]),
         (states.FAIL, {"dropout": 0.3, "learning_rate": 0.002}, [0.02]),
         (states.COMPLETE, {"dropout": 0.3, "learning_rate": 0.002}, [0.02, 0.04, 0.035])])
+    (results / "tuning" / "yelp_sasrec_best.json").write_text("{}")  # finished
     _study_database(results, "yelp_mqsa_ted", {**base, "tau": 0.1}, [
-        (states.PRUNED, {"dropout": 0.5, "tau": 0.1}, [0.01, 0.01])])
+        (states.PRUNED, {"dropout": 0.5, "tau": 0.1}, [0.01, 0.01]),
+        (states.COMPLETE, {"dropout": 0.4, "tau": 0.2}, [0.01, 0.02, 0.02])])
     (results / "tuning" / "yelp_other.db").touch()  # not a tuned variant's study: ignored
 
     studies = searches(results)
@@ -368,12 +370,13 @@ def test_the_searches_behind_the_tuned_variants_are_reported_with_their_budget(t
     summary, sweeps = collect(results)
     text = report.markdown(summary, sweeps, studies=studies)
     assert ("Search for SASRec (`tuning/yelp_sasrec.md`, validation NDCG@20, trials of 3 "
-            "epochs): best trial 3, 0.0400 (dropout 0.3, learning_rate 0.002), against 0.0300 "
+            "epochs): best: trial 3, 0.0400 (dropout 0.3, learning_rate 0.002), against 0.0300 "
             "for the reference config (trial 0). Budget: 3 trials counted (2 complete, 1 "
             "pruned), 1 stopped and not counted; 9 epochs trained;") in text
     assert "2.0 CPU-hours over the 4 trials that recorded them; on a CPU x2." in text
     assert ("Search for MQSA-TED (`tuning/yelp_mqsa_ted.md`, validation NDCG@20, trials of 3 "
-            "epochs): no trial complete yet.") in text
+            "epochs): search going on, best so far: trial 1, 0.0200 (dropout 0.4, tau 0.2); the "
+            "reference config's trial (0) was pruned at epoch 2.") in text
     table = readme.readme_table(summary, sweeps, results, {}, {}, studies)
     assert "- yelp: Search for SASRec (`experiments/results/tuning/yelp_sasrec.md`," in table
 

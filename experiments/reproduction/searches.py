@@ -17,7 +17,8 @@ from mqsa_jax.tune_report import budget, budget_line, trial_rows
 
 
 def study_facts(database: Path) -> dict:
-    """One study's facts: ``epochs`` (per trial), ``best`` and ``reference`` (the trial row of
+    """One study's facts: ``finished`` (it has all its trials: its best values were written
+    beside it), ``epochs`` (per trial), ``best`` and ``reference`` (the trial row of
     the best complete trial, and of the first counted trial with the base config's values;
     either may be None), ``budget`` (:func:`mqsa_jax.tune_report.budget`)."""
     with logger_level("optuna", logging.WARNING):
@@ -26,7 +27,8 @@ def study_facts(database: Path) -> dict:
     complete = [r for r in rows if r["state"] == "complete"]
     reference = [r for r in rows if r["state"] in ("complete", "pruned")
                  and all(base.get(name) == value for name, value in r["params"].items())]
-    return {"epochs": base["epochs"], "budget": budget(rows),
+    return {"finished": database.with_name(f"{database.stem}_best.json").exists(),
+            "epochs": base["epochs"], "budget": budget(rows),
             "best": max(complete, key=lambda r: r["value"]) if complete else None,
             "reference": reference[0] if reference else None}
 
@@ -51,7 +53,8 @@ def search_line(dataset: str, model: str, facts: dict, folder: str = "tuning") -
             f"validation {SELECTION_METRIC}, trials of {facts['epochs']} epochs): ")
     if best := facts["best"]:
         values = ", ".join(f"{name} {value:.4g}" for name, value in best["params"].items())
-        line += f"best trial {best['number']}, {best['value']:.4f} ({values})"
+        line += (f"{'best' if facts['finished'] else 'search going on, best so far'}: trial "
+                 f"{best['number']}, {best['value']:.4f} ({values})")
         if (reference := facts["reference"]) and reference["number"] == best["number"]:
             line += ", the reference config itself"
         elif reference and reference["state"] == "complete":
