@@ -240,6 +240,38 @@ def test_reproduction_runs_resumes_and_summarises(tiny_dataset, tmp_path):
     assert (results / "plots/tiny_valid_ndcg20.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_workers_run_at_once_each_on_its_own_cores(tiny_dataset, tmp_path):
+    # Each worker's process runs on its own core, with XLA's intra-op threads off.
+    shares = [runner.core_share(k, 2) for k in range(2)]
+    seen = [json.loads(subprocess.run(
+        [sys.executable, "-c", "import json, os; print(json.dumps([sorted(os.sched_getaffinity("
+         "0)), os.environ.get('XLA_FLAGS', '')]))"], capture_output=True, text=True,
+        **share).stdout) for _, share in shares]
+    assert [cores for cores, _ in seen] == [[c] for c in sorted(os.sched_getaffinity(0))[:2]]
+    assert all("--xla_cpu_multi_thread_eigen=false" in flags for _, flags in seen)
+    assert [cores for cores, _ in shares] == [1, 1] and runner.core_share(0, 1)[1] == {}
+
+    results = tmp_path / "results"
+    env = {**os.environ, "MQSA_DATA_DIR": str(tiny_dataset / "data")}
+    args = [sys.executable, "-m", "experiments.reproduction.reproduce", "main", "--datasets",
+            "tiny", "--seeds", "5", "--variants", "mqsa_ted", "sasrec", "--epochs", "1",
+            "--results", str(results)]
+    done = subprocess.run([*args, "--workers", "2"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for variant in ("mqsa_ted", "sasrec"):
+        run_dir = results / "tiny" / variant / "seed5"
+        assert RunDir(run_dir).results()["best_epoch"] == 1
+        [session] = json.loads((run_dir / "provenance.json").read_text())["sessions"]
+        assert session["cores"] == 1
+    assert json.loads((results / "summary.json").read_text())["tiny"].keys() == {"mqsa_ted",
+                                                                                 "sasrec"}
+    too_many = subprocess.run([*args, "--workers", str(len(os.sched_getaffinity(0)) + 1)],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert too_many.returncode == 2 and "expected 1 to this machine's" in too_many.stderr
+
+
 def test_provenance_keeps_only_the_sessions_whose_epochs_the_run_still_holds(tmp_path):
     run = plan.Run("beauty", "mqsa_ted.py:beauty", 1, tmp_path / "seed1")
     command = ["mqsa-jax", "train", "--resume", str(run.run_dir)]
@@ -252,11 +284,11 @@ def test_provenance_keeps_only_the_sessions_whose_epochs_the_run_still_holds(tmp
                 json.loads((run.run_dir / "provenance.json").read_text())["sessions"]]
 
     # No checkpoint here: training starts again from epoch 1, so the lost session goes.
-    runner.record_start(run, command)
+    runner.record_start(run, command, 2)
     assert len(starts()) == 1 and "lost" not in starts()
     # With a checkpoint the run resumes, and this start joins the earlier one.
     (run.run_dir / "checkpoints/latest/3").mkdir(parents=True)
-    runner.record_start(run, command)
+    runner.record_start(run, command, 2)
     assert len(starts()) == 2
 
 

@@ -1,7 +1,7 @@
 """Reproduces the paper: the main comparison, the ablations, the sweeps, their tables and plots.
 
     python -m experiments.reproduction.reproduce main [--datasets beauty toys]
-        [--seeds 2023 2024 2025]
+        [--seeds 2023 2024 2025] [--workers 2]
     python -m experiments.reproduction.reproduce ablation [--datasets beauty] [--seeds 2023]
     python -m experiments.reproduction.reproduce sweep L|alpha|lambda_kd|tau [--values 1 5]
         [--datasets beauty]
@@ -25,12 +25,12 @@ finished or not: ``summary.json``, ``summary.md``, ``sweeps.json`` and the PNG p
 from __future__ import annotations
 
 import argparse
-import signal
+import os
 import sys
 from pathlib import Path
 
 from experiments.reproduction import plan, plots, readme, report
-from experiments.reproduction.runner import execute
+from experiments.reproduction.runner import execute, interrupt_on_sigterm
 from experiments.reproduction.searches import searches
 from experiments.reproduction.summary import collect
 from mqsa_jax.config import parse_overrides
@@ -53,10 +53,6 @@ def write_summary(results: Path) -> None:
                                                                  studies=studies))
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--datasets", nargs="+", default=["beauty"])
     common.add_argument("--seeds", nargs="+", type=int, default=[2023])
     common.add_argument("--epochs", type=int, help="override the reference's 200 epochs")
+    common.add_argument("--workers", type=int, default=1,
+                        help="runs at once, each on its own share of the cores (default 1; on a "
+                             "CPU machine, one per core trains more runs an hour)")
     common.add_argument("--patience", type=int,
                         help="stop a run after this many evaluations without a better "
                              f"valid {SELECTION_METRIC} (default: never, as the reference)")
@@ -81,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                             "all of experiments/configs/sweep.py's)")
     sub.add_parser("summary", parents=[base])
     args = parser.parse_args(argv)
+    if args.command != "summary" and not 1 <= args.workers <= len(os.sched_getaffinity(0)):
+        parser.error(f"--workers {args.workers}: expected 1 to this machine's "
+                     f"{len(os.sched_getaffinity(0))} cores")
     args.results.mkdir(parents=True, exist_ok=True)
     if args.command == "summary":
         write_summary(args.results)
@@ -98,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = plan.sweep_runs(args.param, args.datasets, args.seeds, args.results, args.values)
     else:
         runs = plan.variant_runs(args.variants, args.datasets, args.seeds, args.results)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as Ctrl-C does
+    interrupt_on_sigterm()
     try:
-        failed = execute(runs, extra, lambda: write_summary(args.results))
+        failed = execute(runs, extra, lambda: write_summary(args.results), args.workers)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to continue", file=sys.stderr)
         return 130
