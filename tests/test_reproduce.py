@@ -243,14 +243,16 @@ def test_reproduction_runs_resumes_and_summarises(tiny_dataset, tmp_path):
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 def test_workers_run_at_once_each_on_its_own_cores(tiny_dataset, tmp_path):
     # Each worker's process runs on its own core, with XLA's intra-op threads off.
-    shares = [runner.core_share(k, 2) for k in range(2)]
-    seen = [json.loads(subprocess.run(
-        [sys.executable, "-c", "import json, os; print(json.dumps([sorted(os.sched_getaffinity("
-         "0)), os.environ.get('XLA_FLAGS', '')]))"], capture_output=True, text=True,
-        **share).stdout) for _, share in shares]
+    probe = [sys.executable, "-c", "import json, os; print(json.dumps([sorted("
+             "os.sched_getaffinity(0)), os.environ.get('XLA_FLAGS', '')]))"]
+    seen = []
+    for worker in range(2):
+        pinned, popen = runner.on_cores(probe, runner.core_share(worker, 2))
+        seen.append(json.loads(subprocess.run(pinned, cwd=REPO, capture_output=True, text=True,
+                                              check=True, **popen).stdout))
     assert [cores for cores, _ in seen] == [[c] for c in sorted(os.sched_getaffinity(0))[:2]]
     assert all("--xla_cpu_multi_thread_eigen=false" in flags for _, flags in seen)
-    assert [cores for cores, _ in shares] == [1, 1] and runner.core_share(0, 1)[1] == {}
+    assert runner.on_cores(probe, runner.core_share(0, 1)) == (probe, {})  # all cores: as is
 
     results = tmp_path / "results"
     env = {**os.environ, "MQSA_DATA_DIR": str(tiny_dataset / "data")}

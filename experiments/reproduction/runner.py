@@ -1,5 +1,5 @@
 """Runs the planned runs as ``mqsa-jax train`` processes, resuming each: one after another, or
-in several workers that share the machine's cores (:func:`core_share`)."""
+in several workers that share the machine's cores (:func:`core_share`, :func:`on_cores`)."""
 
 from __future__ import annotations
 
@@ -22,23 +22,23 @@ from mqsa_jax.io import write_json_atomic
 from mqsa_jax.rundir import RunDir
 
 
-def core_share(worker: int, workers: int) -> tuple[int, dict]:
-    """Worker ``worker`` of ``workers`` on its own share of this process's cores (all of them for
-    one worker), XLA's intra-op threads off where the share is one core: on a 2-core CPU
-    machine, two single-core yelp runs at once train about 10% more epochs an hour than one run
-    on both cores (``experiments/results/core_workers.md``).
+def core_share(worker: int, workers: int) -> list[int]:
+    """The cores of worker ``worker`` of ``workers`` that share this process's cores: on a 2-core
+    CPU machine, two single-core yelp runs at once train about 10% more epochs an hour than one
+    run on both cores (``experiments/results/core_workers.md``)."""
+    return sorted(os.sched_getaffinity(0))[worker::workers]
 
-    Returns:
-      The share's number of cores, and the ``subprocess.Popen`` arguments that run a process on
-      it.
-    """
-    cores = sorted(os.sched_getaffinity(0))[worker::workers]
-    if workers == 1:
-        return len(cores), {}
+
+def on_cores(command: list[str], cores: list[int]) -> tuple[list[str], dict]:
+    """``command`` made to run on ``cores`` alone, XLA's intra-op threads off where that is one
+    core, and the ``subprocess.Popen`` arguments it needs; unchanged on all the cores."""
+    if set(cores) == os.sched_getaffinity(0):
+        return command, {}
     env = dict(os.environ)
     if len(cores) == 1:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
-    return len(cores), {"env": env, "preexec_fn": lambda: os.sched_setaffinity(0, cores)}
+    return ([sys.executable, "-m", "experiments.reproduction.pinned",
+             ",".join(map(str, cores)), *command], {"env": env})
 
 
 def interrupt_on_sigterm() -> None:
@@ -91,10 +91,11 @@ def execute(runs: list[Run], extra: dict, after_each: Callable[[], None], worker
                     continue
                 command = run.command(extra)
                 print(f"[{i}/{len(runs)}] {shlex.join(command)}", flush=True)
-                cores, share = core_share(worker, workers)
-                record_start(run, command, cores)
-                child = subprocess.Popen([sys.executable, "-m", "mqsa_jax.cli", *command[1:]],
-                                         **share)
+                cores = core_share(worker, workers)
+                record_start(run, command, len(cores))
+                pinned, popen = on_cores([sys.executable, "-m", "mqsa_jax.cli", *command[1:]],
+                                         cores)
+                child = subprocess.Popen(pinned, **popen)
                 children.append(child)
             code = child.wait()
             with lock:

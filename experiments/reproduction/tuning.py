@@ -32,7 +32,7 @@ import optuna
 
 from experiments.reproduction.plan import CONFIGS, DEFAULT_RESULTS
 from experiments.reproduction.reproduce import write_summary
-from experiments.reproduction.runner import core_share, interrupt_on_sigterm
+from experiments.reproduction.runner import core_share, interrupt_on_sigterm, on_cores
 from mqsa_jax.io import write_json_atomic
 from mqsa_jax.quiet import logger_level
 
@@ -87,9 +87,10 @@ def main() -> None:
     workers: list[subprocess.Popen] = []
     try:
         for worker in range(args.workers):
-            workers.append(subprocess.Popen(
-                command(args.dataset, args.model, args.trials, args.epochs, args.runs),
-                **core_share(worker, args.workers)[1]))
+            pinned, popen = on_cores(command(args.dataset, args.model, args.trials,
+                                             args.epochs, args.runs),
+                                     core_share(worker, args.workers))
+            workers.append(subprocess.Popen(pinned, **popen))
             if worker == 0 and args.workers > 1:
                 _wait_for_study(name, workers[0])
         codes = [worker.wait() for worker in workers]
