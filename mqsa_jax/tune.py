@@ -59,8 +59,11 @@ def open_study(study_dir: Path, storage: str | None, name: str, space: list[Para
     except Exception as e:  # an unreachable or malformed database URL is the user's to fix
         raise UserError(f"--storage {url}: cannot open ({type(e).__name__}: {e})") from None
     with logger_level("optuna", logging.WARNING):  # its INFO line on a new study; ours follow
+        # TPE with the constant liar: a trial another process is running counts as a poor
+        # result, so processes sharing the study do not all sample beside the same best.
         study = optuna.create_study(storage=rdb, study_name=name, direction="maximize",
                                     load_if_exists=True,
+                                    sampler=optuna.samplers.TPESampler(constant_liar=True),
                                     pruner=pruner(base.train.epochs))
     record = {"space": [p.spec() for p in space], "base": base.flat()}
     if not study.user_attrs:
