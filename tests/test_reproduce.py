@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -272,6 +273,22 @@ def test_workers_run_at_once_each_on_its_own_cores(tiny_dataset, tmp_path):
     too_many = subprocess.run([*args, "--workers", str(len(os.sched_getaffinity(0)) + 1)],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert too_many.returncode == 2 and "expected 1 to this machine's" in too_many.stderr
+
+    # SIGTERM while both runs train: both stop (their locks free), and what they wrote holds.
+    longer = [*args[:args.index("--epochs") + 1], "2000", *args[args.index("--epochs") + 2:]]
+    process = subprocess.Popen([*longer, "--workers", "2"], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = [RunDir(results / "tiny" / variant / "seed5") for variant in ("mqsa_ted", "sasrec")]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not all(len(r.metrics()) >= 3 for r in runs):
+        time.sleep(0.1)
+    process.terminate()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "run the same command again to continue" in err
+    for run in runs:
+        with run.exclusive():  # no process trains it any more
+            epochs = [r["epoch"] for r in run.metrics()]
+        assert 3 <= len(epochs) < 2000 and epochs == list(range(1, len(epochs) + 1))
 
 
 def test_provenance_keeps_only_the_sessions_whose_epochs_the_run_still_holds(tmp_path):
