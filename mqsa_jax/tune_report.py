@@ -18,8 +18,9 @@ from mqsa_jax.io import write_json_atomic, write_text_atomic
 
 def trial_rows(study: optuna.Study) -> list[dict]:
     """One dict per trial of ``study``, failed ones included: its number, state, run,
-    parameters, value (the best validation figure), best and last epochs, wall and CPU seconds
-    (None where not recorded) and machine."""
+    parameters, value (the best validation figure), best and last epochs, the epochs it reported
+    (a trial resumed from a checkpoint reports the epochs after it), wall and CPU seconds (None
+    where not recorded) and machine."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
         seconds = ((trial.datetime_complete - trial.datetime_start).total_seconds()
@@ -28,6 +29,7 @@ def trial_rows(study: optuna.Study) -> list[dict]:
                      "run": trial.user_attrs.get("run"), "params": trial.params,
                      "value": trial.value, "best_epoch": trial.user_attrs.get("best_epoch"),
                      "last_epoch": max(trial.intermediate_values, default=None),
+                     "epochs_reported": len(trial.intermediate_values),
                      "seconds": None if seconds is None else round(seconds, 1),
                      "cpu_seconds": trial.user_attrs.get("cpu_seconds"),
                      "machine": trial.user_attrs.get("machine")})
@@ -36,15 +38,15 @@ def trial_rows(study: optuna.Study) -> list[dict]:
 
 def budget(rows: list[dict]) -> dict:
     """What a study has spent, from :func:`trial_rows`: trials counted (complete, pruned) and
-    stopped (failed, taken up again or left), epochs trained in all (the last epoch each trial
-    reported; a resumed trial's epochs before its checkpoint count in the attempt that ran
-    them), wall seconds from each trial's start to end (hours a process waited paused or
-    shared included), CPU seconds over the trials that recorded them, and the machines."""
+    stopped (failed, taken up again or left), epochs trained in all (each epoch once, in the
+    attempt that ran it), wall seconds from each trial's start to end (hours a process waited
+    paused or shared included), CPU seconds over the trials that recorded them, and the
+    machines."""
     states = [r["state"] for r in rows]
     timed = [r["cpu_seconds"] for r in rows if r["cpu_seconds"] is not None]
     return {"complete": states.count("complete"), "pruned": states.count("pruned"),
             "failed": states.count("fail"), "running": states.count("running"),
-            "epochs_trained": sum(r["last_epoch"] or 0 for r in rows),
+            "epochs_trained": sum(r["epochs_reported"] for r in rows),
             "wall_seconds": round(sum(r["seconds"] or 0 for r in rows), 1),
             "cpu_seconds": round(sum(timed), 1), "cpu_timed_trials": len(timed),
             "machines": sorted({r["machine"] for r in rows if r["machine"]}),
