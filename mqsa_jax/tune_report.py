@@ -86,13 +86,13 @@ def best_config_text(study: optuna.Study, best, base: Config) -> str:
     return "\n".join(lines + ["    }", ""])
 
 
-def _markdown(study: optuna.Study, rows: list[dict], metric: str) -> str:
+def _markdown(study: optuna.Study, rows: list[dict], spent: dict, metric: str) -> str:
     names = sorted({name for row in rows for name in row["params"]})
     header = ["trial", "run", "state", *names, f"valid {metric}", "best epoch", "epochs run",
               "seconds", "CPU seconds"]
     lines = [f"# Study {study.study_name}", "", f"Objective: the best validation {metric} of "
              "each trial's run (the median pruner stops trials behind the others).", "",
-             f"Budget: {budget_line(budget(rows))}", "",
+             f"Budget: {budget_line(spent)}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         params = [f"{row['params'][n]:.4g}" if isinstance(row["params"].get(n), float)
@@ -141,7 +141,7 @@ def write_summary(study: optuna.Study, study_dir: Path, base: Config) -> dict:
                                                   "run": best.user_attrs.get("run")}}
     summary["plots"] = _plots(rows, study_dir / "plots", metric)
     write_json_atomic(study_dir / "summary.json", json.loads(json.dumps(summary, default=str)))
-    write_text_atomic(study_dir / "summary.md", _markdown(study, rows, metric))
+    write_text_atomic(study_dir / "summary.md", _markdown(study, rows, summary["budget"], metric))
     if best is not None:
         write_text_atomic(study_dir / "best_config.py", best_config_text(study, best, base))
     return summary

@@ -25,12 +25,11 @@ finished or not: ``summary.json``, ``summary.md``, ``sweeps.json`` and the PNG p
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from experiments.reproduction import plan, plots, readme, report
-from experiments.reproduction.runner import execute, interrupt_on_sigterm
+from experiments.reproduction.runner import execute, interrupt_on_sigterm, worker_count
 from experiments.reproduction.searches import searches
 from experiments.reproduction.summary import collect
 from mqsa_jax.config import parse_overrides
@@ -49,8 +48,7 @@ def write_summary(results: Path) -> None:
     write_text_atomic(results / "summary.md", report.markdown(summary, sweeps, figures, studies))
     if results.resolve() == plan.DEFAULT_RESULTS:  # the project's own results: the README's
         readme.update_readme(plan.HERE.parent / "README.md",
-                             readme.readme_table(summary, sweeps, results,
-                                                                 studies=studies))
+                             readme.readme_table(summary, sweeps, results, studies=studies))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--datasets", nargs="+", default=["beauty"])
     common.add_argument("--seeds", nargs="+", type=int, default=[2023])
     common.add_argument("--epochs", type=int, help="override the reference's 200 epochs")
-    common.add_argument("--workers", type=int, default=1,
+    common.add_argument("--workers", type=worker_count, default=1,
                         help="runs at once, each on its own share of the cores (default 1; on a "
                              "CPU machine, one per core trains more runs an hour)")
     common.add_argument("--patience", type=int,
@@ -80,9 +78,6 @@ def main(argv: list[str] | None = None) -> int:
                             "all of experiments/configs/sweep.py's)")
     sub.add_parser("summary", parents=[base])
     args = parser.parse_args(argv)
-    if args.command != "summary" and not 1 <= args.workers <= len(os.sched_getaffinity(0)):
-        parser.error(f"--workers {args.workers}: expected 1 to this machine's "
-                     f"{len(os.sched_getaffinity(0))} cores")
     args.results.mkdir(parents=True, exist_ok=True)
     if args.command == "summary":
         write_summary(args.results)

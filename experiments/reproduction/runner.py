@@ -3,6 +3,7 @@ in several workers that share the machine's cores (:func:`core_share`, :func:`on
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -27,6 +28,15 @@ def core_share(worker: int, workers: int) -> list[int]:
     CPU machine, two single-core yelp runs at once train about 10% more epochs an hour than one
     run on both cores (``experiments/results/core_workers.md``)."""
     return sorted(os.sched_getaffinity(0))[worker::workers]
+
+
+def worker_count(text: str) -> int:
+    """``--workers``: from 1 to this process's cores (an argparse type: a bad value is one line
+    and exit 2)."""
+    cores = len(os.sched_getaffinity(0))
+    if not (text.isdigit() and 1 <= int(text) <= cores):
+        raise argparse.ArgumentTypeError(f"{text}: expected 1 to this machine's {cores} cores")
+    return int(text)
 
 
 def on_cores(command: list[str], cores: list[int]) -> tuple[list[str], dict]:

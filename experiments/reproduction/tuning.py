@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -32,7 +31,12 @@ import optuna
 
 from experiments.reproduction.plan import CONFIGS, DEFAULT_RESULTS
 from experiments.reproduction.reproduce import write_summary
-from experiments.reproduction.runner import core_share, interrupt_on_sigterm, on_cores
+from experiments.reproduction.runner import (
+    core_share,
+    interrupt_on_sigterm,
+    on_cores,
+    worker_count,
+)
 from mqsa_jax.io import write_json_atomic
 from mqsa_jax.quiet import logger_level
 
@@ -75,12 +79,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30,
                         help="per trial: yelp and sports peak by epoch 15-25 on the reference")
     parser.add_argument("--runs", type=Path, default=Path("runs/tuning"))
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--workers", type=worker_count, default=1,
                         help="tune processes at once, each on its own share of the cores")
     args = parser.parse_args()
-    if not 1 <= args.workers <= len(os.sched_getaffinity(0)):
-        parser.error(f"--workers {args.workers}: expected 1 to this machine's "
-                     f"{len(os.sched_getaffinity(0))} cores")
     TUNING.mkdir(parents=True, exist_ok=True)
     name = f"{args.dataset}_{args.model}"
     interrupt_on_sigterm()
