@@ -71,16 +71,19 @@ def budget_line(spent: dict) -> str:
     return line + "."
 
 
-def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return max(complete, key=lambda t: t.value) if complete else None
+def best_row(rows: list[dict]) -> dict | None:
+    """The row of :func:`trial_rows` of the best complete trial (pruned ones stopped before
+    their best); None before any completes."""
+    complete = [r for r in rows if r["state"] == "complete"]
+    return max(complete, key=lambda r: r["value"]) if complete else None
 
 
-def best_config_text(study: optuna.Study, best, base: Config) -> str:
-    values = {**base.flat(), **best.params}
-    lines = [f'"""The best trial of study {study.study_name!r}: trial {best.number} (run '
-             f'{best.user_attrs.get("run")}), valid {base.eval.selection_metric} '
-             f'{best.value:.5f}.', "", "    mqsa-jax train --config THIS_FILE", '"""', "", "",
+def best_config_text(study: optuna.Study, best: dict, base: Config) -> str:
+    """The config file of the trial of row ``best``: the base config with its parameters."""
+    values = {**base.flat(), **best["params"]}
+    lines = [f'"""The best trial of study {study.study_name!r}: trial {best["number"]} (run '
+             f'{best["run"]}), valid {base.eval.selection_metric} '
+             f'{best["value"]:.5f}.', "", "    mqsa-jax train --config THIS_FILE", '"""', "", "",
              "def get_config():", "    return {"]
     lines += [f"        {key!r}: {value!r}," for key, value in values.items()]
     return "\n".join(lines + ["    }", ""])
@@ -133,12 +136,12 @@ def _plots(rows: list[dict], out: Path, metric: str) -> list[str]:
 def write_summary(study: optuna.Study, study_dir: Path, base: Config) -> dict:
     """Writes the study's summary files; returns the summary."""
     metric = base.eval.selection_metric
-    rows, best = trial_rows(study), _best(study)
+    rows = trial_rows(study)
+    best = best_row(rows)
     summary = {"study": study.study_name, "objective": f"valid {metric}", "trials": rows,
                "budget": budget(rows),
-               "best": None if best is None else {"number": best.number, "value": best.value,
-                                                  "params": best.params,
-                                                  "run": best.user_attrs.get("run")}}
+               "best": None if best is None else {key: best[key] for key in
+                                                  ("number", "value", "params", "run")}}
     summary["plots"] = _plots(rows, study_dir / "plots", metric)
     write_json_atomic(study_dir / "summary.json", json.loads(json.dumps(summary, default=str)))
     write_text_atomic(study_dir / "summary.md", _markdown(study, rows, summary["budget"], metric))

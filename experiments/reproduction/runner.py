@@ -51,6 +51,22 @@ def on_cores(command: list[str], cores: list[int]) -> tuple[list[str], dict]:
              ",".join(map(str, cores)), *command], {"env": env})
 
 
+def start_on_share(command: list[str], worker: int, workers: int, **popen) -> subprocess.Popen:
+    """``command`` started on worker ``worker``'s share of the cores (:func:`core_share`,
+    :func:`on_cores`); ``popen``: further ``subprocess.Popen`` arguments."""
+    pinned, pinning = on_cores(command, core_share(worker, workers))
+    return subprocess.Popen(pinned, **pinning, **popen)
+
+
+def stop(processes: list[subprocess.Popen]) -> list[int]:
+    """Terminates those of ``processes`` still running (a run or trial stopped so leaves nothing
+    half-written and resumes) and waits for all; returns their exit codes."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    return [process.wait() for process in processes]
+
+
 def interrupt_on_sigterm() -> None:
     """``kill`` stops this process as Ctrl-C does: with KeyboardInterrupt, which stops its
     runs."""
@@ -101,11 +117,9 @@ def execute(runs: list[Run], extra: dict, after_each: Callable[[], None], worker
                     continue
                 command = run.command(extra)
                 print(f"[{i}/{len(runs)}] {shlex.join(command)}", flush=True)
-                cores = core_share(worker, workers)
-                record_start(run, command, len(cores))
-                pinned, popen = on_cores([sys.executable, "-m", "mqsa_jax.cli", *command[1:]],
-                                         cores)
-                child = subprocess.Popen(pinned, **popen)
+                record_start(run, command, len(core_share(worker, workers)))
+                child = start_on_share([sys.executable, "-m", "mqsa_jax.cli", *command[1:]],
+                                       worker, workers)
                 children.append(child)
             code = child.wait()
             with lock:
@@ -126,10 +140,6 @@ def execute(runs: list[Run], extra: dict, after_each: Callable[[], None], worker
     except KeyboardInterrupt:
         outcome["interrupted"] = True
     if outcome["interrupted"]:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()  # each run saves nothing half-written and resumes
-        for child in children:
-            child.wait()
+        stop(children)
         raise KeyboardInterrupt
     return outcome["failed"]

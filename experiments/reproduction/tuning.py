@@ -32,9 +32,9 @@ import optuna
 from experiments.reproduction.plan import CONFIGS, DEFAULT_RESULTS
 from experiments.reproduction.reproduce import write_summary
 from experiments.reproduction.runner import (
-    core_share,
     interrupt_on_sigterm,
-    on_cores,
+    start_on_share,
+    stop,
     worker_count,
 )
 from mqsa_jax.io import write_json_atomic
@@ -88,17 +88,14 @@ def main() -> None:
     workers: list[subprocess.Popen] = []
     try:
         for worker in range(args.workers):
-            pinned, popen = on_cores(command(args.dataset, args.model, args.trials,
-                                             args.epochs, args.runs),
-                                     core_share(worker, args.workers))
-            workers.append(subprocess.Popen(pinned, **popen))
+            workers.append(start_on_share(command(args.dataset, args.model, args.trials,
+                                                  args.epochs, args.runs),
+                                          worker, args.workers))
             if worker == 0 and args.workers > 1:
                 _wait_for_study(name, workers[0])
         codes = [worker.wait() for worker in workers]
-    except KeyboardInterrupt:
-        for worker in workers:
-            worker.terminate()  # each leaves its trial to be taken up again
-        codes = [worker.wait() or 130 for worker in workers]
+    except KeyboardInterrupt:  # each worker leaves its trial to be taken up again
+        codes = [code or 130 for code in stop(workers)]
     code = next((c for c in codes if c), 0)
     study_dir = args.runs / name
     if (study_dir / "summary.json").exists():
