@@ -177,8 +177,10 @@ def _objective(study_dir: Path, base: Config, space: list[Param], data_dir: Path
 def tune(base: Config, space: list[Param], trials: int, study_dir: Path,
          storage: str | None = None, study_name: str = "mqsa-jax",
          data_dir: Path | None = None) -> dict:
-    """Runs trials of the study until it holds ``trials`` finished ones (complete or pruned;
-    with several processes at once, up to one more each); returns its summary.
+    """Runs trials of the study until it holds ``trials`` finished ones (complete or pruned);
+    returns its summary.  With several processes on one study, each starts no trial once those
+    finished and those the others are running make ``trials``: a study of N has N trials, as
+    one process would run (so that studies compared have the same budget).
 
     Args:
       base: the config every trial starts from.
@@ -194,15 +196,16 @@ def tune(base: Config, space: list[Param], trials: int, study_dir: Path,
     for run in take_up_stopped(study):
         print(f"taking up trial run {run}, stopped before it finished", file=sys.stderr)
 
-    def done() -> int:
-        return len(study.get_trials(deepcopy=False, states=COUNTED))
+    def taken() -> int:  # this process's own trial, once told, is no longer running
+        return len(study.get_trials(
+            deepcopy=False, states=(*COUNTED, optuna.trial.TrialState.RUNNING)))
 
-    def after_trial(_study: optuna.Study, _trial) -> None:
+    def after_trial(_study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
         write_summary(study, study_dir, base)
-        if done() >= trials:
+        if taken() >= trials:
             study.stop()
 
-    if done() < trials:
+    if taken() < trials:
         with logger_level("optuna", logging.WARNING):  # our own line per trial, not its INFO
             study.optimize(_objective(study_dir, base, space, data_dir),
                            callbacks=[after_trial], gc_after_trial=True)
