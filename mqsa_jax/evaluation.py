@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.typing import VariableDict
 
 from mqsa_jax.config import EvalConfig, metric_names
 from mqsa_jax.data.arrays import SequenceData
@@ -160,7 +161,7 @@ def label_ranks(states: jax.Array, table: jax.Array, labels: jax.Array, history:
     return jnp.where(masked, num_items, ranks)
 
 
-def metric_sums(ranks: jax.Array, weights: jax.Array, ks=KS,
+def metric_sums(ranks: jax.Array, weights: jax.Array, ks: tuple[int, ...] = KS,
                 found: jax.Array | None = None) -> jax.Array:
     """Sums over users of HR@K and NDCG@K (one relevant item: NDCG = 1 / log2(rank + 2)), then
     of the reciprocal rank.
@@ -251,18 +252,18 @@ class RankingEvaluator:
         return tuple(map(self._place, (inputs[:, -self._widths[index]:], labels, history,
                                        weights)))
 
-    def lowered(self, params, index: int = -1):
+    def lowered(self, params: VariableDict, index: int = -1) -> jax.stages.Lowered:
         """The batch step lowered for batch ``index``: its compiled HLO shows what moves
         between devices."""
         return self._step.lower(params, *self._batch(index))
 
-    def evaluate(self, params) -> dict[str, float]:
+    def evaluate(self, params: VariableDict) -> dict[str, float]:
         """The split's metrics: means over users of HR@K, NDCG@K and MRR."""
         total = sum(self._step(params, *self._batch(i)) for i in range(len(self._rows)))
         values = np.asarray(total, dtype=np.float64) / self.num_users
         return dict(zip(metric_names(self.ks), values.tolist()))
 
-    def ranks(self, params) -> np.ndarray:
+    def ranks(self, params: VariableDict) -> np.ndarray:
         """[len(users)] each of :attr:`users`' 0-based rank of its held-out item among the
         unmasked items, or N (the catalogue's size) when the item is in the user's own history
         and cannot be found.

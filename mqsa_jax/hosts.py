@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -30,6 +30,7 @@ from mqsa_jax.config import Config
 from mqsa_jax.data.arrays import SequenceData, Transitions
 from mqsa_jax.data.tfds_dataset import TooFewRecords
 from mqsa_jax.packing import Batch, Packing, target_capacity
+from mqsa_jax.partitioning import Partitioner
 from mqsa_jax.runs import load_run_dataset, sequence_data
 from mqsa_jax.step_shapes import ShapePlan
 from mqsa_jax.tables import BATCH
@@ -61,7 +62,7 @@ class HostShard:
         mine = users[(users >= self.first_user) & (users < self.first_user + self.num_users)]
         return mine - self.first_user
 
-    def gather(self, array) -> np.ndarray:
+    def gather(self, array: np.ndarray | jax.Array) -> np.ndarray:
         """Every shard's ``array`` (of one shape on all processes; integers within int32, as
         JAX moves them), stacked: [count, ...]."""
         array = np.asarray(array)
@@ -70,7 +71,7 @@ class HostShard:
         everyone = np.asarray(multihost_utils.process_allgather(array))
         return everyone[[self.processes.index(k) for k in range(self.count)]]
 
-    def placer(self, partitioner):
+    def placer(self, partitioner: Partitioner) -> Callable[[np.ndarray], jax.Array]:
         """``rows -> global array`` with rows over the batch axis: this shard's own rows
         (``[B / count, ...]``) where the users are split, else the whole batch's."""
         if not self.split:
@@ -108,7 +109,7 @@ class HostShard:
                 yield batch, int(count)
 
 
-def batch_shards(partitioner) -> tuple[int, int, tuple[int, ...]]:
+def batch_shards(partitioner: Partitioner) -> tuple[int, int, tuple[int, ...]]:
     """(this process's shard, the number of shards, each process's shard) along the mesh's
     batch axis; one shard where the processes' blocks of it overlap or are uneven."""
     single = (0, 1, (0,) * jax.process_count())
@@ -167,7 +168,7 @@ def summed_transitions(local: Transitions, shard: HostShard) -> Transitions:
     return Transitions.from_pairs(pairs, counts, n)
 
 
-def prepare_host_data(config: Config, partitioner,
+def prepare_host_data(config: Config, partitioner: Partitioner,
                       data_dir: Path | None = None) -> tuple[SequenceData, HostShard]:
     """Model-ready arrays of this process's users (every user on one process; with several,
     its shard's), with the teacher's transitions of every user, and its shard."""

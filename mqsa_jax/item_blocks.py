@@ -17,7 +17,8 @@ AMX: 10.3 ms, 28.2 ms, 29.0 ms in float32; ``experiments/results/product_layouts
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -103,8 +104,9 @@ def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.matmul(a, b, precision=precision, preferred_element_type=jnp.float32)
 
 
-def scan_blocks(step, carry, table: jax.Array, block: int, slices: int, valid: int,
-                 precision: str):
+def scan_blocks(step: Callable[[Any, Block], tuple[Any, Any]], carry: Any, table: jax.Array,
+                block: int, slices: int, valid: int, precision: str
+                ) -> tuple[Any, Any, Blocks]:
     """Runs ``carry, out = step(carry, Block)`` over the float32 ``table``'s
     :meth:`Blocks.even` blocks, cast to ``precision``.  Each block holds one block of every
     slice (on a mesh that splits the table's rows, the part each device holds), sliced inside
@@ -150,7 +152,8 @@ def _flat(block: jax.Array) -> jax.Array:
     return block.reshape(-1, block.shape[-1])
 
 
-def backward_products(rows_t: jax.Array, weight: jax.Array, block: Block):
+def backward_products(rows_t: jax.Array, weight: jax.Array, block: Block
+                      ) -> tuple[jax.Array, jax.Array]:
     """For ``weight`` = dLoss/dz ``[rows, slices, b]`` (float32): ``weight @ block`` [rows, d]
     and the block's gradient ``rows.T @ weight`` [d, slices * b] (the layout that ran fastest
     on XLA:CPU; the transposes are undone once, after the scan), in float32, the operands in

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax.typing import VariableDict
 
 from mqsa_jax import blocked
 from mqsa_jax.rounding import ceil_div
@@ -93,7 +94,7 @@ def fused_losses(
     return rec_loss, jnp.sum(kd * weights) / count
 
 
-def l2_penalty(params) -> jax.Array:
+def l2_penalty(params: VariableDict) -> jax.Array:
     """``sum(v^2) / 2`` over every trainable array (tf.nn.l2_loss over all of them).
 
     Args:

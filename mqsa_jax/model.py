@@ -10,6 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.typing import VariableDict
 
 from mqsa_jax.config import ModelConfig
 from mqsa_jax.dropout import Dropout
@@ -188,7 +189,7 @@ class MQSA(nn.Module):
         return jnp.einsum("n,nbtd->btd", jnp.asarray(config.window_weights, states.dtype),
                           states)
 
-    def encode_last(self, params, inputs: jax.Array) -> jax.Array:
+    def encode_last(self, params: VariableDict, inputs: jax.Array) -> jax.Array:
         """The state [B, d] at the last position of each row [B, T]: what the next item is
         predicted from."""
         return self.apply(params, inputs, deterministic=True)[:, -1]
@@ -200,17 +201,17 @@ def scale_embeddings(rows: jax.Array) -> jax.Array:
     return rows * jnp.sqrt(float(rows.shape[-1]))
 
 
-def item_table(params) -> jax.Array:
+def item_table(params: VariableDict) -> jax.Array:
     """The item table E [R, d] of the model's parameters (R >= N: padded on a mesh)."""
     return params["params"]["item_embedding"]
 
 
-def with_item_table(params, table: jax.Array):
+def with_item_table(params: VariableDict, table: jax.Array) -> VariableDict:
     """The parameters with ``table`` as their item table (the others shared, not copied)."""
     return {**params, "params": {**params["params"], "item_embedding": table}}
 
 
-def item_scores(params, states: jax.Array) -> jax.Array:
+def item_scores(params: VariableDict, states: jax.Array) -> jax.Array:
     """Every row's score [B, R] for states [B, d]: ``states . E^T`` (R >= N: padded on a
     mesh)."""
     return states @ item_table(params).T

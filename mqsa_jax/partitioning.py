@@ -73,6 +73,7 @@ class Partitioner:
 
     @property
     def replicated(self) -> NamedSharding:
+        """Held whole by every device."""
         return NamedSharding(self.mesh, P())
 
     @property
@@ -98,11 +99,12 @@ class Partitioner:
                 raise UserError(f"{name} {size} does not split evenly over the {rows} devices "
                                 "of the batch axis")
 
-    def partition(self, jitted) -> PartitionedFunction:
+    def partition(self, jitted: Callable) -> PartitionedFunction:
         """A jitted function that runs (and lowers) under this mesh and its rules."""
         return PartitionedFunction(jitted, self.activate)
 
-    def partition_init(self, init_fn: Callable[[], Any], logical_specs):
+    def partition_init(self, init_fn: Callable[[], Any], logical_specs: Any
+                       ) -> tuple[Callable[[], Any], Any]:
         """The train state's initialiser and shardings.
 
         Args:
@@ -117,7 +119,7 @@ class Partitioner:
         shardings = nn.logical_to_mesh_sharding(logical_specs, self.mesh, self.rules)
         return (lambda: self.place(jax.device_get(init_fn()), shardings)), shardings
 
-    def partition_step(self, step_fn, state_shardings) -> PartitionedFunction:
+    def partition_step(self, step_fn: Callable, state_shardings: Any) -> PartitionedFunction:
         """``step_fn(state, arrays, batch) -> (state, aux)`` jitted for this mesh: the state
         with ``state_shardings`` and donated, the arrays (the teacher) replicated, the batch's
         rows over the batch axis; the aux (losses) replicated."""
@@ -126,7 +128,7 @@ class Partitioner:
             in_shardings=(state_shardings, self.replicated, self.batch),
             out_shardings=(state_shardings, self.replicated)))
 
-    def place(self, tree, shardings):
+    def place(self, tree: Any, shardings: NamedSharding | Any) -> Any:
         """Host arrays (the same on every process) -> global arrays with these shardings.
 
         Each process copies in only the slices its own devices hold, so with many hosts each one
@@ -139,7 +141,7 @@ class Partitioner:
         Returns:
           ``tree`` of global ``jax.Array``s.
         """
-        def put(array, sharding):
+        def put(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
             array = np.asarray(array)
             return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
@@ -147,7 +149,7 @@ class Partitioner:
             return jax.tree.map(lambda x: put(x, shardings), tree)
         return jax.tree.map(put, tree, shardings)
 
-    def replicate(self, tree):
+    def replicate(self, tree: Any) -> Any:
         """Host arrays -> global arrays held whole by every device (the teacher's rows)."""
         return self.place(tree, self.replicated)
 
@@ -160,13 +162,13 @@ class PartitionedFunction:
     """A jitted function whose calls and lowerings enter its mesh's context (the lookups and
     losses read the mesh and rules while they are traced): no caller enters it by hand."""
 
-    def __init__(self, jitted, context: Callable[[], contextlib.AbstractContextManager]):
+    def __init__(self, jitted: Callable, context: Callable[[], contextlib.AbstractContextManager]):
         self._jitted, self._context = jitted, context
 
-    def __call__(self, *args):
+    def __call__(self, *args: Any) -> Any:
         with self._context():
             return self._jitted(*args)
 
-    def lower(self, *args):
+    def lower(self, *args: Any) -> jax.stages.Lowered:
         with self._context():
             return self._jitted.lower(*args)

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
+from flax.typing import VariableDict
+from tqdm import tqdm
 
 from mqsa_jax.config import Config, read_run_config
 from mqsa_jax.data import registry
@@ -53,13 +55,16 @@ class Recommender:
                                static_argnames="k")
 
     @classmethod
-    def load(cls, run_dir: Path, checkpoint: str = "best", data_dir: Path | None = None):
+    def load(cls, run_dir: Path, checkpoint: str = "best", data_dir: Path | None = None
+             ) -> Recommender:
+        """The recommender of a trained run: its ``checkpoint`` (best or latest) and dataset."""
         config = read_run_config(Path(run_dir))
         dataset = registry.load_dataset(config.dataset, registry.data_dir(data_dir))
         model, state, _ = restore_trained(Path(run_dir), checkpoint, config, dataset.num_items)
         return cls(config, model, state.params, dataset)
 
-    def item_indices(self, ids: Sequence[str], skip_unknown: bool = False):
+    def item_indices(self, ids: Sequence[str], skip_unknown: bool = False
+                     ) -> tuple[list[int], list[str]]:
         """Dense indices of source item ids, and the ids that were skipped as unknown."""
         ids = [str(i).strip() for i in ids]
         if self._integer_ids:
@@ -78,7 +83,7 @@ class Recommender:
             raise UserError(f"k = {k}: expected 1 to {self.num_items} (the catalogue's size)")
 
     def topk_indices(self, inputs: np.ndarray, exclude: np.ndarray, k: int,
-                     rows: int | None = None):
+                     rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k dense item indices and scores.
 
         Args:
@@ -129,7 +134,8 @@ class Recommender:
         return [items[offsets[u]:offsets[u + 1]] for u in index]
 
     def topk_for_users(self, users: Sequence[str], k: int = 10, exclude_history: bool = True,
-                       full_history: bool = False, rows: int | None = None):
+                       full_history: bool = False, rows: int | None = None
+                       ) -> tuple[list[list[str]], list[list[float]]]:
         """Top-k for dataset users.  By default from the test-time input, with the evaluation's
         history masking (what the test metrics score); with ``full_history``, from the user's
         whole history, its last item included: what the user would get next."""
@@ -143,14 +149,16 @@ class Recommender:
             exclude = np.full_like(exclude, self.num_items)
         return self._to_ids(*self.topk_indices(inputs, exclude, k, rows))
 
-    def _to_ids(self, items: np.ndarray, scores: np.ndarray):
+    def _to_ids(self, items: np.ndarray, scores: np.ndarray
+                ) -> tuple[list[list[str]], list[list[float]]]:
         """Source ids and scores, without the excluded items (-inf) that fill a short top."""
         finite = np.isfinite(scores)
         ids = [self.dataset.item_ids[row[keep]].tolist() for row, keep in zip(items, finite)]
         return ids, [row[keep].tolist() for row, keep in zip(scores, finite)]
 
 
-def top_items(encode_last, params, inputs: jax.Array, exclude: jax.Array, k: int):
+def top_items(encode_last: Callable[[VariableDict, jax.Array], jax.Array], params: VariableDict,
+              inputs: jax.Array, exclude: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """The ``k`` best items for each history of ``inputs`` [B, T], none of ``exclude`` [B, W]
     (padded with any id >= N): their scores and indices, each [B, k]."""
     scores = item_scores(params, encode_last(params, inputs))
@@ -186,7 +194,7 @@ def _parse_line(source: Path, number: int, text: str) -> tuple[object, list[str]
 
 def recommend_file(recommender: Recommender, source: Path, target: Path, k: int = 10,
                    exclude_history: bool = True, skip_unknown: bool = False,
-                   batch_size: int | None = None, progress=None) -> dict:
+                   batch_size: int | None = None, progress: tqdm | None = None) -> dict:
     """Streams ``source`` (JSON lines ``{"id", "history"}``, source item ids, oldest first) to
     ``target`` (``{"id", "items", "scores"}`` per line), ``batch_size`` histories per device
     call (default: the run's ``eval_batch_size``, the evaluation's users per ranking step: the
@@ -239,7 +247,7 @@ def _read_line(recommender: Recommender, source: Path, number: int, text: str,
 
 def recommend_all_users(recommender: Recommender, target: Path, k: int = 10,
                         exclude_history: bool = True, batch_size: int | None = None,
-                        progress=None) -> dict:
+                        progress: tqdm | None = None) -> dict:
     """Every dataset user's top-k from its whole history, as ``{"id", "items", "scores"}``
     lines (the user's id in ``id``), written atomically to ``target``, ``batch_size`` users per
     device call (default: as ``recommend_file``)."""

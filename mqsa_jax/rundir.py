@@ -109,7 +109,7 @@ class RunDir:
             return None
         return np.load(self.item_ids_file, allow_pickle=False)
 
-    def record_provenance(self, key: str, value) -> None:
+    def record_provenance(self, key: str, value: object) -> None:
         """Sets ``key`` of the provenance file, keeping what else it holds."""
         path = self.provenance_file
         record = json.loads(path.read_text()) if path.exists() else {}

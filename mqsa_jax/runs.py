@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
@@ -26,6 +27,9 @@ from mqsa_jax.model import MQSA
 from mqsa_jax.partitioning import Partitioner
 from mqsa_jax.progress import RunProgress
 from mqsa_jax.state import TrainState, init_state, make_optimizer
+
+if TYPE_CHECKING:  # hosts builds on this module
+    from mqsa_jax.hosts import HostShard
 
 # What a resumed run may change: none changes what is trained nor any rank.
 RESUMABLE_CHANGES = ("epochs", "max_steps", "eval_batch_size", "log_every_seconds",
@@ -78,7 +82,8 @@ def enable_compilation_cache() -> None:
 def make_evaluators(model: MQSA, data: SequenceData, config: Config,
                     partitioner: Partitioner | None = None,
                     splits: Sequence[str] = ("valid", "test"),
-                    users: np.ndarray | None = None, shard=None) -> list[RankingEvaluator]:
+                    users: np.ndarray | None = None, shard: HostShard | None = None
+                    ) -> list[RankingEvaluator]:
     """Full-ranking evaluators of ``splits`` (of ``users`` alone, if given); with a
     partitioner, batches are split over its batch axis, the steps run under its mesh and
     ranking is per item slice; with a ``shard`` (:class:`mqsa_jax.hosts.HostShard`), ``data`` holds

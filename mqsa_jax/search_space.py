@@ -17,9 +17,13 @@ import dataclasses
 import typing
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mqsa_jax.config import build_config, field_type
 from mqsa_jax.errors import UserError
+
+if TYPE_CHECKING:  # Optuna is imported by the search alone
+    import optuna
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +37,7 @@ class Param:
     choices: tuple = ()
     integer: bool = False
 
-    def suggest(self, trial):
+    def suggest(self, trial: optuna.Trial) -> object:
         """The trial's value (an Optuna trial's ``suggest_*``)."""
         if self.kind == "choice":
             return trial.suggest_categorical(self.name, list(self.choices))
@@ -42,7 +46,7 @@ class Param:
                                      log=self.kind == "log")
         return trial.suggest_float(self.name, self.low, self.high, log=self.kind == "log")
 
-    def holds(self, value) -> bool:
+    def holds(self, value: object) -> bool:
         """Whether ``value`` lies in the range, or is one of the choices."""
         if self.kind == "choice":
             return value in self.choices

@@ -44,7 +44,8 @@ def init_state(model: MQSA, optimizer: optax.GradientTransformation, config: Con
     return nn.meta.unbox(_boxed_state(model, optimizer, config))
 
 
-def logical_specs(model: MQSA, optimizer: optax.GradientTransformation, config: Config):
+def logical_specs(model: MQSA, optimizer: optax.GradientTransformation, config: Config
+                  ) -> Any:
     """The logical axis names of every leaf of the train state (a tree of ``PartitionSpec``,
     ``P()`` for the unnamed: the step, the dropout key, Adam's count); nothing is computed."""
     return nn.get_partition_spec(jax.eval_shape(lambda: _boxed_state(model, optimizer, config)))

@@ -7,10 +7,13 @@ static widths fix the compiled shape).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from flax.typing import VariableDict
 
 from mqsa_jax.config import Config
 from mqsa_jax.data.arrays import SequenceData
@@ -20,6 +23,9 @@ from mqsa_jax.packing import Batch
 from mqsa_jax.state import TrainState
 from mqsa_jax.tables import lookup_rows
 from mqsa_jax.teacher import TeacherWeights, ted_students
+
+Losses = dict[str, jax.Array]  # loss, loss_rec, loss_kd: scalars
+Step = Callable[[TrainState, "TrainArrays", Batch], tuple[TrainState, Losses]]
 
 
 @flax.struct.dataclass
@@ -33,12 +39,15 @@ class TrainArrays:
         return cls(teacher=TeacherWeights.from_transitions(data.transitions, config.loss.tau))
 
 
-def make_loss_fn(model: MQSA, config: Config):
+def make_loss_fn(model: MQSA, config: Config
+                 ) -> Callable[[VariableDict, Batch, jax.Array, TeacherWeights],
+                               tuple[jax.Array, Losses]]:
     """The loss of a batch (on a mesh, under its context: :meth:`Partitioner.activate`)."""
     loss_config = config.loss
     distill = loss_config.lambda_kd > 0
 
-    def loss_fn(params, batch: Batch, key, teacher: TeacherWeights):
+    def loss_fn(params: VariableDict, batch: Batch, key: jax.Array, teacher: TeacherWeights
+                ) -> tuple[jax.Array, Losses]:
         """The mean losses of a packed batch's real targets (``mqsa_jax.packing``)."""
         real = batch.segments.reshape(-1) > 0
         positions = jnp.nonzero(real, size=batch.capacity, fill_value=0)[0]
@@ -63,12 +72,14 @@ def make_loss_fn(model: MQSA, config: Config):
     return loss_fn
 
 
-def train_step_fn(model: MQSA, optimizer: optax.GradientTransformation, config: Config):
+def train_step_fn(model: MQSA, optimizer: optax.GradientTransformation, config: Config
+                  ) -> Step:
     """The step ``(state, arrays, batch) -> (state, losses)``, not jitted: a partitioner jits it
     for its mesh (:meth:`mqsa_jax.partitioning.Partitioner.partition_step`)."""
     loss_fn = make_loss_fn(model, config)
 
-    def train_step(state: TrainState, arrays: TrainArrays, batch: Batch):
+    def train_step(state: TrainState, arrays: TrainArrays, batch: Batch
+                   ) -> tuple[TrainState, Losses]:
         """One Adam step on a packed batch (``mqsa_jax.packing``)."""
         key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
         grads, losses = jax.grad(loss_fn, has_aux=True)(state.params, batch, key, arrays.teacher)
@@ -79,6 +90,7 @@ def train_step_fn(model: MQSA, optimizer: optax.GradientTransformation, config: 
     return train_step
 
 
-def make_train_step(model: MQSA, optimizer: optax.GradientTransformation, config: Config):
+def make_train_step(model: MQSA, optimizer: optax.GradientTransformation, config: Config
+                    ) -> Step:
     """The step jitted for the default device, the state donated."""
     return jax.jit(train_step_fn(model, optimizer, config), donate_argnums=0)

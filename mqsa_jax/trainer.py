@@ -9,6 +9,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.typing import VariableDict
 from tqdm import tqdm
 
 from mqsa_jax.config import Config
@@ -61,7 +62,8 @@ class Trainer:
         """A host batch with its rows split over the mesh's ``data`` axis."""
         return jax.tree.map(self._place, batch)
 
-    def train_epoch(self, state: TrainState, order: np.ndarray, progress: tqdm | None = None):
+    def train_epoch(self, state: TrainState, order: np.ndarray, progress: tqdm | None = None
+                    ) -> tuple[TrainState, dict[str, float]]:
         """One pass over the users in ``order``; returns the state and the mean batch losses."""
         stop = self.packing.num_batches(len(order))
         state, partial = self.train_steps(state, order, EpochPartial(), stop, progress)
@@ -87,7 +89,7 @@ class Trainer:
         return state, EpochPartial(steps, totals, partial.seconds + time.perf_counter() - start,
                                    partial.targets + seen)
 
-    def evaluate(self, params, final: bool = True) -> dict[str, dict[str, float]]:
+    def evaluate(self, params: VariableDict, final: bool = True) -> dict[str, dict[str, float]]:
         """Both splits' metrics: every user's, or the eval_users sample's (when not ``final``,
         or with ``final_eval="sample"``)."""
         sample = self.sample_evaluators is not None and (
