@@ -37,9 +37,8 @@ from mqsa_jax.quiet import logger_level
 from mqsa_jax.rundir import RunDir, cpu_model
 from mqsa_jax.search_space import Param
 from mqsa_jax.train import train
-from mqsa_jax.tune_report import write_summary
+from mqsa_jax.tune_report import COUNTED, write_summary
 
-COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 # A trial's process records a heartbeat this often; one silent for the grace period is taken
 # to be stopped (the way another machine's stopped trial is found).
 HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120

@@ -15,6 +15,14 @@ import optuna
 from mqsa_jax.config import Config
 from mqsa_jax.io import write_json_atomic, write_text_atomic
 
+# The trials that make a study's size: a failed one is taken up again, a running one may be.
+COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def counted(row: dict) -> bool:
+    """Whether a row of :func:`trial_rows` is a trial that counts toward the study's size."""
+    return row["state"] in {state.name.lower() for state in COUNTED}
+
 
 def trial_rows(study: optuna.Study) -> list[dict]:
     """One dict per trial of ``study``, failed ones included: its number, state, run,

@@ -13,7 +13,7 @@ import optuna
 from experiments.reproduction.plan import TUNED_ORDERING, VARIANTS
 from mqsa_jax.evaluation import SELECTION_METRIC
 from mqsa_jax.quiet import logger_level
-from mqsa_jax.tune_report import best_row, budget, budget_line, trial_rows
+from mqsa_jax.tune_report import best_row, budget, budget_line, counted, trial_rows
 
 
 def study_facts(database: Path) -> dict:
@@ -24,7 +24,7 @@ def study_facts(database: Path) -> dict:
     with logger_level("optuna", logging.WARNING):
         study = optuna.load_study(study_name=database.stem, storage=f"sqlite:///{database}")
     rows, base = trial_rows(study), study.user_attrs["base"]
-    reference = [r for r in rows if r["state"] in ("complete", "pruned")
+    reference = [r for r in rows if counted(r)
                  and all(base.get(name) == value for name, value in r["params"].items())]
     return {"finished": database.with_name(f"{database.stem}_best.json").exists(),
             "epochs": base["epochs"], "budget": budget(rows),
