@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.measure import machine_line
-from experiments.reproduction.runner import start_on_share
+from experiments.reproduction.runner import core_share, start_on_cores
 from mqsa_jax.io import write_json_atomic, write_text_atomic
 from mqsa_jax.rundir import RunDir
 
@@ -34,10 +34,10 @@ def _train(config: str, epochs: int, workers: int, work: Path) -> list[dict]:
     epoch's training and evaluation seconds and its wall seconds."""
     shutil.rmtree(work, ignore_errors=True)
     start = time.perf_counter()
-    processes = [start_on_share(
+    processes = [start_on_cores(
         [sys.executable, "-m", "mqsa_jax.cli", "train", "--config", config, "--set",
          f"epochs={epochs}", "--no-progress", "--run-dir", str(work / str(k))],
-        k, workers, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        core_share(k, workers), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for k in range(workers)]
     codes = [p.wait() for p in processes]
     wall = time.perf_counter() - start

@@ -51,10 +51,10 @@ def on_cores(command: list[str], cores: list[int]) -> tuple[list[str], dict]:
              ",".join(map(str, cores)), *command], {"env": env})
 
 
-def start_on_share(command: list[str], worker: int, workers: int, **popen) -> subprocess.Popen:
-    """``command`` started on worker ``worker``'s share of the cores (:func:`core_share`,
-    :func:`on_cores`); ``popen``: further ``subprocess.Popen`` arguments."""
-    pinned, pinning = on_cores(command, core_share(worker, workers))
+def start_on_cores(command: list[str], cores: list[int], **popen) -> subprocess.Popen:
+    """``command`` started on ``cores`` alone (:func:`on_cores`), such as a worker's share
+    (:func:`core_share`); ``popen``: further ``subprocess.Popen`` arguments."""
+    pinned, pinning = on_cores(command, cores)
     return subprocess.Popen(pinned, **pinning, **popen)
 
 
@@ -104,6 +104,7 @@ def execute(runs: list[Run], extra: dict, after_each: Callable[[], None], worker
     outcome = {"failed": 0, "interrupted": False}
 
     def work(worker: int) -> None:
+        cores = core_share(worker, workers)
         while True:
             with lock:  # config files load into the interpreter: one at a time
                 if not queue or outcome["interrupted"]:
@@ -117,9 +118,9 @@ def execute(runs: list[Run], extra: dict, after_each: Callable[[], None], worker
                     continue
                 command = run.command(extra)
                 print(f"[{i}/{len(runs)}] {shlex.join(command)}", flush=True)
-                record_start(run, command, len(core_share(worker, workers)))
-                child = start_on_share([sys.executable, "-m", "mqsa_jax.cli", *command[1:]],
-                                       worker, workers)
+                record_start(run, command, len(cores))
+                child = start_on_cores([sys.executable, "-m", "mqsa_jax.cli", *command[1:]],
+                                       cores)
                 children.append(child)
             code = child.wait()
             with lock:

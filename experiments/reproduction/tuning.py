@@ -32,8 +32,9 @@ import optuna
 from experiments.reproduction.plan import CONFIGS, DEFAULT_RESULTS
 from experiments.reproduction.reproduce import write_summary
 from experiments.reproduction.runner import (
+    core_share,
     interrupt_on_sigterm,
-    start_on_share,
+    start_on_cores,
     stop,
     worker_count,
 )
@@ -88,9 +89,9 @@ def main() -> None:
     workers: list[subprocess.Popen] = []
     try:
         for worker in range(args.workers):
-            workers.append(start_on_share(command(args.dataset, args.model, args.trials,
+            workers.append(start_on_cores(command(args.dataset, args.model, args.trials,
                                                   args.epochs, args.runs),
-                                          worker, args.workers))
+                                          core_share(worker, args.workers)))
             if worker == 0 and args.workers > 1:
                 _wait_for_study(name, workers[0])
         codes = [worker.wait() for worker in workers]
