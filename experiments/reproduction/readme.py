@@ -7,7 +7,7 @@ from pathlib import Path
 from experiments.markdown import mean_std, seed_list, table
 from experiments.reproduction.claims import claim_verdict
 from experiments.reproduction.plan import PLANNED, PLANNED_SWEEPS, VARIANTS
-from experiments.reproduction.report import PAPER
+from experiments.reproduction.report import PAPER, PAPER_METRIC, PAPER_SHORTFALL, paper_verdicts
 from experiments.reproduction.searches import search_line
 from experiments.reproduction.summary import sweep_progress
 from mqsa_jax.io import write_text_atomic
@@ -41,6 +41,11 @@ def readme_table(summary: dict, sweeps: dict, results: Path, planned: dict = PLA
             rows.append([dataset, "MQSA-TED, paper", "–",
                          *(f"{paper[m]:.4f}" if m in paper else "–" for m in shown), "–"])
     lines = table(["dataset", "model", "seeds done", *shown, "pending"], rows)
+    if verdicts := [f"- {dataset}: {'; '.join(phrases)}" for dataset in dict.fromkeys(
+            [*planned, *summary]) if (phrases := paper_verdicts(summary.get(dataset, {}),
+                                                                dataset, planned))]:
+        lines += ["", f"Against the paper's MQSA-TED test {PAPER_METRIC} (the bar: no more than "
+                      f"{PAPER_SHORTFALL:.0%} below it):", "", *verdicts]
     for dataset, seeds in planned_sweeps.items():
         parts = []
         for param, (finished, total) in sweep_progress(results, dataset, seeds).items():
