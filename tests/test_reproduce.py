@@ -13,7 +13,7 @@ import numpy as np
 import optuna
 import pytest
 
-from experiments.reproduction import claims, plan, plots, readme, report, reproduce, runner
+from experiments.reproduction import claims, paper, plan, plots, readme, report, reproduce, runner
 from experiments.reproduction.searches import searches
 from experiments.reproduction.summary import collect, recent_pace, run_status
 from mqsa_jax.config_files import load_config_file
@@ -447,12 +447,12 @@ def test_the_verdict_against_the_paper_is_provisional_until_every_planned_seed_f
     summary, sweeps = collect(results)
     planned = {"yelp": {"mqsa_ted": (1,), "mqsa_ted_tuned": (1, 2)},
                "sports": {"mqsa_ted": (1,)}}
-    assert report.paper_verdicts(summary["yelp"], "yelp", planned) == [
+    assert paper.paper_verdicts(summary["yelp"], "yelp", planned) == [
         "MQSA-TED 0.0200 (-2.4%), within on seed 1",
         "MQSA-TED, tuned 0.0190 (-7.3%), not within on seed 1, provisional (1 of its 2 planned "
         "seeds)"]
-    assert report.paper_verdicts({}, "sports", planned) == ["MQSA-TED: pending"]
-    assert report.paper_verdicts(summary["toys"], "toys", planned) == []  # no paper figure
+    assert paper.paper_verdicts({}, "sports", planned) == ["MQSA-TED: pending"]
+    assert paper.paper_verdicts(summary["toys"], "toys", planned) == []  # no paper figure
     # The summary judges against the reproduction's own plan (seeds 2023 to 2025).
     assert ("Verdict against the paper's MQSA-TED test NDCG@5, 0.0205 (the bar: no more than 3% "
             "below it): MQSA-TED 0.0200 (-2.4%), within on seed 1, provisional (0 of its 3 "

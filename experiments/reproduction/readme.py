@@ -6,8 +6,8 @@ from pathlib import Path
 
 from experiments.markdown import mean_std, seed_list, table
 from experiments.reproduction.claims import claim_verdict
+from experiments.reproduction.paper import PAPER, PAPER_METRIC, PAPER_SHORTFALL, paper_verdicts
 from experiments.reproduction.plan import PLANNED, PLANNED_SWEEPS, VARIANTS
-from experiments.reproduction.report import PAPER, PAPER_METRIC, PAPER_SHORTFALL, paper_verdicts
 from experiments.reproduction.searches import search_line
 from experiments.reproduction.summary import sweep_progress
 from mqsa_jax.io import write_text_atomic
