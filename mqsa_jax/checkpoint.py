@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,13 @@ from mqsa_jax.rundir import RunDir
 
 LATEST, BEST = "latest", "best"
 CHECKSUMS = "checksums.json"
+
+
+def _tensorstore_reason(message: str) -> str:
+    """The system's words for a failed TensorStore write: its message ends in the OS error
+    code, after annotations (the whole JSON spec of the array, at times) no user should read."""
+    code = re.search(r"os_error_code='?(\d+)", message)
+    return os.strerror(int(code[1])) if code else message.rsplit(": ", 1)[-1]
 
 
 def _manager(directory: Path, keep: int, read_only: bool) -> ocp.CheckpointManager:
@@ -87,7 +96,7 @@ class RunCheckpoints:
                 # TensorStore reports a failed write (a full disk) as a ValueError.
                 if isinstance(e, ValueError) and "Error writing" not in str(e):
                     raise
-                reason = e.strerror if isinstance(e, OSError) else str(e).rsplit(": ", 1)[-1]
+                reason = e.strerror if isinstance(e, OSError) else _tensorstore_reason(str(e))
                 raise UserError(f"{manager.directory}: could not save checkpoint {epoch} "
                                 f"({reason}); the previous checkpoints are intact, continue "
                                 "with train --resume once the disk has room") from None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
+import warnings
 
 from mqsa_jax import commands
 from mqsa_jax.data.importers import FORMATS
@@ -188,28 +190,43 @@ def main(argv: list[str] | None = None) -> int:
     hook = sys.unraisablehook
     sys.unraisablehook = _ignore_closed_event_loop
     try:
+        return _run(args)
+    finally:
+        sys.unraisablehook = hook
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
         # Orbax and TFDS log through absl at WARNING about what they do on their own (a
         # read-only checkpoint manager, say); a user reads our lines.
         with logger_level("absl", logging.ERROR):
             args.run(args)
     except UserError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+        error = e
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    finally:
-        sys.unraisablehook = hook
-    return 0
+    else:
+        return 0
+    print(f"{PROG}: error: {error}", file=sys.stderr)
+    # What the failed operation left behind (an abandoned Orbax write's tasks, reachable from
+    # the error's traceback) reports its own exceptions when it is collected: as soon as the
+    # error is dropped, or at some later garbage collection.  The line above says what went
+    # wrong, so it is collected here, silently.
+    sys.unraisablehook = _ignore_unraisable
+    with logger_level("asyncio", logging.CRITICAL + 1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "coroutine ... was never awaited"
+        del error
+        gc.collect()
+    return 2
 
 
 def entry() -> None:
     """The console script: :func:`main`, then the process's exit.
 
-    What a failed operation left behind (an abandoned Orbax write's coroutines, say) would be
-    reported as the process ends, after the one line that says what went wrong: as unraisable
-    exceptions, or by asyncio's logger when their tasks are collected.  The process is ending,
-    so from here they are silenced (after success, only the closed event loop's report).
+    What a failed operation left behind that is still referenced (by a thread, say) is reported
+    as the process ends, after the one line that says what went wrong; the process is ending,
+    so from here it is silenced (after success, only the closed event loop's report).
     """
     code = main()
     sys.unraisablehook = _ignore_unraisable if code == 2 else _ignore_closed_event_loop
