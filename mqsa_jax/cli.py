@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """The subcommand; its exit code (0; 2 after one line for a user's mistake; 130 when
+    interrupted)."""
     try:
         # Orbax and TFDS log through absl at WARNING about what they do on their own (a
         # read-only checkpoint manager, say); a user reads our lines.
