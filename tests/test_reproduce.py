@@ -88,8 +88,9 @@ def test_summary_takes_first_best_epoch_mean_std_and_lists_pending(tmp_path):
     assert "its best baseline (not necessarily SASRec): HR@5 +7.2%." in text
     assert "MQSA-TED, seed 3: epoch 2 of 3, about 12 s more at the pace of its last" in text
     latest.rmdir()  # its checkpoints gone with another machine: no time left to promise
-    assert ("MQSA-TED, seed 3: epoch 2 of 3, no checkpoint on this machine: it must restart "
-            "from epoch 1") in report.markdown(*collect(results))
+    assert ("MQSA-TED, seed 3: epoch 2 of 3, no checkpoint in this checkout: it resumes only "
+            "where its checkpoint was kept, else restarts from epoch 1"
+            ) in report.markdown(*collect(results))
     # The plot draws the unfinished seed apart from the finished seeds' mean.
     [figure] = plots.plot(summary, sweeps, results)
     assert figure.read_bytes()[:4] == b"\x89PNG"
@@ -178,7 +179,7 @@ def test_sweep_table_and_plot_take_the_reference_run_and_skip_unfinished_points(
     assert "| 0.1 | 1 | 0.3000 | 0.0300 | 0.0400 | 0.0800 |" in text
     assert "| 0.5 | 1 | 0.2000 | 0.0200 | 0.0300 | 0.0700 |" in text
     assert "| 1 | pending | – |" in text
-    assert "- tau = 1, seed 1: epoch 1 of 2, no checkpoint on this machine" in text
+    assert "- tau = 1, seed 1: epoch 1 of 2, no checkpoint in this checkout" in text
     written = plots.plot(summary, sweeps, results)
     assert results / "plots/beauty_sweep_tau.png" in written
     assert (results / "plots/beauty_sweep_tau.png").read_bytes()[:4] == b"\x89PNG"

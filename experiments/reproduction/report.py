@@ -97,7 +97,8 @@ def _pending_lines(groups: dict, name=VARIANTS.get) -> list[str]:
         for seed, p in g["pending"].items():
             line = f"- {name(key)}, seed {seed}: epoch {p['epochs_done']} of {p['epochs']}"
             if p["epochs_done"] and not p.get("resumable", True):
-                line += ", no checkpoint on this machine: it must restart from epoch 1"
+                line += (", no checkpoint in this checkout: it resumes only where its checkpoint "
+                         "was kept, else restarts from epoch 1")
             elif p["epochs_done"] and p["epochs"]:
                 left = (p["epochs"] - p["epochs_done"]) * p["seconds_per_epoch_recent"]
                 line += f", about {duration(left)} more at the pace of its last epochs"
